@@ -1,0 +1,153 @@
+"""Tagging audio with a trained model: waveform/file -> class probabilities -> top-k labels.
+
+`AudioTagger` bundles a model with the frontend it was trained with and its label map. It
+is the piece the inference scripts, evaluation and (later) windowed tagging share.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from .audio import AudioSource, load_audio
+from .frontend import AugmentMelSTFT
+from .labels import LabelMap, audioset_labels
+from .models.factory import get_model
+from .models.registry import DEFAULT_PREPROCESSING
+
+
+def build_frontend(preprocessing: Optional[dict[str, Any]] = None) -> AugmentMelSTFT:
+    """The eval-mode mel frontend for a model's `preprocessing` settings (EfficientAT defaults otherwise)."""
+    settings = dict(DEFAULT_PREPROCESSING, **(preprocessing or {}))
+    frontend = AugmentMelSTFT(n_mels=settings["n_mels"], sr=settings["sr"], win_length=settings["win_length"],
+                              hopsize=settings["hopsize"], n_fft=settings["n_fft"],
+                              **{k: settings[k] for k in ("fmin", "fmax") if k in settings})
+    return frontend.eval()
+
+
+@dataclass(frozen=True)
+class Tag:
+    label: str
+    index: int
+    probability: float
+
+
+class AudioTagger(nn.Module):
+    """Model + frontend + labels. `forward(waveform (B, samples))` returns logits (B, C)."""
+
+    def __init__(self, model: nn.Module, frontend: Optional[nn.Module] = None,
+                 label_map: Optional[LabelMap] = None, sample_rate: Optional[int] = None) -> None:
+        super().__init__()
+        preprocessing = getattr(model, "preprocessing", None) or {}
+        self.model = model.eval()
+        self.frontend = (frontend or build_frontend(preprocessing)).eval()
+        self.sample_rate = int(sample_rate or getattr(self.frontend, "sr", preprocessing.get("sr", 32000)))
+        num_classes = int(getattr(model, "num_classes", 0) or (len(label_map) if label_map else 0))
+        if label_map is not None and num_classes and len(label_map) != num_classes:
+            raise ValueError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")
+        if label_map is None:
+            label_map = LabelMap.from_names([f"class_{i}" for i in range(num_classes)])
+        self.label_map = label_map
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, labels_path: Union[str, Path, None] = None,
+                        cache_dir: Union[str, Path, None] = None, weights: Union[str, Path, None] = None,
+                        **config: Any) -> "AudioTagger":
+        """A tagger for a catalogue name or a checkpoint path (see `get_model`)."""
+        model = get_model(name_or_path, cache_dir=cache_dir, weights=weights, **config)
+        label_map = getattr(model, "label_map", None)
+        if label_map is None and getattr(model, "dataset", None) == "audioset":
+            label_map = audioset_labels(labels_path, cache=cache_dir)
+        return cls(model, label_map=label_map)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        spectrogram = self.frontend(waveform.to(self.device))
+        logits, _ = self.model(spectrogram.unsqueeze(1))
+        return logits
+
+    @torch.no_grad()
+    def probabilities(self, waveform: Tensor) -> Tensor:
+        """Sigmoid class probabilities for a waveform batch (B, samples) at `self.sample_rate`."""
+        return torch.sigmoid(self(waveform)).float().cpu()
+
+    def top_k(self, probabilities: Tensor, k: int = 10) -> list[Tag]:
+        values, indices = probabilities.topk(min(k, probabilities.numel()))
+        return [Tag(self.label_map.names[i], int(i), float(p)) for p, i in zip(values.tolist(), indices.tolist())]
+
+    def tag_waveform(self, waveform: Tensor, top_k: int = 10) -> list[Tag]:
+        """Top-k tags of one mono waveform (samples,) at `self.sample_rate`."""
+        return self.top_k(self.probabilities(waveform.reshape(1, -1))[0], top_k)
+
+    def tag_file(self, source: AudioSource, top_k: int = 10) -> list[Tag]:
+        """Decode any PyAV-readable file (any sample rate; resampled) and return its top-k tags."""
+        waveform = load_audio(source, self.sample_rate)
+        min_samples = getattr(self.frontend, "n_fft", 1024)
+        if waveform.numel() < min_samples:  # too short for one STFT frame of real content
+            waveform = torch.nn.functional.pad(waveform, (0, min_samples - waveform.numel()))
+        return self.tag_waveform(waveform, top_k)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Tag an audio file with a pretrained or local model and print the top-k AudioSet labels.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--audio_path", required=True, help="audio file in any format FFmpeg/PyAV decodes")
+    parser.add_argument("--model_name", default="mn10_as",
+                        help="catalogue name (see `python complexity/complexity.py --table`); with --model_path "
+                             "it gives the architecture/frontend of a plain official state_dict")
+    parser.add_argument("--model_path", default=None,
+                        help="local checkpoint: this project's checkpoint, or a plain official state_dict "
+                             "(then --model_name says which architecture it is)")
+    parser.add_argument("--top_k", type=int, default=10, help="number of labels to print")
+    parser.add_argument("--labels_path", default=None,
+                        help="AudioSet class_labels_indices.csv (default: cache, downloaded if missing)")
+    parser.add_argument("--cache_dir", default=None, help="download cache (default: $EFFICIENT_TAGGING_CACHE, "
+                                                          "the repo's pretrained/ or ~/.cache/efficient_tagging)")
+    parser.add_argument("--cuda", action="store_true", help="run on the GPU if one is available")
+    parser.add_argument("--json", action="store_true", help="print the tags as JSON")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.model_path is not None:
+            from .models.factory import read_checkpoint
+            _, metadata = read_checkpoint(args.model_path)
+            if metadata:  # self-describing checkpoint: it knows its architecture
+                tagger = AudioTagger.from_pretrained(args.model_path, labels_path=args.labels_path,
+                                                     cache_dir=args.cache_dir)
+            else:
+                tagger = AudioTagger.from_pretrained(args.model_name, weights=args.model_path,
+                                                     labels_path=args.labels_path, cache_dir=args.cache_dir)
+        else:
+            tagger = AudioTagger.from_pretrained(args.model_name, labels_path=args.labels_path,
+                                                 cache_dir=args.cache_dir)
+        if args.cuda and torch.cuda.is_available():
+            tagger = tagger.cuda()
+        tags = tagger.tag_file(args.audio_path, top_k=args.top_k)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([{"label": t.label, "index": t.index, "probability": t.probability} for t in tags], indent=1))
+    else:
+        print("************* Acoustic Event Detected: *****************")
+        for tag in tags:
+            print(f"{tag.label}: {tag.probability:.3f}")
+        print("********************************************************")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""`get_model`: build any architecture by name or config, optionally with pretrained weights.
+
+Checkpoints are read with `torch.load(weights_only=True)`. Two layouts are accepted:
+- a plain state_dict (the official EfficientAT / PaSST / AST release files; an optional
+  `module.` prefix from DataParallel training is stripped), and
+- this project's self-describing file (`save_checkpoint`): a dict holding the state_dict
+  plus the architecture, its config, the frontend settings and the label map, so the file
+  alone rebuilds a model that tags audio.
+Weights are always loaded with `strict=True`; the only keys ever left out are those of the
+final classification layer, and only when the caller asks for a different `num_classes`
+(fine-tuning a pretrained body on a new label set).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import urllib.parse
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from ..hub import cached_file
+from ..labels import LabelMap
+from .registry import PretrainedEntry, get_entry
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "efficient_tagging.checkpoint"
+CHECKPOINT_VERSION = 1
+MIRROR_ENV = "EFFICIENT_TAGGING_MIRROR"
+
+
+def _mobilenet(**config: Any) -> nn.Module:
+    from .mobilenet import MobileNet
+    return MobileNet(**config)
+
+
+def _dymn(**config: Any) -> nn.Module:
+    from .dymn import DyMN
+    return DyMN(**config)
+
+
+# arch name -> builder taking the reference's constructor kwargs. Teachers register here too.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mn": _mobilenet,
+    "dymn": _dymn,
+}
+
+
+def register_architecture(name: str, builder: Callable[..., nn.Module]) -> None:
+    ARCHITECTURES[name] = builder
+
+
+def create_model(arch: str, **config: Any) -> nn.Module:
+    """A freshly initialised model of architecture `arch` built from reference-named kwargs."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    config.pop("pretrained_name", None)
+    model = ARCHITECTURES[arch](**config)
+    model.arch = arch
+    if not isinstance(getattr(type(model), "config", None), property):  # models may describe themselves
+        model.config = dict(config)
+    return model
+
+
+def _looks_like_path(name: str) -> bool:
+    return (name.startswith("file://") or os.sep in name or name.endswith((".pt", ".pth", ".ckpt"))
+            or Path(name).is_file())
+
+
+def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load a checkpoint file safely; returns `(state_dict, metadata)` (metadata empty for plain files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt / non-torch files
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a state_dict (dict of tensors), got {type(content).__name__}")
+    metadata: dict[str, Any] = {}
+    if content.get("format") == CHECKPOINT_FORMAT:
+        metadata = {k: v for k, v in content.items() if k != "state_dict"}
+        content = content["state_dict"]
+    else:
+        for wrapper in ("state_dict", "model"):  # common training-checkpoint wrappers
+            if isinstance(content.get(wrapper), dict) and all(
+                    isinstance(v, torch.Tensor) for v in content[wrapper].values()):
+                content = content[wrapper]
+                break
+    not_tensors = [k for k, v in content.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(f"{path}: not a state_dict; entries that are not tensors: {not_tensors[:5]}")
+    state_dict = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in content.items()}
+    return state_dict, metadata
+
+
+def _describe_mismatch(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> str:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shape_diff = [(k, tuple(state_dict[k].shape), tuple(own[k].shape)) for k in own
+                  if k in state_dict and state_dict[k].shape != own[k].shape]
+    lines = [f"checkpoint {source} does not fit the {type(model).__name__} built from config "
+             f"{getattr(model, 'config', {})}:"]
+    if shape_diff:
+        lines.append(f"  {len(shape_diff)} tensors have other shapes, e.g. "
+                     + "; ".join(f"{k}: checkpoint {a} vs model {b}" for k, a, b in shape_diff[:3]))
+        if any(k.endswith(("features.0.0.weight", "in_c.0.weight")) for k, _, _ in shape_diff):
+            lines.append("  the stem width differs: the checkpoint was trained with another width_mult")
+    if missing:
+        lines.append(f"  {len(missing)} keys missing from the checkpoint, e.g. {missing[:3]}")
+    if unexpected:
+        lines.append(f"  {len(unexpected)} unexpected keys in the checkpoint, e.g. {unexpected[:3]}")
+    lines.append("  (pass the architecture and config the checkpoint was trained with)")
+    return "\n".join(lines)
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "<state_dict>",
+                 allow_new_head: bool = False) -> list[str]:
+    """Load `state_dict` strictly; returns the classifier keys left out when `allow_new_head`.
+
+    With `allow_new_head`, classifier tensors whose shape differs from the model (a new
+    number of classes) are skipped and stay freshly initialised; everything else must match.
+    """
+    own = model.state_dict()
+    skipped: list[str] = []
+    if allow_new_head:
+        skipped = [k for k in own if k.startswith("classifier.") and k in state_dict
+                   and state_dict[k].shape != own[k].shape]
+        state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
+    try:
+        if skipped:
+            result = model.load_state_dict(state_dict, strict=False)
+            if set(result.missing_keys) != set(skipped) or result.unexpected_keys:
+                raise RuntimeError("keys differ beyond the classification head")
+        else:
+            model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise ValueError(_describe_mismatch(model, state_dict, source)) from error
+    if skipped:
+        logger.info("%s: new classification head (%s) initialised randomly", source, ", ".join(skipped))
+    return skipped
+
+
+def _resolve_file(location: str) -> Path:
+    if location.startswith("file://"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
+    return Path(location).expanduser()
+
+
+def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
+              cache_dir: Union[str, Path, None] = None, weights: Union[str, Path, None] = None,
+              progress: bool = False, **config: Any) -> nn.Module:
+    """Build a model; with `pretrained_name`, also load its weights.
+
+    - `get_model(arch="mn", width_mult=0.4, ...)`: a fresh model, reference argument names.
+    - `get_model("mn10_as")`: a catalogue name: config and frontend settings come from the
+      catalogue, the release file is downloaded once into the cache. `config` entries
+      override the catalogue (e.g. `num_classes=50` keeps the body and starts a new head).
+    - `get_model("path/to/file.pt", arch=..., **config)` or a `file://` URL: a local
+      checkpoint; this project's own checkpoints carry their arch/config, official plain
+      state_dicts need `arch` and `config`.
+    - `get_model("mn10_as", weights="my/copy/mn10_as_mAP_471.pt")`: catalogue config with a
+      local copy of the release file (no download).
+
+    Downloads go to `cache_dir` (see `efficient_tagging.hub.cache_dir`); the environment
+    variable `EFFICIENT_TAGGING_MIRROR` replaces the release base URL (an internal mirror,
+    or a `file://` folder).
+
+    The returned model has attributes `arch`, `config`, `preprocessing` (mel frontend
+    settings), `dataset` and `label_map` (a `LabelMap` or None when not known offline).
+    """
+    config.pop("pretrained_name", None)
+    if pretrained_name is None:
+        model = create_model(arch, **config)
+        model.preprocessing = {}
+        model.dataset = None
+        model.label_map = None
+        return model
+
+    entry: Optional[PretrainedEntry] = None
+    metadata: dict[str, Any] = {}
+    if _looks_like_path(pretrained_name):
+        path = _resolve_file(pretrained_name)
+        state_dict, metadata = read_checkpoint(path)
+        source = str(path)
+        if metadata:
+            arch = metadata["arch"]
+            base_config = dict(metadata.get("config", {}))
+        else:
+            base_config = {}
+    else:
+        entry = get_entry(pretrained_name)
+        arch = entry.arch
+        base_config = dict(entry.config)
+        if weights is not None:
+            path = Path(weights).expanduser()
+        else:
+            url = entry.url
+            if os.environ.get(MIRROR_ENV):
+                url = os.environ[MIRROR_ENV].rstrip("/") + "/" + urllib.parse.quote(entry.filename)
+            path = cached_file(url, entry.filename, cache=cache_dir, sha256=entry.sha256, progress=progress)
+        state_dict, metadata = read_checkpoint(path)
+        source = f"{path} ({entry.name})"
+
+    new_head = "num_classes" in config and config["num_classes"] != base_config.get("num_classes", 527)
+    if arch == "dymn" and "T_max" not in config and "T_max" not in base_config:
+        # Released DyMNs run at their final training temperature, as the reference does.
+        base_config["T_max"] = config.get("pretrain_final_temp", base_config.get("pretrain_final_temp", 1.0))
+    model = create_model(arch, **{**base_config, **config})
+    load_weights(model, state_dict, source=source, allow_new_head=new_head)
+
+    preprocessing = dict(entry.preprocessing) if entry else dict(metadata.get("preprocessing") or {})
+    model.preprocessing = preprocessing
+    model.dataset = entry.dataset if entry else metadata.get("dataset")
+    labels = metadata.get("labels")
+    model.label_map = LabelMap.from_dict(labels) if labels and not new_head else None
+    model.pretrained_name = entry.name if entry else source
+    return model
+
+
+def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[str] = None,
+                    config: Optional[dict[str, Any]] = None, preprocessing: Optional[dict[str, Any]] = None,
+                    labels: Optional[LabelMap] = None, dataset: Optional[str] = None,
+                    extra: Optional[dict[str, Any]] = None) -> Path:
+    """Write a self-describing checkpoint atomically (temp file + rename).
+
+    Holds only tensors and plain Python values, so `torch.load(weights_only=True)` reads it.
+    """
+    path = Path(path)
+    arch = arch or getattr(model, "arch", None)
+    if arch is None:
+        raise ValueError("save_checkpoint needs the architecture name (arch=...)")
+    labels = labels if labels is not None else getattr(model, "label_map", None)
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": arch,
+        "config": dict(config if config is not None else getattr(model, "config", {})),
+        "preprocessing": dict(preprocessing if preprocessing is not None else getattr(model, "preprocessing", {})),
+        "dataset": dataset if dataset is not None else getattr(model, "dataset", None),
+        "labels": labels.to_dict() if labels is not None else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    if extra:
+        payload["extra"] = extra
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path

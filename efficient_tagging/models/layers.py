@@ -1,0 +1,121 @@
+"""Building blocks shared by the MobileNet (mn) and dynamic MobileNet (dymn) students.
+
+Module layouts here define state_dict keys, so they follow EfficientAT's naming:
+a conv unit is a Sequential whose `.0` is the convolution and `.1` the BatchNorm.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+from torch import Tensor, nn
+
+# EfficientAT's body BatchNorms use these values (torchvision's MobileNetV3 choice);
+# using PyTorch's default eps 1e-5 changes official-checkpoint outputs drastically.
+BN_EPS = 0.001
+BN_MOMENTUM = 0.01
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """Round a (width-scaled) channel count to a multiple of `divisor`.
+
+    Never rounds down by more than 10 %: if it would, one more `divisor` is added.
+    """
+    if min_value is None:
+        min_value = divisor
+    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def conv_output_size(size: int, kernel_size: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """Output length of a convolution along one axis (PyTorch's formula)."""
+    return (size + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1
+
+
+class ConvNormActivation(nn.Sequential):
+    """Conv2d (no bias) -> BatchNorm2d -> optional activation, keyed `.0`, `.1`, `.2`."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        dilation: int = 1,
+        activation: Optional[Callable[..., nn.Module]] = nn.ReLU,
+        norm_eps: float = BN_EPS,
+        norm_momentum: float = BN_MOMENTUM,
+    ) -> None:
+        padding = (kernel_size - 1) // 2 * dilation
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding,
+                      dilation=dilation, groups=groups, bias=False),
+            nn.BatchNorm2d(out_channels, eps=norm_eps, momentum=norm_momentum),
+        ]
+        if activation is not None:
+            layers.append(activation(inplace=True) if activation in (nn.ReLU, nn.Hardswish) else activation())
+        super().__init__(*layers)
+        self.out_channels = out_channels
+        self.stride = stride
+        self.kernel_size = kernel_size
+        self.dilation = dilation
+
+
+class BlockSpec(NamedTuple):
+    """One row of the MobileNetV3-Large body table (channel counts before width scaling)."""
+
+    in_channels: int
+    kernel_size: int
+    expanded_channels: int
+    out_channels: int
+    use_se: bool
+    activation: str  # "RE" (ReLU) or "HS" (Hardswish)
+    stride_index: Optional[int]  # index into `strides` for down-sampling blocks, None = stride 1
+
+
+# The 15 inverted-residual blocks shared by mn and dymn. Blocks 2, 4, 7 and 13 (1-based)
+# down-sample with strides[0..3]; the last three blocks are the ones `reduced_tail` halves
+# and `dilated` dilates.
+MOBILENETV3_BLOCKS: tuple[BlockSpec, ...] = (
+    BlockSpec(16, 3, 16, 16, False, "RE", None),
+    BlockSpec(16, 3, 64, 24, False, "RE", 0),
+    BlockSpec(24, 3, 72, 24, False, "RE", None),
+    BlockSpec(24, 5, 72, 40, True, "RE", 1),
+    BlockSpec(40, 5, 120, 40, True, "RE", None),
+    BlockSpec(40, 5, 120, 40, True, "RE", None),
+    BlockSpec(40, 3, 240, 80, False, "HS", 2),
+    BlockSpec(80, 3, 200, 80, False, "HS", None),
+    BlockSpec(80, 3, 184, 80, False, "HS", None),
+    BlockSpec(80, 3, 184, 80, False, "HS", None),
+    BlockSpec(80, 3, 480, 112, True, "HS", None),
+    BlockSpec(112, 3, 672, 112, True, "HS", None),
+    BlockSpec(112, 5, 672, 160, True, "HS", 3),
+    BlockSpec(160, 5, 960, 160, True, "HS", None),
+    BlockSpec(160, 5, 960, 160, True, "HS", None),
+)
+STEM_CHANNELS = 16
+LAST_CHANNEL = 1280  # hidden size of the MLP head before width scaling
+
+
+def check_spectrogram_input(x: Tensor, expected_n_mels: Optional[int], model_name: str) -> None:
+    """Raise a ValueError naming the problem if `x` is not a (B, 1, n_mels, T) spectrogram batch."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{model_name}: expected a torch.Tensor spectrogram, got {type(x).__name__}")
+    if x.dim() != 4:
+        hint = ""
+        if x.dim() == 3:
+            hint = " (a (B, n_mels, T) log-mel batch needs a channel axis: x.unsqueeze(1))"
+        elif x.dim() == 2:
+            hint = " (this looks like a waveform batch: run the mel frontend first)"
+        raise ValueError(
+            f"{model_name}: expected a spectrogram of shape (batch, 1, n_mels, time), "
+            f"got rank {x.dim()} shape {tuple(x.shape)}{hint}")
+    if x.shape[1] != 1:
+        raise ValueError(
+            f"{model_name}: expected 1 input channel, got shape {tuple(x.shape)} (channel axis = {x.shape[1]})")
+    if expected_n_mels is not None and x.shape[2] != expected_n_mels:
+        raise ValueError(
+            f"{model_name}: expected {expected_n_mels} mel bins (frequency axis), got shape {tuple(x.shape)}; "
+            f"build the model with input_dim_f={x.shape[2]} or use a frontend with n_mels={expected_n_mels}")
