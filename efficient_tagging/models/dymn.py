@@ -1,0 +1,511 @@
+"""Dynamic MobileNet ("DyMN"), checkpoint- and numerically compatible with EfficientAT.
+
+DyMN (Schmid et al., "Dynamic Convolutional Neural Networks as Efficient Pre-trained
+Audio Models") keeps the MobileNetV3-Large layout of the MN students -- a 3x3 stride-2
+stem (`in_c`), the 15 inverted-residual blocks of `MOBILENETV3_BLOCKS` (`layers`), a
+1x1 conv to 6x the last block width (`out_c`) and an MLP head (`classifier`) -- but
+makes every block input-dependent:
+
+* **Context generation** (`context_gen`). The block input (B, C, F, T) is averaged over
+  time (a frequency profile) and over frequency (a time profile); both sequences are
+  concatenated and passed through a shared 1x1 conv + BN + Hardswish to H channels.
+  The mean over all F + T positions, `h_c` (B, H, 1, 1), parameterises the dynamic
+  convolutions and Dy-ReLU; the two sequences, mapped back to the expanded width by
+  `conv_f` / `conv_t` (pooled with the block stride first), drive coordinate attention.
+* **Dynamic convolution** (`exp_conv`, `depth_conv`, `proj_conv`). Each holds K candidate
+  kernels; a per-sample softmax attention over them (logits from `h_c`, divided by a
+  temperature) mixes one kernel per sample. The batch is folded into the channel axis so
+  the whole batch runs as a single grouped convolution.
+* **Dy-ReLU-B** (`depth_act`). A per-sample, per-channel piecewise-linear activation
+  `max_m(a_m x + b_m)` with coefficients predicted from `h_c`.
+* **Coordinate attention** (`ca`). The depthwise output is rescaled by
+  sigmoid(frequency attention) and sigmoid(time attention).
+
+The attention temperature is training state, not a weight: a fresh model starts at
+`T_max` (30 by default) and a trainer lowers it each epoch with `update_temperature`
+(`dymn_temperature` is the schedule). Released AudioSet checkpoints were trained down to
+1.0, which is why EfficientAT replaces `T_max` by `pretrain_final_temp` when loading
+them; a loader in this package must do the same (`model.set_temperature(1.0)`).
+
+Module names, parameter shapes and the state_dict order (`layers.*` before `in_c.*`)
+follow EfficientAT so that its released `dymnXY_*` files load with `strict=True`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layers import (
+    BN_EPS,
+    BN_MOMENTUM,
+    LAST_CHANNEL,
+    MOBILENETV3_BLOCKS,
+    STEM_CHANNELS,
+    BlockSpec,
+    ConvNormActivation,
+    check_spectrogram_input,
+    make_divisible,
+)
+from .mobilenet import InvertedResidual
+
+__all__ = [
+    "DyMN",
+    "DynamicConv2d",
+    "DyReLUB",
+    "CoordinateAttention",
+    "ContextGenerator",
+    "DynamicInvertedResidual",
+    "dymn_temperature",
+    "DY_BLOCK_MODES",
+]
+
+# Which of the 15 blocks are dynamic. "replace_se" keeps plain (SE-free) MN blocks where
+# MobileNetV3 has no squeeze-excitation and uses dynamic blocks only where it has SE.
+DY_BLOCK_MODES: dict[str, tuple[bool, ...]] = {
+    "all": (True,) * len(MOBILENETV3_BLOCKS),
+    "replace_se": tuple(spec.use_se for spec in MOBILENETV3_BLOCKS),
+}
+
+
+def dymn_temperature(
+    epoch: float,
+    T_max: float = 30.0,
+    T0_slope: float = 1.0,
+    T1_slope: float = 0.02,
+    T_min: float = 1.0,
+) -> float:
+    """Kernel-attention temperature of EfficientAT's DyMN training schedule at `epoch`.
+
+    Two linear decays: a steep one from `T_max` (slope `T0_slope`) and a gentle one
+    (slope `T1_slope`) that takes over once the steep one reaches ~1, floored at `T_min`:
+    ``max(T_max - T0_slope*epoch, 1 + T1_slope*(T_max - 1)/T0_slope - T1_slope*epoch, T_min)``.
+    """
+    if T0_slope == 0:
+        raise ValueError("dymn_temperature: T0_slope must be non-zero (the schedule divides by it)")
+    steep = T_max - T0_slope * epoch
+    gentle = 1 + T1_slope * (T_max - 1) / T0_slope - T1_slope * epoch
+    return float(max(steep, gentle, T_min))
+
+
+def _check_temperature(value: float, name: str = "temperature") -> float:
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"DyMN: {name} must be a finite positive number, got {value}")
+    return value
+
+
+class DynamicContext(NamedTuple):
+    """What the context generator hands to the dynamic parts of one block."""
+
+    h_c: Tensor  # (B, H, 1, 1) context vector for Dy-Conv attention and Dy-ReLU
+    g_f: Tensor  # (B, expanded, F', 1) frequency attention logits (coordinate attention)
+    g_t: Tensor  # (B, expanded, 1, T') time attention logits
+
+
+class StaticWrapper(nn.Module):
+    """Runs a context-free module inside a dynamic block (used by the no_dy* ablations).
+
+    The wrapped module sits under `.module`, as in EfficientAT, so the state_dict keys of
+    ablated models (e.g. `exp_conv.module.weight`) match the reference.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor, ctx: DynamicContext) -> Tensor:
+        return self.module(x)
+
+
+class DynamicConv2d(nn.Module):
+    """Convolution whose kernel is a per-sample attention-weighted mix of K candidates.
+
+    `weight` has EfficientAT's layout (1, 1, K, out * in/groups * k * k): each row is one
+    flattened (out, in/groups, k, k) kernel. No bias.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        context_dim: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        groups: int = 1,
+        num_kernels: int = 4,
+        temperature: float = 30.0,
+    ) -> None:
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"DynamicConv2d: channels ({in_channels}, {out_channels}) not divisible by groups={groups}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = padding
+        self.dilation = dilation
+        self.groups = groups
+        self.num_kernels = num_kernels
+        self.temperature = _check_temperature(temperature)  # plain attribute: not saved
+        kernel_numel = out_channels * (in_channels // groups) * kernel_size * kernel_size
+        self.weight = nn.Parameter(torch.empty(1, 1, num_kernels, kernel_numel))
+        # Linear H -> K producing the attention logits; a Sequential for the `residuals.0` key.
+        self.residuals = nn.Sequential(nn.Linear(context_dim, num_kernels))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Each candidate gets Kaiming-normal (fan_out) init, as a static conv would.
+        fan_out = self.out_channels * self.kernel_size * self.kernel_size
+        nn.init.normal_(self.weight, 0.0, math.sqrt(2.0 / fan_out))
+
+    def forward(self, x: Tensor, ctx: DynamicContext) -> Tensor:
+        b, c, f, t = x.shape
+        logits = self.residuals(ctx.h_c.reshape(b, -1))                    # (B, K)
+        attention = torch.softmax(logits / self.temperature, dim=-1)
+        kernels = attention @ self.weight.reshape(self.num_kernels, -1)     # (B, out*in/g*k*k)
+        kernels = kernels.reshape(b * self.out_channels, self.in_channels // self.groups,
+                                  self.kernel_size, self.kernel_size)
+        # Fold the batch into the channel axis: sample i only sees its own kernel group.
+        out = F.conv2d(x.reshape(1, b * c, f, t), kernels, None, self.stride, self.padding,
+                       self.dilation, self.groups * b)
+        return out.reshape(b, self.out_channels, out.shape[-2], out.shape[-1])
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"groups={self.groups}, num_kernels={self.num_kernels}, temperature={self.temperature}")
+
+
+class DyReLUB(nn.Module):
+    """Dy-ReLU-B: per-sample, per-channel `max_m(a_m * x + b_m)` with M pieces.
+
+    θ = 2·sigmoid(Linear(h_c)) − 1 is read channel-major as (B, C, 2M); the coefficients
+    are θ·lambdas + init_v, so an untrained net starts at (a, b) = (1, 0, ..., 0), i.e. ReLU.
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_pieces: int = 2) -> None:
+        super().__init__()
+        self.channels = channels
+        self.num_pieces = num_pieces
+        # Constant buffers, but persistent: they are part of EfficientAT's state_dict.
+        self.register_buffer("lambdas", torch.tensor([1.0] * num_pieces + [0.5] * num_pieces))
+        self.register_buffer("init_v", torch.tensor([1.0] + [0.0] * (2 * num_pieces - 1)))
+        self.coef_net = nn.Sequential(nn.Linear(context_dim, 2 * num_pieces * channels))
+
+    def forward(self, x: Tensor, ctx: DynamicContext) -> Tensor:
+        b = x.shape[0]
+        theta = 2 * torch.sigmoid(self.coef_net(ctx.h_c.reshape(b, -1))) - 1
+        coefs = theta.reshape(b, self.channels, 1, 1, 2 * self.num_pieces) * self.lambdas + self.init_v
+        m = self.num_pieces
+        # Running maximum over the pieces: avoids materialising a (B, C, F, T, M) tensor.
+        out = x * coefs[..., 0] + coefs[..., m]
+        for i in range(1, m):
+            out = torch.maximum(out, x * coefs[..., i] + coefs[..., m + i])
+        return out
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, num_pieces={self.num_pieces}"
+
+
+class CoordinateAttention(nn.Module):
+    """Rescale by sigmoid of the frequency and time attention maps from the context."""
+
+    def forward(self, x: Tensor, ctx: DynamicContext) -> Tensor:
+        return x * torch.sigmoid(ctx.g_f) * torch.sigmoid(ctx.g_t)
+
+
+class ContextGenerator(nn.Module):
+    """Builds the per-sample context (h_c, g_f, g_t) of a dynamic block from its input."""
+
+    def __init__(self, in_channels: int, context_dim: int, expanded_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        # A 1x1 conv over the concatenated (F + T, 1) sequence = one Linear shared by both axes.
+        self.joint_conv = nn.Conv2d(in_channels, context_dim, kernel_size=1, bias=False)
+        self.joint_norm = nn.BatchNorm2d(context_dim, eps=BN_EPS, momentum=BN_MOMENTUM)
+        self.joint_act = nn.Hardswish(inplace=True)
+        self.conv_f = nn.Conv2d(context_dim, expanded_channels, kernel_size=1, bias=True)
+        self.conv_t = nn.Conv2d(context_dim, expanded_channels, kernel_size=1, bias=True)
+        if stride > 1:
+            # Attention maps must match the depthwise output, which is down-sampled by `stride`
+            # (3-tap pools, zero padding counted in the average like the reference).
+            self.pool_f: nn.Module = nn.AvgPool2d(kernel_size=(3, 1), stride=(stride, 1), padding=(1, 0))
+            self.pool_t: nn.Module = nn.AvgPool2d(kernel_size=(1, 3), stride=(1, stride), padding=(0, 1))
+        else:
+            self.pool_f = nn.Identity()
+            self.pool_t = nn.Identity()
+
+    def forward(self, x: Tensor) -> DynamicContext:
+        freq_profile = F.adaptive_avg_pool2d(x, (None, 1))                      # (B, C, F, 1)
+        time_profile = F.adaptive_avg_pool2d(x, (1, None)).permute(0, 1, 3, 2)  # (B, C, T, 1)
+        n_freq = freq_profile.shape[2]
+        joint = torch.cat([freq_profile, time_profile], dim=2)
+        joint = self.joint_act(self.joint_norm(self.joint_conv(joint)))        # (B, H, F + T, 1)
+        h_f, h_t = torch.split(joint, [n_freq, joint.shape[2] - n_freq], dim=2)
+        h_c = joint.mean(dim=2, keepdim=True)                                  # (B, H, 1, 1)
+        g_f = self.conv_f(self.pool_f(h_f))
+        g_t = self.conv_t(self.pool_t(h_t.permute(0, 1, 3, 2)))
+        return DynamicContext(h_c, g_f, g_t)
+
+
+def _activation(name: str) -> type[nn.Module]:
+    return nn.Hardswish if name == "HS" else nn.ReLU
+
+
+class DynamicInvertedResidual(nn.Module):
+    """Inverted residual block with dynamic convs, Dy-ReLU-B and coordinate attention.
+
+    expand (dynamic 1x1, skipped if expanded == in) -> BN -> act -> depthwise dynamic kxk
+    -> BN -> Dy-ReLU-B -> coordinate attention -> project (dynamic 1x1) -> BN (+ input).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        kernel_size: int,
+        expanded_channels: int,
+        out_channels: int,
+        activation: str,
+        stride: int,
+        context_dim: int,
+        dyrelu_k: int = 2,
+        dyconv_k: int = 4,
+        no_dyrelu: bool = False,
+        no_dyconv: bool = False,
+        no_ca: bool = False,
+        temperature: float = 30.0,
+    ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"DynamicInvertedResidual: stride must be 1 or 2, got {stride}")
+        self.use_res_connect = stride == 1 and in_channels == out_channels
+        self.context_dim = context_dim
+        act = _activation(activation)
+
+        def conv(cin: int, cout: int, k: int, s: int, groups: int) -> nn.Module:
+            padding = (k - 1) // 2
+            if no_dyconv:
+                return StaticWrapper(nn.Conv2d(cin, cout, k, s, padding, groups=groups, bias=False))
+            return DynamicConv2d(cin, cout, context_dim, k, s, padding, groups=groups,
+                                 num_kernels=dyconv_k, temperature=temperature)
+
+        def norm(channels: int) -> nn.BatchNorm2d:
+            return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+        # Registration order below fixes the state_dict order (context_gen comes last).
+        if expanded_channels != in_channels:
+            self.exp_conv = conv(in_channels, expanded_channels, 1, 1, 1)
+            self.exp_norm: nn.Module = norm(expanded_channels)
+            self.exp_act: nn.Module = act(inplace=True)
+        else:
+            self.exp_conv = StaticWrapper(nn.Identity())
+            self.exp_norm = nn.Identity()
+            self.exp_act = nn.Identity()
+
+        self.depth_conv = conv(expanded_channels, expanded_channels, kernel_size, stride, expanded_channels)
+        self.depth_norm = norm(expanded_channels)
+        self.depth_act = (StaticWrapper(act(inplace=True)) if no_dyrelu
+                          else DyReLUB(expanded_channels, context_dim, num_pieces=dyrelu_k))
+        self.ca = StaticWrapper(nn.Identity()) if no_ca else CoordinateAttention()
+
+        self.proj_conv = conv(expanded_channels, out_channels, 1, 1, 1)
+        self.proj_norm = norm(out_channels)
+
+        self.context_gen = ContextGenerator(in_channels, context_dim, expanded_channels, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ctx = self.context_gen(x)
+        out = self.exp_act(self.exp_norm(self.exp_conv(x, ctx)))
+        out = self.depth_act(self.depth_norm(self.depth_conv(out, ctx)), ctx)
+        out = self.ca(out, ctx)
+        out = self.proj_norm(self.proj_conv(out, ctx))
+        if self.use_res_connect:
+            out = out + x
+        return out
+
+
+def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"DyMN: {name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class DyMN(nn.Module):
+    """EfficientAT dynamic MobileNet. `forward(x)` maps (B, 1, n_mels, T) to (logits, embedding).
+
+    Arguments are those of EfficientAT's DyMN `get_model` (minus `pretrained_name`), with the
+    same defaults. `T_max` is the initial attention temperature; `pretrain_final_temp` is only
+    recorded (EfficientAT uses it instead of `T_max` when loading released weights).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 527,
+        width_mult: float = 1.0,
+        strides: Sequence[int] = (2, 2, 2, 2),
+        context_ratio: int = 4,
+        max_context_size: int = 128,
+        min_context_size: int = 32,
+        dyrelu_k: int = 2,
+        no_dyrelu: bool = False,
+        dyconv_k: int = 4,
+        no_dyconv: bool = False,
+        T_max: float = 30.0,
+        T0_slope: float = 1.0,
+        T1_slope: float = 0.02,
+        T_min: float = 1,
+        pretrain_final_temp: float = 1.0,
+        no_ca: bool = False,
+        use_dy_blocks: str = "all",
+    ) -> None:
+        super().__init__()
+        _check_positive_int(num_classes, "num_classes")
+        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) \
+                or not math.isfinite(width_mult) or width_mult <= 0:
+            raise ValueError(f"DyMN: width_mult must be a finite positive number, got {width_mult!r}")
+        strides = tuple(strides)
+        if len(strides) != 4 or any(isinstance(s, bool) or s not in (1, 2) for s in strides):
+            raise ValueError(f"DyMN: strides must be 4 values, each 1 or 2, got {strides!r}")
+        _check_positive_int(context_ratio, "context_ratio")
+        _check_positive_int(min_context_size, "min_context_size")
+        _check_positive_int(max_context_size, "max_context_size")
+        if min_context_size > max_context_size:
+            raise ValueError(f"DyMN: min_context_size ({min_context_size}) > max_context_size ({max_context_size})")
+        _check_positive_int(dyrelu_k, "dyrelu_k")
+        _check_positive_int(dyconv_k, "dyconv_k")
+        if use_dy_blocks not in DY_BLOCK_MODES:
+            raise ValueError(f"DyMN: use_dy_blocks must be one of {sorted(DY_BLOCK_MODES)}, got {use_dy_blocks!r}")
+        _check_temperature(T_max, "T_max")
+        _check_temperature(T_min, "T_min")
+        _check_temperature(pretrain_final_temp, "pretrain_final_temp")
+        if not math.isfinite(T0_slope) or T0_slope == 0:
+            raise ValueError(f"DyMN: T0_slope must be finite and non-zero, got {T0_slope!r}")
+        if not math.isfinite(T1_slope):
+            raise ValueError(f"DyMN: T1_slope must be finite, got {T1_slope!r}")
+
+        self._config = dict(
+            num_classes=num_classes, width_mult=width_mult, strides=strides, context_ratio=context_ratio,
+            max_context_size=max_context_size, min_context_size=min_context_size, dyrelu_k=dyrelu_k,
+            no_dyrelu=no_dyrelu, dyconv_k=dyconv_k, no_dyconv=no_dyconv, T_max=T_max, T0_slope=T0_slope,
+            T1_slope=T1_slope, T_min=T_min, pretrain_final_temp=pretrain_final_temp, no_ca=no_ca,
+            use_dy_blocks=use_dy_blocks)
+        self.num_classes = num_classes
+        self.width_mult = float(width_mult)
+        self.strides = strides
+        self.use_dy_blocks = use_dy_blocks
+        self.T_max, self.T0_slope, self.T1_slope, self.T_min = float(T_max), float(T0_slope), float(T1_slope), float(T_min)
+        self.pretrain_final_temp = float(pretrain_final_temp)
+        self._temperature = float(T_max)
+
+        def md(channels: float) -> int:
+            return make_divisible(channels * width_mult, 8)
+
+        min_context, max_context = md(min_context_size), md(max_context_size)
+        # Created before `in_c` on purpose: EfficientAT's state_dict lists `layers.*` first.
+        self.layers = nn.ModuleList()
+        self.in_c = ConvNormActivation(1, md(STEM_CHANNELS), kernel_size=3, stride=2, activation=nn.Hardswish)
+        spec: BlockSpec
+        for spec, dynamic in zip(MOBILENETV3_BLOCKS, DY_BLOCK_MODES[use_dy_blocks]):
+            stride = 1 if spec.stride_index is None else strides[spec.stride_index]
+            cin, cexp, cout = md(spec.in_channels), md(spec.expanded_channels), md(spec.out_channels)
+            if dynamic:
+                context_dim = min(max(make_divisible(cexp // context_ratio, 8), min_context), max_context)
+                block: nn.Module = DynamicInvertedResidual(
+                    cin, spec.kernel_size, cexp, cout, spec.activation, stride, context_dim,
+                    dyrelu_k=dyrelu_k, dyconv_k=dyconv_k, no_dyrelu=no_dyrelu, no_dyconv=no_dyconv,
+                    no_ca=no_ca, temperature=T_max)
+            else:
+                # `replace_se`: a plain MN block, never with SE (keys `layers.i.block.*`).
+                block = InvertedResidual(
+                    in_channels=cin, kernel_size=spec.kernel_size, expanded_channels=cexp, out_channels=cout,
+                    use_se=False, activation=spec.activation, stride=stride, dilation=1,
+                    freq_size=0, time_size=0, se_dims=None)
+            self.layers.append(block)
+
+        last_in = md(MOBILENETV3_BLOCKS[-1].out_channels)
+        self.embedding_dim = 6 * last_in
+        self.out_c = ConvNormActivation(last_in, self.embedding_dim, kernel_size=1, activation=nn.Hardswish)
+        hidden = md(LAST_CHANNEL)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(start_dim=1),
+            nn.Linear(self.embedding_dim, hidden),
+            nn.Hardswish(inplace=True),
+            nn.Dropout(p=0.2),
+            nn.Linear(hidden, num_classes),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # EfficientAT's initialisation (DynamicConv2d kernels initialise themselves).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # ----- attention temperature -------------------------------------------------------
+    @property
+    def temperature(self) -> float:
+        """Current kernel-attention temperature of the dynamic convolutions."""
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.set_temperature(value)
+
+    def set_temperature(self, t: float) -> None:
+        """Set the kernel-attention temperature of every dynamic convolution."""
+        t = _check_temperature(t)
+        self._temperature = t
+        for m in self.modules():
+            if isinstance(m, DynamicConv2d):
+                m.temperature = t
+
+    def update_temperature(self, epoch: float) -> float:
+        """Apply the training schedule (`dymn_temperature`) for `epoch`; returns the new value.
+
+        A trainer calls this at the start of every epoch.
+        """
+        t = dymn_temperature(epoch, self.T_max, self.T0_slope, self.T1_slope, self.T_min)
+        self.set_temperature(t)
+        return t
+
+    # EfficientAT's trainers call `update_params(epoch)`.
+    update_params = update_temperature
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments (EfficientAT `get_model` names) that rebuild this model."""
+        return dict(self._config)
+
+    # ----- forward -------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Body output (B, embedding_dim, F', T') for a (B, 1, n_mels, T) spectrogram."""
+        check_spectrogram_input(x, None, "DyMN")
+        x = self.in_c(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.out_c(x)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 1, n_mels, T) -> (logits (B, num_classes), embedding (B, 6C))."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_head(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits, embedding) from the body output; embedding = pooled `out_c` output."""
+        embedding = F.adaptive_avg_pool2d(features, (1, 1)).flatten(1)
+        # Unlike the reference's `.squeeze()`, keep (B, num_classes) for any B and num_classes.
+        logits = self.classifier(features)
+        return logits, embedding

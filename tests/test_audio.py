@@ -1,0 +1,90 @@
+"""Decoding (PyAV), resampling and encoding."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import FIXTURES, METRO_WAV, load_fixture, requires_shared
+from efficient_tagging.audio import AudioDecodeError, decode_audio, encode_audio, load_audio, pad_or_truncate, resample
+
+
+@requires_shared
+def test_decode_24bit_wav_at_native_rate():
+    samples, sample_rate = decode_audio(METRO_WAV)
+    assert sample_rate == 44100
+    assert samples.dtype == np.float32 and samples.shape == (441000,)
+    assert 0.5 < np.abs(samples).max() <= 1.0
+
+
+@requires_shared
+def test_load_and_resample_matches_the_fixture_input():
+    # The reference fixtures resampled this file to 32 kHz with torchaudio's sinc resampler.
+    waveform = load_audio(METRO_WAV, 32000)
+    expected = load_fixture(FIXTURES / "mel_default.pt")["input"][0]
+    torch.testing.assert_close(waveform, expected, atol=1e-6, rtol=0)
+
+
+def test_resampling_keeps_a_tone_and_is_band_limited():
+    t = np.arange(44100) / 44100
+    tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+    out = resample(tone, 44100, 32000).numpy()
+    assert out.shape == (32000,)
+    spectrum = np.abs(np.fft.rfft(out[1000:-1000]))
+    frequencies = np.fft.rfftfreq(len(out) - 2000, 1 / 32000)
+    assert abs(frequencies[spectrum.argmax()] - 440) < 2
+    # a 20 kHz tone cannot exist at 32 kHz: it must be filtered out, not aliased to 12 kHz
+    # (dropping/repeating samples would keep it at full amplitude)
+    alias = resample(np.sin(2 * np.pi * 20000 * t).astype(np.float32), 44100, 32000).numpy()
+    assert np.abs(alias[1000:-1000]).max() < 0.02
+
+
+@pytest.mark.parametrize("codec,tolerance", [("wav", 1e-4), ("flac", 1e-4), ("mp3", None)])
+def test_encode_decode_round_trip(codec, tolerance):
+    t = np.arange(32000) / 32000
+    signal = (0.5 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32)
+    encoded = encode_audio(signal, 32000, codec)
+    decoded, rate = decode_audio(encoded, name=f"clip.{codec}")
+    assert rate == 32000
+    if tolerance is not None:
+        assert decoded.shape == signal.shape
+        assert np.abs(decoded - signal).max() < tolerance
+    else:  # lossy: same length within a frame, same content
+        assert abs(len(decoded) - len(signal)) < 1152
+        n = min(len(decoded), len(signal))
+        assert np.corrcoef(decoded[:n], signal[:n])[0, 1] > 0.99
+
+
+def test_stereo_is_averaged_to_mono(tmp_path):
+    import av
+    left = np.full(16000, 0.5, dtype=np.float32)
+    right = np.full(16000, -0.25, dtype=np.float32)
+    path = tmp_path / "stereo.wav"
+    with av.open(str(path), "w", format="wav") as container:
+        stream = container.add_stream("pcm_s16le", rate=16000)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(np.round(np.stack([left, right]) * 32767).astype(np.int16),
+                                           format="s16p", layout="stereo")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    samples, rate = decode_audio(path)
+    assert rate == 16000
+    assert np.allclose(samples, 0.125, atol=1e-3)
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    bad = tmp_path / "broken.mp3"
+    bad.write_bytes(b"this is not audio" * 100)
+    with pytest.raises(AudioDecodeError, match="broken.mp3"):
+        decode_audio(bad)
+    with pytest.raises(AudioDecodeError, match="not found"):
+        decode_audio(tmp_path / "missing.wav")
+    with pytest.raises(AudioDecodeError, match="clip_7"):
+        decode_audio(b"\x00" * 64, name="clip_7")
+
+
+def test_pad_or_truncate():
+    x = torch.arange(5.0)
+    assert pad_or_truncate(x, 3).tolist() == [0, 1, 2]
+    assert pad_or_truncate(x, 7).tolist() == [0, 1, 2, 3, 4, 0, 0]

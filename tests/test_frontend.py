@@ -1,0 +1,90 @@
+"""AugmentMelSTFT against the EfficientAT/PaSST reference fixtures, plus train-mode augmentation."""
+import pytest
+import torch
+
+from conftest import fixture_files, load_fixture, requires_shared
+from efficient_tagging import AugmentMelSTFT
+from efficient_tagging.frontend import kaldi_mel_filterbank
+
+MEL_FIXTURES = fixture_files("mel_efficientat", "mel_passt")
+
+
+@requires_shared
+@pytest.mark.parametrize("path", MEL_FIXTURES, ids=[p.stem for p in MEL_FIXTURES])
+def test_eval_output_matches_reference(path):
+    fx = load_fixture(path)
+    frontend = AugmentMelSTFT(**fx["config"]).eval()
+    with torch.no_grad():
+        output = frontend(fx["input"])
+    assert output.shape == fx["output"].shape
+    torch.testing.assert_close(output, fx["output"], **fx["meta"]["tolerance"])
+    if "effective_fmax" in fx["meta"]:
+        assert frontend.fmax == pytest.approx(fx["meta"]["effective_fmax"])
+
+
+def test_mel_fixtures_were_found():
+    if not MEL_FIXTURES:
+        pytest.skip("no shared fixtures")
+    assert {load_fixture(p)["kind"] for p in MEL_FIXTURES} == {"mel_efficientat", "mel_passt"}
+
+
+def test_default_fmax_differs_between_efficientat_and_passt_argument_sets():
+    assert AugmentMelSTFT().fmax == 15000
+    assert AugmentMelSTFT(fmin_aug_range=1, fmax_aug_range=1000, htk=False, norm=1).fmax == 15500
+
+
+def test_frame_count_and_state_dict_is_empty():
+    frontend = AugmentMelSTFT(hopsize=480, n_mels=64).eval()
+    waveform = torch.randn(2, 32000)
+    assert frontend(waveform).shape == (2, 64, frontend.num_frames(32000)) == (2, 64, 67)
+    assert frontend.state_dict() == {}  # reference checkpoints carry no frontend state
+
+
+def test_filterbank_shape_and_triangles():
+    banks = kaldi_mel_filterbank(n_mels=8, n_fft=512, sample_rate=16000, fmin=0.0, fmax=8000.0)
+    assert banks.shape == (8, 257)
+    assert torch.all(banks[:, -1] == 0)  # Nyquist column appended as zeros
+    assert banks.max() <= 1.0 and banks.min() >= 0.0
+    peaks = banks.argmax(dim=1)
+    assert torch.all(peaks[1:] > peaks[:-1])  # centres increase with the filter index
+
+
+def test_train_mode_masks_and_jitters_but_eval_is_deterministic():
+    torch.manual_seed(0)
+    waveform = torch.randn(4, 32000)
+    frontend = AugmentMelSTFT(freqm=20, timem=30)
+    frontend.eval()
+    reference = frontend(waveform)
+    assert torch.equal(reference, frontend(waveform))
+    frontend.train()
+    augmented = frontend(waveform)
+    assert augmented.shape == reference.shape
+    assert not torch.allclose(augmented, reference)
+    masked_value = (0.0 + 4.5) / 5.0  # masks zero the log-mel before normalisation
+    assert (augmented == masked_value).any()
+    # masks are drawn per example
+    masks = [(augmented[i] == masked_value) for i in range(4)]
+    assert any(not torch.equal(masks[0], m) for m in masks[1:])
+
+
+def test_frequency_range_jitter_without_masks():
+    torch.manual_seed(1)
+    waveform = torch.randn(1, 32000)
+    frontend = AugmentMelSTFT(freqm=0, timem=0)
+    frontend.train()
+    outputs = [frontend(waveform) for _ in range(4)]
+    assert any(not torch.allclose(outputs[0], o) for o in outputs[1:])
+    frontend_no_jitter = AugmentMelSTFT(freqm=0, timem=0, fmin_aug_range=1, fmax_aug_range=1)
+    frontend_no_jitter.train()
+    assert torch.equal(frontend_no_jitter(waveform), frontend_no_jitter.eval()(waveform))
+
+
+@pytest.mark.parametrize("shape", [(32000,), (2, 1, 32000)])
+def test_bad_waveform_rank_is_rejected(shape):
+    with pytest.raises(ValueError, match=r"\(batch, samples\)"):
+        AugmentMelSTFT()(torch.zeros(shape))
+
+
+def test_invalid_frequency_range_is_rejected():
+    with pytest.raises(ValueError, match="fmin"):
+        AugmentMelSTFT(fmin=16000, fmax=15000)
