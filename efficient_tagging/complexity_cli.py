@@ -1,0 +1,462 @@
+"""Command-line complexity tool: params, MACs, peak memory and receptive field of a model.
+
+Mirrors EfficientAT's ``complexity.py`` (same flags and printed sentences) and adds
+catalogue names for every released MN / DyMN model, JSON output, a table over the whole
+catalogue and a complexity-vs-mAP plot::
+
+    python complexity/complexity.py --model mn10_as
+    python complexity/complexity.py --model_width 0.4 --complexity_type memory --memory_efficient_inference
+    python complexity/complexity.py --model dymn10_as --json
+    python complexity/complexity.py --table --plot complexity.png
+
+No weights are downloaded: models are built from the catalogue config on PyTorch's
+``meta`` device (shapes only, so even mn40 is instant), falling back to CPU if a model
+cannot run there.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fnmatch
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .complexity import (
+    DEFAULT_BITS_PER_ELEM,
+    ComplexityReport,
+    complexity_report,
+    frontend_spectrogram_shape,
+    macs_by_layer,
+    spectrogram_shape,
+    trace_model,
+)
+
+DEFAULT_MODEL = "mn10_as"
+COMPLEXITY_TYPES = ("computation", "memory", "all")
+# config keys that only MobileNet ("mn") accepts
+_MN_ONLY = {"head_type": "--head_type", "se_dims": "--se_dims"}
+
+
+class UsageError(Exception):
+    """A problem with the command line (reported with exit code 2)."""
+
+
+@dataclass
+class Target:
+    """A model to measure: how to build it and which input it gets."""
+
+    name: str
+    arch: str
+    config: dict[str, Any]
+    preprocessing: dict[str, Any]
+    duration: float
+    published_map: Optional[float] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def input_shape(self, use_frontend: bool = True) -> tuple[int, int, int, int]:
+        """(1, 1, n_mels, frames) of the frontend output for ``duration`` seconds of audio.
+
+        Measured with the mel frontend (as EfficientAT's complexity.py does) unless
+        ``use_frontend`` is False or the frontend is unavailable; the analytic formula
+        gives the same result.
+        """
+        p = self.preprocessing
+        kwargs = dict(n_mels=int(p["n_mels"]), hop_size=int(p["hopsize"]), sample_rate=int(p["sr"]),
+                      duration=self.duration)
+        if use_frontend:
+            try:
+                return frontend_spectrogram_shape(win_length=int(p["win_length"]), n_fft=int(p["n_fft"]), **kwargs)
+            except ImportError:
+                pass
+        return spectrogram_shape(**kwargs)
+
+
+def _catalogue():
+    """(CATALOGUE, get_entry) of the model registry (imported lazily: it pulls in the model code)."""
+    from .models.registry import CATALOGUE, get_entry
+    return CATALOGUE, get_entry
+
+
+@contextlib.contextmanager
+def _skip_weight_init() -> Iterator[None]:
+    """Make ``torch.nn.init``'s in-place initialisers no-ops for the duration.
+
+    Only used while building on the ``meta`` device, where tensors hold no values: the
+    initialisers would only cost time (meta ``normal_`` runs a slow decomposition).
+    """
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_") and callable(getattr(nn.init, n))]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
+def build_model(arch: str, config: dict[str, Any], device: str = "meta") -> nn.Module:
+    """A fresh model of ``arch`` from reference-named ``config``; never loads weights.
+
+    On the ``meta`` device weight initialisation is skipped (there are no values).
+    """
+    from .models import create_model
+    init_ctx = _skip_weight_init() if device == "meta" else contextlib.nullcontext()
+    with init_ctx, torch.device(device):
+        return create_model(arch, **dict(config))
+
+
+def measure(target: Target, bits_per_elem: int = DEFAULT_BITS_PER_ELEM, use_frontend: bool = True,
+            per_layer: bool = False) -> tuple[ComplexityReport, list]:
+    """Complexity report of ``target`` (and the per-layer breakdown if asked)."""
+    shape = target.input_shape(use_frontend)
+    try:
+        model = build_model(target.arch, target.config, "meta")
+        trace = trace_model(model, shape)
+    except (NotImplementedError, RuntimeError):
+        # some operation has no meta implementation: run for real (slower, same numbers)
+        model = build_model(target.arch, target.config, "cpu")
+        trace = trace_model(model, shape)
+    report = complexity_report(model, shape, bits_per_elem, model_name=target.name, trace=trace)
+    layers = macs_by_layer(model, shape, trace=trace) if per_layer else []
+    return report, layers
+
+
+# --------------------------------------------------------------------------------------
+# argument handling
+# --------------------------------------------------------------------------------------
+def _width_name(width: float) -> str:
+    # EfficientAT names a manually specified width like "mn04" (0.4) or "mn10" (1.0)
+    return str(float(width)).replace(".", "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="complexity",
+        description="Parameters, multiply-accumulate operations (MACs), analytical peak activation memory and "
+                    "receptive field of EfficientAT-style MobileNet (mn) and dynamic MobileNet (dymn) audio "
+                    "taggers, for one clip (10 s at 32 kHz by default). Models are built from the catalogue "
+                    "config without downloading weights.",
+        epilog="Examples: --model mn10_as | --model_width 0.4 --complexity_type memory --memory_efficient_inference "
+               "| --model dymn10_as --json | --table --plot complexity.png")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", "--model_name", dest="model", default=None, metavar="NAME",
+                       help=f"catalogue name (e.g. mn10_as, mn40_as, dymn10_as, mn10_as_hop_15); its model config and "
+                            f"preprocessing give the defaults of every other flag (default: {DEFAULT_MODEL})")
+    model.add_argument("--arch", choices=("mn", "dymn"), default=None,
+                       help="model family when no --model is given: a fresh default config of that family "
+                            "(default: mn, i.e. the mn10_as config)")
+    model.add_argument("--model_width", "--width_mult", dest="width_mult", type=float, default=None, metavar="W",
+                       help="width multiplier (0.4 = mn04, 1.0 = mn10, 4.0 = mn40); overrides the model's")
+    model.add_argument("--head_type", choices=("mlp", "fully_convolutional", "multihead_attention_pooling"),
+                       default=None, help="classification head (mn only)")
+    model.add_argument("--se_dims", default=None,
+                       help="squeeze-excitation dimensions (mn only): 'none' or letters of c/f/t, e.g. 'c', 'ct'")
+    model.add_argument("--strides", type=int, nargs=4, default=None, metavar=("S1", "S2", "S3", "S4"),
+                       help="strides of the four down-sampling blocks, e.g. 2 2 2 1")
+    model.add_argument("--num_classes", type=int, default=None, help="number of output classes")
+
+    prep = parser.add_argument_group("preprocessing (input spectrogram size)")
+    prep.add_argument("--n_mels", type=int, default=None, help="mel bins (model input height; default: model's, 128)")
+    prep.add_argument("--hop_size", type=int, default=None,
+                      help="STFT hop in samples (default: model's, 320 = 10 ms at 32 kHz)")
+    prep.add_argument("--n_fft", type=int, default=None, help="FFT size (default: model's, 1024)")
+    prep.add_argument("--window_size", "--win_length", dest="win_length", type=int, default=None,
+                      help="STFT window length in samples (default: model's, 800)")
+    prep.add_argument("--sample_rate", "--resample_rate", dest="sample_rate", type=int, default=None,
+                      help="sample rate in Hz (default: model's, 32000)")
+    prep.add_argument("--duration", type=float, default=10.0, help="clip length in seconds (default: 10)")
+
+    what = parser.add_argument_group("what to compute and how to print it")
+    what.add_argument("--complexity_type", choices=COMPLEXITY_TYPES, default="all",
+                      help="'computation' (params + MACs), 'memory' (peak memory) or 'all' (default)")
+    what.add_argument("--memory_efficient_inference", action="store_true",
+                      help="with --complexity_type memory: report the memory-efficient (channel-sliced) peak memory "
+                           "instead of layer-by-layer inference")
+    what.add_argument("--bits_per_elem", type=int, default=DEFAULT_BITS_PER_ELEM,
+                      help=f"bits per stored activation for peak memory (default: {DEFAULT_BITS_PER_ELEM})")
+    what.add_argument("--json", action="store_true",
+                      help="print one JSON object (with --table: a JSON list) with exact numbers instead of text")
+    what.add_argument("--per_layer", action="store_true", help="also print the MACs of every layer")
+    what.add_argument("--table", action="store_true",
+                      help="measure every mn/dymn model of the catalogue (at its own preprocessing) and print a table "
+                           "of params, MACs, published mAP and peak memory")
+    what.add_argument("--only", nargs="+", default=None, metavar="PATTERN",
+                      help="with --table: only models whose name matches one of these shell patterns, e.g. 'mn*_as' "
+                           "'dymn*'")
+    what.add_argument("--plot", default=None, metavar="PATH.png",
+                      help="with --table: write a MACs (log scale) vs published mAP scatter plot to this file")
+    return parser
+
+
+def target_from_args(args: argparse.Namespace) -> Target:
+    """Resolve --model / --arch and the overrides into what to build and measure."""
+    catalogue, get_entry = _catalogue()
+    from .models.registry import DEFAULT_PREPROCESSING
+
+    if args.model is not None:
+        try:
+            entry = get_entry(args.model)
+        except KeyError:
+            known = [n for n, e in catalogue.items() if e.arch in ("mn", "dymn")]
+            raise UsageError(f"unknown model {args.model!r}. Known models: {', '.join(known)}") from None
+        if entry.arch not in ("mn", "dymn"):
+            raise UsageError(f"model {args.model!r} is a {entry.arch!r} model; this tool measures mn and dymn models")
+        if args.arch is not None and args.arch != entry.arch:
+            raise UsageError(f"--arch {args.arch} contradicts --model {args.model} (a {entry.arch} model)")
+        name, arch = entry.name, entry.arch
+        config, preprocessing, published_map = dict(entry.config), dict(entry.preprocessing), entry.published_map
+    elif args.arch == "dymn":
+        name, arch, config, preprocessing, published_map = "dymn", "dymn", {}, dict(DEFAULT_PREPROCESSING), None
+    elif args.arch == "mn":
+        name, arch, config, preprocessing, published_map = "mn", "mn", {}, dict(DEFAULT_PREPROCESSING), None
+    else:
+        entry = get_entry(DEFAULT_MODEL)
+        name, arch = entry.name, entry.arch
+        config, preprocessing, published_map = dict(entry.config), dict(entry.preprocessing), entry.published_map
+
+    overrides: dict[str, Any] = {}
+    if args.width_mult is not None:
+        if not args.width_mult > 0:
+            raise UsageError(f"--model_width must be positive, got {args.width_mult}")
+        overrides["width_mult"] = float(args.width_mult)
+    if args.head_type is not None:
+        overrides["head_type"] = args.head_type
+    if args.se_dims is not None:
+        overrides["se_dims"] = args.se_dims
+    if args.strides is not None:
+        overrides["strides"] = list(args.strides)
+    if args.num_classes is not None:
+        overrides["num_classes"] = args.num_classes
+    if arch != "mn":
+        for key, flag in _MN_ONLY.items():
+            if key in overrides:
+                raise UsageError(f"{flag} applies to mn models only ({name} is a {arch} model)")
+
+    for flag, key in (("n_mels", "n_mels"), ("hop_size", "hopsize"), ("n_fft", "n_fft"),
+                      ("win_length", "win_length"), ("sample_rate", "sr")):
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                raise UsageError(f"--{flag} must be a positive integer, got {value}")
+            preprocessing[key] = int(value)
+    if arch == "mn":
+        # MobileNet checks the number of mel bins of its input
+        config["input_dim_f"] = int(preprocessing["n_mels"])
+    config.update(overrides)
+    if args.duration <= 0:
+        raise UsageError(f"--duration must be positive, got {args.duration}")
+
+    if args.model is None and args.arch is None and args.width_mult is not None:
+        name = f"mn{_width_name(args.width_mult)}"  # EfficientAT's naming of a manual width
+    elif args.model is None and args.arch is not None:
+        name = f"{arch}{_width_name(config.get('width_mult', 1.0))}"
+    elif overrides:
+        name = f"{name} ({', '.join(f'{k}={v}' for k, v in overrides.items())})"
+    return Target(name=name, arch=arch, config=config, preprocessing=preprocessing, duration=float(args.duration),
+                  published_map=published_map)
+
+
+# --------------------------------------------------------------------------------------
+# output
+# --------------------------------------------------------------------------------------
+def _clip(duration: float) -> str:
+    return f"{duration:g}-seconds"
+
+
+def _json_record(target: Target, report: ComplexityReport, layers: Sequence = ()) -> dict[str, Any]:
+    data = report.to_dict()
+    data.update(model=target.name, arch=target.arch, config=target.config, preprocessing=target.preprocessing,
+                duration=target.duration, published_map=target.published_map)
+    if layers:
+        data["layers"] = [dict(name=l.name, type=l.type_name, kind=l.kind, macs=l.macs,
+                               output_shape=list(l.output_shape) if l.output_shape else None) for l in layers]
+    return data
+
+
+def print_human(target: Target, report: ComplexityReport, complexity_type: str, memory_efficient: bool,
+                layers: Sequence = ()) -> None:
+    """EfficientAT-style sentences, then the exact numbers."""
+    clip = _clip(target.duration)
+    name = target.name
+    if complexity_type in ("computation", "all"):
+        print(f"Model '{name}' has {report.params / 1e6:.2f} million parameters and inference of a single {clip} "
+              f"audio clip requires {report.macs / 1e9:.2f} billion multiply-accumulate operations.")
+    if complexity_type in ("memory", "all"):
+        show_efficient = complexity_type == "all" or memory_efficient
+        show_cnn = complexity_type == "all" or not memory_efficient
+        if show_efficient:
+            if report.peak_memory_efficient_kb is None:
+                print(f"Model '{name}': memory-efficient peak memory is not defined (no inverted-residual blocks).")
+            else:
+                print(f"Model '{name}' inference (memory efficient) of a single {clip} audio clip has a peak memory "
+                      f"of {report.peak_memory_efficient_kb:.2f} kB.")
+        if show_cnn:
+            if report.peak_memory_kb is None:
+                print(f"Model '{name}': layer-by-layer peak memory is not defined (no convolutions).")
+            else:
+                print(f"Model '{name}' inference of a single {clip} audio clip has a peak memory of "
+                      f"{report.peak_memory_kb:.2f} kB.")
+    print(f"  input spectrogram: {tuple(report.input_shape)} (n_mels={report.n_mels}, frames={report.frames}, "
+          f"sr={target.preprocessing['sr']}, hop={target.preprocessing['hopsize']})")
+    if complexity_type in ("computation", "all"):
+        print(f"  params: {report.params:,}   MACs: {report.macs:,}   receptive field (freq, time): "
+              f"{report.receptive_field}")
+        shares = ", ".join(f"{kind} {macs / report.macs:.1%}" for kind, macs in report.macs_by_kind.items()
+                           if report.macs)
+        if shares:
+            print(f"  MACs by layer type: {shares}")
+    if complexity_type in ("memory", "all"):
+        print(f"  memory at {report.bits_per_elem} bits per element (kB = 1000 bytes)")
+    if layers:
+        width = max(len(l.name) for l in layers)
+        print(f"  {'layer':<{width}}  {'type':<18} {'MACs':>15}  output")
+        for l in layers:
+            shape = tuple(l.output_shape[1:]) if l.output_shape else ""
+            print(f"  {l.name:<{width}}  {l.type_name:<18} {l.macs:>15,}  {shape}")
+
+
+def catalogue_targets(duration: float = 10.0) -> list[Target]:
+    """Every mn / dymn entry of the catalogue, at its own preprocessing."""
+    catalogue, _ = _catalogue()
+    return [Target(name=e.name, arch=e.arch, config=dict(e.config), preprocessing=dict(e.preprocessing),
+                   duration=duration, published_map=e.published_map,
+                   extra={"dataset": getattr(e, "dataset", None)})
+            for e in catalogue.values() if e.arch in ("mn", "dymn")]
+
+
+def run_table(targets: Sequence[Target], bits_per_elem: int) -> list[tuple[Target, ComplexityReport]]:
+    """Measure every target; identical (arch, config, input) models are measured once."""
+    cache: dict[str, ComplexityReport] = {}
+    rows = []
+    for target in targets:
+        shape = target.input_shape(use_frontend=False)  # analytic: same numbers, no STFT per row
+        key = json.dumps([target.arch, target.config, shape], sort_keys=True, default=str)
+        if key not in cache:
+            cache[key], _ = measure(target, bits_per_elem, use_frontend=False)
+        report = cache[key]
+        rows.append((target, dataclasses.replace(report, model=target.name)))
+    return rows
+
+
+def format_table(rows: Sequence[tuple[Target, ComplexityReport]]) -> str:
+    """Aligned plain-text table."""
+    header = ("model", "arch", "input", "params (M)", "MACs (G)", "mAP", "mem eff. (kB)", "mem (kB)", "RF")
+    lines = []
+    for target, r in rows:
+        lines.append((
+            target.name, target.arch, f"{r.n_mels}x{r.frames}", f"{r.params / 1e6:.3f}", f"{r.macs / 1e9:.3f}",
+            f"{target.published_map:.3f}" if target.published_map is not None else "-",
+            f"{r.peak_memory_efficient_kb:.1f}" if r.peak_memory_efficient_kb is not None else "-",
+            f"{r.peak_memory_kb:.1f}" if r.peak_memory_kb is not None else "-",
+            f"{r.receptive_field[0]}x{r.receptive_field[1]}"))
+    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
+    left = {0, 1}  # text columns left-aligned, numbers right-aligned
+
+    def fmt(row: Sequence[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([fmt(header), rule, *(fmt(row) for row in lines)])
+
+
+def write_plot(rows: Sequence[tuple[Target, ComplexityReport]], path: str) -> int:
+    """MACs (log x) vs published mAP scatter of the rows that have a published mAP; returns #points."""
+    import matplotlib
+    matplotlib.use("Agg")  # headless: no display needed
+    import matplotlib.pyplot as plt
+
+    points = [(t, r) for t, r in rows if t.published_map is not None]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    markers = {"mn": ("o", "tab:blue", "MobileNetV3 (mn)"), "dymn": ("s", "tab:red", "dynamic MobileNet (dymn)")}
+    for arch, (marker, color, label) in markers.items():
+        sel = [(t, r) for t, r in points if t.arch == arch]
+        if sel:
+            ax.scatter([r.macs / 1e9 for _, r in sel], [t.published_map for t, _ in sel], marker=marker,
+                       color=color, label=label, zorder=3)
+        # re-runs of one architecture (e.g. mn40_as, mn40_as(2)) share a MACs value: label the best only
+        best: dict[int, tuple[Target, ComplexityReport]] = {}
+        for t, r in sel:
+            if r.macs not in best or t.published_map > best[r.macs][0].published_map:
+                best[r.macs] = (t, r)
+        for t, r in best.values():
+            ax.annotate(t.name, (r.macs / 1e9, t.published_map), textcoords="offset points", xytext=(4, 3),
+                        fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("MACs per 10-s clip (billions, log scale)")
+    ax.set_ylabel("published AudioSet mAP")
+    ax.set_title("Complexity vs. performance of the released models")
+    ax.grid(True, which="both", alpha=0.3)
+    if points:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return len(points)
+
+
+# --------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------
+def _run(args: argparse.Namespace) -> int:
+    if args.bits_per_elem < 1:
+        raise UsageError(f"--bits_per_elem must be a positive integer, got {args.bits_per_elem}")
+    if (args.plot is not None or args.only is not None) and not args.table:
+        raise UsageError("--plot and --only need --table")
+    if args.table:
+        targets = catalogue_targets(args.duration)
+        if args.only is not None:
+            targets = [t for t in targets if any(fnmatch.fnmatchcase(t.name, p) for p in args.only)]
+            if not targets:
+                raise UsageError(f"--only {' '.join(args.only)} matches no catalogue model")
+        rows = run_table(targets, args.bits_per_elem)
+        if args.json:
+            print(json.dumps([_json_record(t, r) for t, r in rows], indent=1))
+        else:
+            print(format_table(rows))
+            print(f"(MACs and memory for one {_clip(args.duration)} clip at each model's own preprocessing; "
+                  f"memory at {args.bits_per_elem} bits per element; mAP as published)")
+        if args.plot is not None:
+            count = write_plot(rows, args.plot)
+            print(f"wrote {args.plot} ({count} models with a published mAP)", file=sys.stderr)
+        return 0
+
+    target = target_from_args(args)
+    try:
+        report, layers = measure(target, args.bits_per_elem, per_layer=args.per_layer)
+    except (ValueError, TypeError) as error:  # invalid model config, e.g. a bad --se_dims
+        raise UsageError(f"cannot build/measure {target.name}: {error}") from error
+    if args.json:
+        print(json.dumps(_json_record(target, report, layers), indent=1))
+    else:
+        print_human(target, report, args.complexity_type, args.memory_efficient_inference, layers)
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the tool with ``argv`` (default: ``sys.argv[1:]``); returns the exit code.
+
+    0 on success, 2 on a usage error (unknown model, invalid flag values); ``--help``
+    prints the help and returns 0.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help or an argparse error: return its code instead of exiting
+        return int(exit_.code or 0)
+    try:
+        return _run(args)
+    except UsageError as error:
+        parser.print_usage(sys.stderr)
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
