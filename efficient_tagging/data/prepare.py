@@ -1,0 +1,435 @@
+"""Build an AudioSet-format HDF5 file from a folder of audio files and a label CSV.
+
+Two CSV formats are understood (detected automatically, or forced with --csv_format):
+
+* AudioSet segments CSV (balanced_train_segments.csv, eval_segments.csv, ...):
+      # comment lines
+      YTID, start_seconds, end_seconds, "mid1,mid2,..."
+  with the class list from --class_labels (`index,mid,display_name`; default: the official
+  AudioSet list from the download cache). A clip is found in the folder as Y{YTID}.*,
+  {YTID}.* or {YTID}_{start}... / Y{YTID}_{start}... ; it is stored as `Y{YTID}.mp3`.
+
+* Plain CSV with a header naming a file column (filename / fname / file / path) and a
+  `labels` column; labels are separated by ';' (or ',' inside quotes). The class list is the
+  sorted set of labels in the CSV, or --class_labels (labels matched by display name or mid).
+  A clip is stored under its CSV filename with the extension replaced by `.mp3`.
+
+Every clip is decoded with PyAV, resampled to --sample_rate, cut to --clip_length seconds
+(shorter clips are kept as they are; readers pad) and encoded as mp3.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import multiprocessing
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from ..audio import AudioDecodeError, decode_audio, encode_audio, pad_or_truncate, resample
+from ..labels import LabelMap, audioset_labels, read_class_labels_csv
+from .hdf5 import AudioSetHDF5Writer
+
+log = logging.getLogger(__name__)
+
+FILE_COLUMNS = ("filename", "fname", "file", "path")
+LABEL_COLUMNS = ("labels", "label")
+
+
+class PrepareError(Exception):
+    """A user error (bad argument or input file): reported as a message, exit code 2."""
+
+
+@dataclass
+class Row:
+    key: str                      # YTID (AudioSet) or relative filename (plain)
+    labels: list[str]
+    start: Optional[float] = None
+    end: Optional[float] = None
+    line: int = 0
+
+
+@dataclass
+class Report:
+    rows: int = 0
+    written: int = 0
+    missing: list[str] = field(default_factory=list)
+    undecodable: list[str] = field(default_factory=list)
+    unknown_label_rows: int = 0
+    unknown_labels: set[str] = field(default_factory=set)
+    duplicates: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- CSV parsing
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _data_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for line_number, row in enumerate(csv.reader(handle, skipinitialspace=True), start=1):
+            if not row or all(not cell.strip() for cell in row):
+                continue
+            yield line_number, [cell.strip() for cell in row]
+
+
+def detect_csv_format(path: Path) -> str:
+    """'audioset' or 'plain', from the first lines of the file."""
+    with open(path, encoding="utf-8-sig") as handle:
+        for line in handle:
+            if line.strip():
+                break
+        else:
+            raise PrepareError(f"{path}: the CSV file is empty")
+    if line.lstrip().startswith("#"):
+        return "audioset"
+    first = next(csv.reader([line], skipinitialspace=True))
+    header = [cell.strip().lower() for cell in first]
+    if len(first) >= 4 and _is_float(first[1]) and _is_float(first[2]):
+        return "audioset"
+    if any(c in header for c in FILE_COLUMNS) and any(c in header for c in LABEL_COLUMNS):
+        return "plain"
+    raise PrepareError(f"{path}: unrecognised CSV header {first}: expected an AudioSet segments CSV "
+                       f"('# YTID, start_seconds, end_seconds, positive_labels') or a header with a "
+                       f"file column ({'/'.join(FILE_COLUMNS)}) and a 'labels' column")
+
+
+def read_segments_csv(path: Path) -> list[Row]:
+    """Rows of an AudioSet segments CSV (comment lines starting with '#' are skipped)."""
+    rows = []
+    for line_number, cells in _data_lines(path):
+        if cells[0].startswith("#"):
+            continue
+        if len(cells) < 4 or not _is_float(cells[1]) or not _is_float(cells[2]):
+            raise PrepareError(f"{path}:{line_number}: expected 'YTID, start_seconds, end_seconds, "
+                               f"\"labels\"', got {cells}")
+        labels = [label.strip() for label in ",".join(cells[3:]).split(",") if label.strip()]
+        rows.append(Row(cells[0], labels, float(cells[1]), float(cells[2]), line_number))
+    return rows
+
+
+def _split_labels(text: str) -> list[str]:
+    separator = ";" if ";" in text else ","
+    return [label.strip() for label in text.split(separator) if label.strip()]
+
+
+def read_plain_csv(path: Path) -> list[Row]:
+    """Rows of a `filename,labels` CSV (header required)."""
+    lines = _data_lines(path)
+    try:
+        _, header = next(lines)
+    except StopIteration:
+        raise PrepareError(f"{path}: the CSV file is empty") from None
+    lowered = [cell.lower() for cell in header]
+    file_column = next((lowered.index(c) for c in FILE_COLUMNS if c in lowered), None)
+    label_column = next((lowered.index(c) for c in LABEL_COLUMNS if c in lowered), None)
+    if file_column is None or label_column is None:
+        raise PrepareError(f"{path}: bad CSV header {header}: expected a file column "
+                           f"({'/'.join(FILE_COLUMNS)}) and a 'labels' column")
+    rows = []
+    for line_number, cells in lines:
+        if len(cells) <= max(file_column, label_column):
+            # A label-less row ("clip.wav,") still counts; a row without a file name does not.
+            if len(cells) <= file_column:
+                raise PrepareError(f"{path}:{line_number}: expected {len(header)} columns, got {cells}")
+            cells = cells + [""] * (label_column + 1 - len(cells))
+        if not cells[file_column]:
+            raise PrepareError(f"{path}:{line_number}: empty file name")
+        rows.append(Row(cells[file_column], _split_labels(cells[label_column]), line=line_number))
+    return rows
+
+
+# ----------------------------------------------------------------------------- file matching
+
+class AudioSetFolderIndex:
+    """Finds the file of an AudioSet YTID in a folder (searched recursively)."""
+
+    def __init__(self, folder: Path):
+        self.exact: dict[str, Path] = {}
+        self.prefixed: dict[str, list[tuple[str, Path]]] = {}
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            stem = path.stem
+            if stem in self.exact:
+                log.warning("several files for %s: using %s, ignoring %s", stem, self.exact[stem], path)
+                continue
+            self.exact[stem] = path
+            # Stems like "{YTID}_{start}_{end}" or "Y{YTID}_{start}": index every '_' split
+            # (YTIDs may contain '_' themselves).
+            for position, char in enumerate(stem):
+                if char != "_":
+                    continue
+                rest = stem[position + 1:]
+                self.prefixed.setdefault(stem[:position], []).append((rest, path))
+                if stem.startswith("Y") and position > 1:
+                    self.prefixed.setdefault(stem[1:position], []).append((rest, path))
+
+    def find(self, ytid: str, start: Optional[float]) -> Optional[Path]:
+        for stem in (f"Y{ytid}", ytid):
+            if stem in self.exact:
+                return self.exact[stem]
+        candidates = self.prefixed.get(ytid, [])
+        if len(candidates) == 1:
+            return candidates[0][1]
+        if candidates and start is not None:
+            for rest, path in candidates:
+                token = rest.split("_")[0]
+                if _is_float(token) and (abs(float(token) - start) < 1e-3 or abs(float(token) - 1000 * start) < 0.5):
+                    return path
+            log.warning("%s: %d files match but none has start %.3f: %s", ytid, len(candidates), start,
+                        [str(p) for _, p in candidates])
+        return None
+
+
+# ----------------------------------------------------------------------------- decode + encode
+
+@dataclass
+class EncodeSettings:
+    sample_rate: int
+    clip_length: float
+    cut_segments: bool
+    bitrate: Optional[int]
+
+
+def encode_clip(path: Path, settings: EncodeSettings, start: Optional[float] = None,
+                end: Optional[float] = None) -> bytes:
+    """Decode `path`, optionally cut [start, end), resample, cut to the clip length, encode mp3."""
+    samples, native_rate = decode_audio(path)
+    if settings.cut_segments and start is not None:
+        first = int(round(start * native_rate))
+        last = int(round(end * native_rate)) if end is not None and end > start else None
+        samples = samples[first:last]
+        if len(samples) == 0:
+            raise AudioDecodeError(f"{path}: segment {start}-{end} s lies outside the recording")
+    # Cut at the native rate first (cheap) with a margin for the resampler's edge, then exactly.
+    samples = samples[: int(np.ceil(settings.clip_length * native_rate)) + 64]
+    waveform = resample(samples, native_rate, settings.sample_rate)
+    clip_samples = int(round(settings.clip_length * settings.sample_rate))
+    if waveform.shape[-1] > clip_samples:
+        waveform = pad_or_truncate(waveform, clip_samples)
+    return encode_audio(waveform, settings.sample_rate, "mp3",
+                        bitrate=settings.bitrate * 1000 if settings.bitrate else None)
+
+
+def _encode_job(job: tuple[int, str, str, Optional[float], Optional[float], EncodeSettings]
+                ) -> tuple[int, Optional[bytes], Optional[str]]:
+    number, _, path, start, end, settings = job
+    try:
+        return number, encode_clip(Path(path), settings, start, end), None
+    except (AudioDecodeError, ValueError, OSError) as error:
+        return number, None, str(error)
+
+
+def _worker_init() -> None:
+    import torch
+    torch.set_num_threads(1)  # parallelism comes from the processes
+
+
+# ----------------------------------------------------------------------------- main
+
+def _class_lookup(label_map: LabelMap) -> dict[str, int]:
+    lookup = {name: i for i, name in enumerate(label_map.names)}
+    lookup.update({mid: i for i, mid in enumerate(label_map.ids)})
+    return lookup
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prepare_audioset",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit codes: 0 success, 1 nothing could be written, 2 bad arguments or input files.\n"
+               "Example:\n  python experiments/prepare_audioset.py --audio_dir audioset/balanced "
+               "--csv balanced_train_segments.csv --output balanced_train_segments_mp3.hdf",
+    )
+    parser.add_argument("--audio_dir", required=True, type=Path,
+                        help="folder with the audio files (searched recursively in AudioSet mode)")
+    parser.add_argument("--csv", required=True, type=Path,
+                        help="AudioSet segments CSV or plain 'filename,labels' CSV")
+    parser.add_argument("--output", required=True, type=Path, help="HDF5 file to write (written atomically)")
+    parser.add_argument("--class_labels", type=Path, default=None,
+                        help="class list 'index,mid,display_name' (AudioSet default: the official list, "
+                             "from the download cache or downloaded; plain CSV default: sorted CSV labels)")
+    parser.add_argument("--csv_format", choices=("auto", "audioset", "plain"), default="auto",
+                        help="CSV format (default: auto, detected from the first line)")
+    parser.add_argument("--sample_rate", type=int, default=32000,
+                        help="sample rate of the stored mp3s in Hz (default: %(default)s)")
+    parser.add_argument("--clip_length", type=float, default=10.0,
+                        help="maximum clip length in seconds (default: %(default)s)")
+    parser.add_argument("--cut_segments", action="store_true",
+                        help="AudioSet: files are full recordings; cut [start_seconds, end_seconds) from each")
+    parser.add_argument("--bitrate", type=int, default=None, help="mp3 bitrate in kbit/s (default: encoder's)")
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help="processes decoding/encoding in parallel (0: in this process, the default); order is kept")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if not args.audio_dir.is_dir():
+        raise PrepareError(f"--audio_dir {args.audio_dir}: no such folder")
+    if not args.csv.is_file():
+        raise PrepareError(f"--csv {args.csv}: no such file")
+    if args.class_labels is not None and not args.class_labels.is_file():
+        raise PrepareError(f"--class_labels {args.class_labels}: no such file")
+    if args.sample_rate <= 0:
+        raise PrepareError(f"--sample_rate must be positive, got {args.sample_rate}")
+    if args.clip_length <= 0:
+        raise PrepareError(f"--clip_length must be positive, got {args.clip_length}")
+    if args.num_workers < 0:
+        raise PrepareError(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.bitrate is not None and args.bitrate <= 0:
+        raise PrepareError(f"--bitrate must be positive, got {args.bitrate}")
+    if args.output.exists() and not args.overwrite:
+        raise PrepareError(f"--output {args.output} exists; pass --overwrite to replace it")
+    if args.output.is_dir():
+        raise PrepareError(f"--output {args.output} is a folder")
+
+
+def _label_map(args: argparse.Namespace, csv_format: str, rows: Sequence[Row]) -> LabelMap:
+    if args.class_labels is not None:
+        try:
+            return read_class_labels_csv(args.class_labels)
+        except ValueError as error:
+            raise PrepareError(str(error)) from error
+    if csv_format == "audioset":
+        try:
+            return audioset_labels()
+        except Exception as error:  # network or cache problems: tell the user how to avoid them
+            raise PrepareError(f"cannot get the AudioSet class list ({error}); pass --class_labels "
+                               f"class_labels_indices.csv") from error
+    names = sorted({label for row in rows for label in row.labels})
+    if not names:
+        raise PrepareError(f"{args.csv}: no labels found; pass --class_labels to set the class list")
+    return LabelMap.from_names(names)
+
+
+def _jobs(args: argparse.Namespace, csv_format: str, rows: Sequence[Row], label_map: LabelMap,
+          report: Report) -> list[tuple[str, Path, np.ndarray, Optional[float], Optional[float]]]:
+    lookup = _class_lookup(label_map)
+    index = AudioSetFolderIndex(args.audio_dir) if csv_format == "audioset" else None
+    jobs, names = [], set()
+    for row in rows:
+        if index is not None:
+            path = index.find(row.key, row.start)
+            audio_name = f"Y{row.key}.mp3"
+        else:
+            path = args.audio_dir / row.key
+            path = path if path.is_file() else None
+            audio_name = Path(row.key).with_suffix(".mp3").as_posix()
+        if path is None:
+            report.missing.append(row.key)
+            continue
+        if audio_name in names:
+            report.duplicates.append(audio_name)
+            continue
+        names.add(audio_name)
+        target = np.zeros(len(label_map), dtype=np.uint8)
+        unknown = [label for label in row.labels if label not in lookup]
+        if unknown:
+            # Unknown labels are dropped (the clip keeps its known ones) and reported.
+            report.unknown_label_rows += 1
+            report.unknown_labels.update(unknown)
+        for label in row.labels:
+            if label in lookup:
+                target[lookup[label]] = 1
+        jobs.append((audio_name, path, target, row.start, row.end))
+    return jobs
+
+
+def _print_report(report: Report, output: Path) -> None:
+    def sample(items: Iterable[str]) -> str:
+        items = list(items)
+        return ", ".join(items[:10]) + (f", ... ({len(items) - 10} more)" if len(items) > 10 else "")
+
+    print(f"{report.rows} CSV rows: {report.written} written to {output}", file=sys.stderr)
+    if report.missing:
+        print(f"  {len(report.missing)} missing (no audio file): {sample(report.missing)}", file=sys.stderr)
+    if report.undecodable:
+        print(f"  {len(report.undecodable)} undecodable (skipped): {sample(report.undecodable)}", file=sys.stderr)
+    if report.unknown_label_rows:
+        print(f"  {report.unknown_label_rows} rows with unknown labels (those labels dropped): "
+              f"{sample(sorted(report.unknown_labels))}", file=sys.stderr)
+    if report.duplicates:
+        print(f"  {len(report.duplicates)} duplicate rows (skipped): {sample(report.duplicates)}", file=sys.stderr)
+
+
+def prepare(args: argparse.Namespace) -> Report:
+    """Run the preparation described by parsed arguments; returns the counts."""
+    _check_args(args)
+    csv_format = detect_csv_format(args.csv) if args.csv_format == "auto" else args.csv_format
+    rows = read_segments_csv(args.csv) if csv_format == "audioset" else read_plain_csv(args.csv)
+    if not rows:
+        raise PrepareError(f"{args.csv}: contains no data rows")
+    label_map = _label_map(args, csv_format, rows)
+    report = Report(rows=len(rows))
+    jobs = _jobs(args, csv_format, rows, label_map, report)
+    settings = EncodeSettings(args.sample_rate, args.clip_length, args.cut_segments, args.bitrate)
+    work = [(number, name, str(path), start, end, settings)
+            for number, (name, path, _, start, end) in enumerate(jobs)]
+
+    from tqdm import tqdm
+    pool = None
+    if args.num_workers > 0 and len(work) > 1:
+        # spawn, not fork: the parent may already run torch threads, which fork can deadlock.
+        pool = multiprocessing.get_context("spawn").Pool(args.num_workers, initializer=_worker_init)
+        results = pool.imap(_encode_job, work, chunksize=4)
+    else:
+        results = map(_encode_job, work)
+    writer = AudioSetHDF5Writer(args.output, len(label_map), args.sample_rate, label_map, expected_rows=len(jobs))
+    try:
+        for number, encoded, error in tqdm(results, total=len(work), desc="prepare", unit="clip",
+                                           disable=args.quiet):
+            name, path, target = jobs[number][:3]
+            if encoded is None:
+                log.warning("skipping undecodable clip %s: %s", name, error)  # the error names the file
+                report.undecodable.append(str(path))
+                continue
+            writer.add(name, encoded, target)
+            report.written += 1
+        if report.written:
+            writer.close()
+        else:
+            writer.abort()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command-line entry point; returns the exit code (0 ok, 1 nothing written, 2 bad arguments)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) and argparse usage errors (2)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = prepare(args)
+    except PrepareError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    _print_report(report, args.output)
+    if report.written == 0:
+        print("error: no clip could be written; nothing was saved", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

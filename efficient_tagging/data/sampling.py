@@ -1,0 +1,109 @@
+"""Class-balanced sampling (the reference's AudioSet recipe), usable with DistributedDataParallel."""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+def class_balanced_weights(targets: np.ndarray, offset: int = 100, sum_weights: bool = True,
+                           chunk_rows: int = 65536) -> np.ndarray:
+    """Per-clip sampling weights that balance classes, as in EfficientAT/PaSST.
+
+    Same formula as the reference's `get_ft_cls_balanced_sample_weights`:
+
+        count_c  = offset + number of clips labelled with class c
+        weight_c = 1000 / count_c
+        w_i      = sum_c y_ic * weight_c        (max_c instead of the sum if sum_weights=False)
+
+    The offset keeps very rare classes from dominating. Clips without any label get weight 0
+    and are never drawn. `targets` is the (N, C) multi-hot matrix (e.g. `AudioSetDataset.targets`);
+    it is processed in row chunks so AudioSet-sized matrices need no float copy.
+    Returns float64 (N,).
+    """
+    targets = np.asarray(targets)
+    if targets.ndim != 2:
+        raise ValueError(f"targets must be an (N, num_classes) multi-hot matrix, got shape {targets.shape}")
+    counts = np.zeros(targets.shape[1], dtype=np.float64)
+    for start in range(0, len(targets), chunk_rows):
+        counts += (targets[start:start + chunk_rows] > 0).sum(axis=0)
+    class_weights = 1000.0 / (counts + offset)
+    weights = np.empty(len(targets), dtype=np.float64)
+    for start in range(0, len(targets), chunk_rows):
+        block = (targets[start:start + chunk_rows] > 0)
+        if sum_weights:
+            weights[start:start + len(block)] = block @ class_weights
+        else:
+            weights[start:start + len(block)] = (block * class_weights).max(axis=1, initial=0.0)
+    return weights
+
+
+def _distributed_defaults(num_replicas: Optional[int], rank: Optional[int]) -> tuple[int, int]:
+    initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if num_replicas is None:
+        num_replicas = torch.distributed.get_world_size() if initialised else 1
+    if rank is None:
+        rank = torch.distributed.get_rank() if initialised else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+    return num_replicas, rank
+
+
+class DistributedWeightedSampler(Sampler[int]):
+    """Weighted random sampling whose epoch is split across DDP ranks.
+
+    Every rank draws the same `num_samples` indices (rounded up to a multiple of the world
+    size) with `torch.multinomial` from a generator seeded by `seed + epoch`, and keeps every
+    `num_replicas`-th one starting at its rank: the ranks together reproduce one
+    single-process epoch and all get the same number of samples. Call `set_epoch` before
+    each epoch. Works without torch.distributed (one replica, rank 0).
+
+    Note: the reference draws AudioSet epochs without replacement (`replacement=False`);
+    the default here is with replacement, which needs no minimum number of non-zero weights.
+    """
+
+    def __init__(self, weights: Union[np.ndarray, torch.Tensor, list], num_samples: int,
+                 num_replicas: Optional[int] = None, rank: Optional[int] = None, replacement: bool = True,
+                 seed: int = 0):
+        self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        if self.weights.ndim != 1 or len(self.weights) == 0:
+            raise ValueError(f"weights must be a non-empty 1-D sequence, got shape {tuple(self.weights.shape)}")
+        if not torch.isfinite(self.weights).all() or (self.weights < 0).any() or self.weights.sum() <= 0:
+            raise ValueError("weights must be finite, non-negative and not all zero")
+        if num_samples <= 0:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        self.num_replicas, self.rank = _distributed_defaults(num_replicas, rank)
+        self.num_samples = int(num_samples)  # per epoch, over all ranks
+        self.samples_per_rank = -(-self.num_samples // self.num_replicas)
+        self.total_size = self.samples_per_rank * self.num_replicas
+        nonzero = int((self.weights > 0).sum())
+        if not replacement and self.total_size > nonzero:
+            raise ValueError(f"cannot draw {self.total_size} samples without replacement from "
+                             f"{nonzero} clips with non-zero weight")
+        self.replacement = replacement
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_indices(self) -> torch.Tensor:
+        """All ranks' indices of the current epoch (identical on every rank)."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        return torch.multinomial(self.weights, self.total_size, self.replacement, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.epoch_indices()[self.rank::self.num_replicas].tolist())
+
+    def __len__(self) -> int:
+        return self.samples_per_rank
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+        self.seed = int(state["seed"])
