@@ -1,0 +1,481 @@
+"""The training loop every experiment shares: knowledge distillation (or plain label training).
+
+One readable loop, no framework: waveforms come from an AudioSet-format dataset through a
+class-balanced sampler; augmentations run batched on the device (roll, gain, wavmix on
+waveforms; mel frontend with its own masking/jitter; mixup on spectrograms, as in
+EfficientAT); the loss mixes label BCE and distillation BCE against stored teacher logits;
+the learning rate follows the reference schedule per step; after each epoch the model is
+evaluated (mAP, ROC-AUC, d', per-class AP) and `last.pt` / `best.pt` are written
+atomically with everything needed to resume exactly (optimizer, scheduler, sampler
+position, RNG states, AMP scaler).
+
+Runs single-process or under `torchrun` (DistributedDataParallel; nccl on GPU, gloo on
+CPU): each rank trains on its share of every epoch, evaluation outputs are gathered, and
+only rank 0 writes checkpoints and run records.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from ..data.augment import gain_augment, mix, mixup, roll_waveforms, wavmix
+from ..data.hdf5 import AudioSetDataset, read_label_map
+from ..data.sampling import DistributedWeightedSampler, class_balanced_weights
+from ..frontend import AugmentMelSTFT
+from ..labels import LabelMap
+from ..models.factory import create_model, get_model, read_checkpoint, save_checkpoint
+from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_sum
+from .losses import distillation_loss
+from .metrics import evaluate_predictions
+from .schedules import exp_warmup_linear_down, make_lr_scheduler
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("32", "16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on. Field names follow EfficientAT's flags."""
+
+    # --- data ------------------------------------------------------------------------------
+    train_hdf5: list[str] = field(default_factory=list)
+    eval_hdf5: list[str] = field(default_factory=list)
+    teacher_logits: Optional[str] = None  # teacher-logits HDF5 (joined by audio_name)
+    sample_rate: int = 32000
+    clip_length: float = 10.0
+    num_classes: Optional[int] = None  # default: from the data files
+    batch_size: int = 120
+    num_workers: int = 4
+    epoch_len: int = 100_000  # clips drawn per epoch by the class-balanced sampler
+    # --- model -----------------------------------------------------------------------------
+    arch: str = "mn"
+    model_name: Optional[str] = None  # catalogue name or checkpoint path to start from
+    width_mult: float = 1.0
+    head_type: str = "mlp"
+    se_dims: str = "c"
+    strides: tuple[int, int, int, int] = (2, 2, 2, 2)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # any further constructor kwargs
+    # BatchNorm momentum during training (None keeps the architecture's: 0.01 for mn/dymn).
+    # Short runs need a larger one, or the running statistics used at eval never settle.
+    bn_momentum: Optional[float] = None
+    # --- frontend (AugmentMelSTFT) ----------------------------------------------------------
+    n_mels: int = 128
+    window_size: int = 800
+    hop_size: int = 320
+    n_fft: int = 1024
+    freqm: int = 0
+    timem: int = 0
+    fmin: float = 0.0
+    fmax: Optional[float] = None
+    fmin_aug_range: int = 10
+    fmax_aug_range: int = 2000
+    # --- augmentation ----------------------------------------------------------------------
+    mixup_alpha: float = 0.3  # 0 disables
+    roll: bool = False
+    roll_max_shift: int = 50  # samples, the reference's roll range
+    wavmix: bool = False
+    gain_augment: float = 0.0  # max |gain| in dB, 0 disables
+    # --- optimisation ----------------------------------------------------------------------
+    n_epochs: int = 200
+    max_lr: float = 0.0008
+    warm_up_len: int = 8
+    ramp_down_start: int = 80
+    ramp_down_len: int = 95
+    last_lr_value: float = 0.01
+    adamw: bool = False
+    weight_decay: float = 0.0001
+    # --- distillation ----------------------------------------------------------------------
+    kd_lambda: float = 0.1  # label-loss weight; 0 switches distillation off, as in EfficientAT
+    temperature: float = 1.0
+    # --- runtime ---------------------------------------------------------------------------
+    precision: str = "32"
+    cuda: bool = False
+    seed: int = 0
+    out_dir: str = "runs/audioset"
+    resume: bool = False
+    checkpoint_every_steps: int = 500  # also checkpoint mid-epoch, so a killed job loses little
+    eval_batch_size: Optional[int] = None
+    progress: bool = True
+    crash_after_steps: Optional[int] = None  # testing aid: hard-exit after this many steps
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_hdf5, (str, Path)):
+            self.train_hdf5 = [str(self.train_hdf5)]
+        if isinstance(self.eval_hdf5, (str, Path)):
+            self.eval_hdf5 = [str(self.eval_hdf5)]
+        self.strides = tuple(int(s) for s in self.strides)  # type: ignore[assignment]
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.kd_lambda <= 1.0:
+            raise ValueError(f"kd_lambda must be in [0, 1], got {self.kd_lambda}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        for name in ("batch_size", "epoch_len", "n_epochs"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """Frontend settings stored with checkpoints (what inference must use)."""
+        prep = {"sr": self.sample_rate, "n_mels": self.n_mels, "win_length": self.window_size,
+                "hopsize": self.hop_size, "n_fft": self.n_fft, "fmin": self.fmin}
+        if self.fmax is not None:
+            prep["fmax"] = self.fmax
+        return prep
+
+
+def build_frontend(config: TrainConfig) -> AugmentMelSTFT:
+    return AugmentMelSTFT(n_mels=config.n_mels, sr=config.sample_rate, win_length=config.window_size,
+                          hopsize=config.hop_size, n_fft=config.n_fft, freqm=config.freqm, timem=config.timem,
+                          fmin=config.fmin, fmax=config.fmax, fmin_aug_range=config.fmin_aug_range,
+                          fmax_aug_range=config.fmax_aug_range)
+
+
+def model_config(config: TrainConfig, num_classes: int) -> dict[str, Any]:
+    """Constructor kwargs of the student/teacher described by `config`."""
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "width_mult": config.width_mult}
+    if config.arch == "mn":
+        kwargs.update(head_type=config.head_type, se_dims=config.se_dims, strides=list(config.strides),
+                      input_dim_f=config.n_mels,
+                      input_dim_t=1 + int(config.clip_length * config.sample_rate - 1) // config.hop_size)
+    elif config.arch == "dymn":
+        kwargs.update(strides=list(config.strides))
+    kwargs.update(config.model_kwargs)
+    return kwargs
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    """Fresh model, or one initialised from `config.model_name` (catalogue name or checkpoint)."""
+    kwargs = model_config(config, num_classes)
+    if config.model_name:
+        # The pretrained entry decides the architecture; only the head size is ours to choose.
+        return get_model(config.model_name, num_classes=num_classes, **config.model_kwargs)
+    return create_model(config.arch, **kwargs)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class ResumableSampler(Sampler[int]):
+    """Wraps the epoch sampler so a resumed epoch skips the clips already trained on."""
+
+    def __init__(self, base: DistributedWeightedSampler) -> None:
+        self.base = base
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(iter(self.base))
+        return iter(indices[self.skip:])
+
+    def __len__(self) -> int:
+        return len(self.base) - self.skip
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "32":
+        return contextlib.nullcontext()
+    dtype = torch.float16 if precision == "16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, frontend: nn.Module, dataset: AudioSetDataset, device: torch.device,
+             dist_info: DistInfo, batch_size: int, num_workers: int, precision: str = "32",
+             progress: bool = True) -> dict[str, Any]:
+    """mAP / ROC-AUC / d' / per-class AP / loss of `model` on `dataset` (sharded across ranks)."""
+    model.eval()
+    frontend.eval()
+    shard = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    loader = DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
+    logits, targets, skipped = [], [], 0
+    for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
+        with autocast_context(device, precision):
+            spectrogram = frontend(batch["waveform"].to(device, non_blocking=True)).unsqueeze(1)
+            batch_logits, _ = model(spectrogram)
+        logits.append(batch_logits.float())
+        targets.append(batch["target"].to(device))
+        skipped += int(batch["skipped"].sum())
+    num_classes = dataset.num_classes
+    local_logits = torch.cat(logits) if logits else torch.zeros(0, num_classes, device=device)
+    local_targets = torch.cat(targets) if targets else torch.zeros(0, num_classes, device=device)
+    all_logits = all_gather_tensors(local_logits).cpu()
+    all_targets = all_gather_tensors(local_targets).cpu()
+    metrics = evaluate_predictions(all_targets.numpy(), all_logits.numpy())
+    metrics["val_loss"] = float(nn.functional.binary_cross_entropy_with_logits(all_logits, all_targets))
+    metrics["eval_clips"] = int(all_logits.shape[0])
+    metrics["eval_skipped_clips"] = int(reduce_sum(skipped))
+    return metrics
+
+
+def _training_state_path(out_dir: Path, name: str) -> Path:
+    return out_dir / f"{name}.pt"
+
+
+def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
+    """Train (or resume) a model as `config` says; returns the final summary (rank 0 has the metrics)."""
+    dist_info = init_distributed()
+    device = dist_info.device if (config.cuda and torch.cuda.is_available()) else torch.device("cpu")
+    is_main = dist_info.rank == 0
+    show_progress = config.progress and is_main
+    seed_everything(config.seed + dist_info.rank)
+    out_dir = Path(config.out_dir)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- data ----------------------------------------------------------------------------------
+    if not config.train_hdf5:
+        raise ValueError("no training data: pass --train_hdf5 (AudioSet-format HDF5 files)")
+    train_set = AudioSetDataset(config.train_hdf5, sample_rate=config.sample_rate, clip_length=config.clip_length,
+                                num_classes=config.num_classes, teacher_logits=config.teacher_logits,
+                                seed=config.seed)
+    eval_set = AudioSetDataset(config.eval_hdf5 or config.train_hdf5, sample_rate=config.sample_rate,
+                               clip_length=config.clip_length, num_classes=train_set.num_classes)
+    num_classes = train_set.num_classes
+    label_map: Optional[LabelMap] = read_label_map(config.train_hdf5[0])
+    teacher_found, teacher_missing = train_set.teacher_coverage() if config.teacher_logits else (0, len(train_set))
+    if config.teacher_logits and is_main:
+        logger.info("teacher logits for %d of %d training clips (%d masked out of the distillation loss)",
+                    teacher_found, len(train_set), teacher_missing)
+    # As in EfficientAT, kd_lambda == 0 switches distillation off (label loss only).
+    use_teacher = config.teacher_logits is not None and config.kd_lambda > 0
+
+    base_sampler = DistributedWeightedSampler(class_balanced_weights(train_set.targets), config.epoch_len,
+                                              num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                              seed=config.seed)
+    sampler = ResumableSampler(base_sampler)
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+                        drop_last=True, pin_memory=device.type == "cuda",
+                        persistent_workers=False)
+    steps_per_epoch = len(base_sampler) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"epoch_len {config.epoch_len} gives no full batch of {config.batch_size} per rank")
+
+    # --- model, optimiser, schedule ---------------------------------------------------------------
+    frontend = build_frontend(config).to(device)
+    model = build_model(config, num_classes).to(device)
+    if config.bn_momentum is not None:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = config.bn_momentum
+    model_kwargs = dict(getattr(model, "config", {}))
+    arch = getattr(model, "arch", config.arch)
+    optimizer_class = torch.optim.AdamW if config.adamw else torch.optim.Adam
+    optimizer = optimizer_class(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
+    scheduler = make_lr_scheduler(optimizer, exp_warmup_linear_down(config.warm_up_len, config.ramp_down_len,
+                                                                    config.ramp_down_start, config.last_lr_value),
+                                  steps_per_epoch)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16")
+    augment_generator = torch.Generator().manual_seed(config.seed * 1000 + dist_info.rank)
+
+    start_epoch, step_in_epoch, global_step, best_map = 0, 0, 0, -math.inf
+    history: list[dict[str, Any]] = []
+    last_path = _training_state_path(out_dir, "last")
+    if config.resume and last_path.is_file():
+        _, checkpoint = read_checkpoint(last_path)
+        state = checkpoint["extra"]["training"]
+        unwrap(model).load_state_dict(read_checkpoint(last_path)[0], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        global_step, best_map, history = state["global_step"], state["best_map"], list(state["history"])
+        _set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
+        augment_generator.set_state(state["augment_rng"][min(dist_info.rank, len(state["augment_rng"]) - 1)])
+        if is_main:
+            logger.info("resumed from %s at epoch %d, step %d", last_path, start_epoch, step_in_epoch)
+    elif config.resume and is_main:
+        logger.info("--resume: no checkpoint at %s, starting from scratch", last_path)
+
+    if dist_info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_training_state(name: str, epoch: int, step: int, metrics: Optional[dict[str, Any]] = None) -> None:
+        # Every rank's RNG state is gathered so a resumed DDP job continues identically.
+        rng_states = _gather_objects(_rng_state(), dist_info)
+        augment_states = _gather_objects(augment_generator.get_state(), dist_info)
+        if not is_main:
+            return
+        training = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "best_map": best_map,
+                    "history": history, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "sampler": base_sampler.state_dict(), "rng": rng_states,
+                    "augment_rng": augment_states, "train_config": _plain(config.to_dict()),
+                    "metrics": _plain(metrics or {})}
+        save_checkpoint(_training_state_path(out_dir, name), unwrap(model), arch=arch, config=model_kwargs,
+                        preprocessing=config.preprocessing, labels=label_map, dataset="audioset",
+                        extra={"training": training})
+
+    # --- the loop ---------------------------------------------------------------------------------
+    skipped_clips, clips_seen, masked_teacher_clips = 0, 0, 0
+    final_metrics: dict[str, Any] = history[-1] if history else {}
+    for epoch in range(start_epoch, config.n_epochs):
+        base_sampler.set_epoch(epoch)
+        sampler.skip = step_in_epoch * config.batch_size
+        if hasattr(unwrap(model), "update_temperature"):  # DyMN: anneal the attention temperature
+            unwrap(model).update_temperature(epoch)
+        model.train()
+        frontend.train()
+        totals = {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0}
+        epoch_start, epoch_steps = time.time(), 0
+        bar = tqdm(loader, total=steps_per_epoch - step_in_epoch, desc=f"epoch {epoch + 1}/{config.n_epochs}",
+                   disable=not show_progress, dynamic_ncols=True)
+        for batch in bar:
+            waveform = batch["waveform"].to(device, non_blocking=True)
+            labels = batch["target"].to(device)
+            teacher = batch["teacher_logits"].to(device) if use_teacher else None
+            has_teacher = batch["has_teacher"].to(device) if use_teacher else None
+            teacher_mixes: list[tuple[Tensor, Tensor]] = []
+            if config.roll:
+                waveform = roll_waveforms(waveform, config.roll_max_shift, augment_generator)
+            if config.gain_augment > 0:
+                waveform = gain_augment(waveform, config.gain_augment, augment_generator)
+            if config.wavmix:
+                mixed = wavmix(waveform, labels, None, generator=augment_generator)
+                waveform, labels = mixed.waveform, mixed.targets
+                teacher_mixes.append((mixed.permutation, mixed.lam))
+            with autocast_context(device, config.precision):
+                spectrogram = frontend(waveform).unsqueeze(1)
+                if config.mixup_alpha > 0:
+                    permutation, lam = mixup(spectrogram.shape[0], config.mixup_alpha, augment_generator)
+                    spectrogram = mix(spectrogram, permutation, lam)
+                    labels = mix(labels, permutation, lam)
+                    teacher_mixes.append((permutation, lam))
+                logits, _ = model(spectrogram)
+            loss, parts = distillation_loss(logits, labels, teacher, config.kd_lambda, config.temperature,
+                                            has_teacher, teacher_mix=teacher_mixes or None)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step_in_epoch}")
+
+            step_in_epoch += 1
+            global_step += 1
+            epoch_steps += 1
+            skipped_clips += int(batch["skipped"].sum())
+            clips_seen += waveform.shape[0]
+            if use_teacher:
+                masked_teacher_clips += int((~batch["has_teacher"]).sum())
+            totals["loss"] += float(loss.detach())
+            totals["label_loss"] += float(parts["label_loss"])
+            totals["kd_loss"] += float(parts["kd_loss"])
+            clips_per_s = epoch_steps * config.batch_size * dist_info.world_size / max(time.time() - epoch_start, 1e-6)
+            bar.set_postfix(loss=f"{totals['loss'] / epoch_steps:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                            clips_s=f"{clips_per_s:.1f}")
+            if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0 \
+                    and step_in_epoch < steps_per_epoch:
+                save_training_state("last", epoch, step_in_epoch)
+            if config.crash_after_steps is not None and global_step >= config.crash_after_steps:
+                barrier()
+                os._exit(17)  # simulate a killed job: no cleanup, no final checkpoint
+        bar.close()
+
+        metrics = evaluate(model, frontend, eval_set, device, dist_info, config.eval_batch_size or config.batch_size,
+                           config.num_workers, config.precision, show_progress)
+        epoch_record = {
+            "epoch": epoch + 1,
+            "train_loss": totals["loss"] / max(epoch_steps, 1),
+            "label_loss": totals["label_loss"] / max(epoch_steps, 1),
+            "distillation_loss": totals["kd_loss"] / max(epoch_steps, 1),
+            "learning_rate": scheduler.get_last_lr()[0],
+            "mAP": metrics["mAP"], "ROC": metrics["mean_roc_auc"], "d_prime": metrics["d_prime"],
+            "val_loss": metrics["val_loss"],
+            "train_clips_per_s": epoch_steps * config.batch_size * dist_info.world_size
+            / max(time.time() - epoch_start, 1e-6),
+        }
+        history.append(epoch_record)
+        final_metrics = {**epoch_record, "per_class_ap": metrics["per_class_ap"]}
+        improved = metrics["mAP"] > best_map
+        best_map = max(best_map, metrics["mAP"])
+        step_in_epoch = 0
+        if is_main:
+            print(f"epoch {epoch + 1}/{config.n_epochs}: train_loss {epoch_record['train_loss']:.4f}  "
+                  f"mAP {metrics['mAP']:.4f}  ROC {metrics['mean_roc_auc']:.4f}  d' {metrics['d_prime']:.3f}  "
+                  f"val_loss {metrics['val_loss']:.4f}", flush=True)
+            if tracker is not None:
+                tracker.log_metrics(epoch_record, step=epoch + 1)
+        save_training_state("last", epoch + 1, 0, final_metrics)
+        if improved:
+            save_training_state("best", epoch + 1, 0, final_metrics)
+
+    skipped_total = int(reduce_sum(skipped_clips))
+    masked_total = int(reduce_sum(masked_teacher_clips))
+    summary = {
+        "best_mAP": best_map if history else None,
+        "final": {k: v for k, v in final_metrics.items() if k != "per_class_ap"},
+        "per_class_ap": final_metrics.get("per_class_ap"),
+        "class_names": list(label_map.names) if label_map else None,
+        "history": history,
+        "skipped_clips": skipped_total,
+        "clips_without_teacher": masked_total,
+        "teacher_coverage": {"found": teacher_found, "missing": teacher_missing} if use_teacher else None,
+        "checkpoints": {"last": str(last_path), "best": str(_training_state_path(out_dir, "best"))},
+        "num_classes": num_classes,
+        "model": {"arch": arch, "config": _plain(model_kwargs)},
+    }
+    if is_main and skipped_total:
+        logger.warning("%d undecodable clips were skipped and replaced during training", skipped_total)
+    barrier()
+    return summary
+
+
+def _gather_objects(obj: Any, dist_info: DistInfo) -> list[Any]:
+    if not dist_info.enabled:
+        return [obj]
+    gathered: list[Any] = [None] * dist_info.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _plain(value: Any) -> Any:
+    """Only plain Python values (and tensors) go into checkpoints: weights_only loading stays possible."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
