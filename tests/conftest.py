@@ -35,3 +35,26 @@ def float_state_dict(state_dict: dict) -> dict:
 
 
 requires_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared (reference fixtures and data) not present")
+
+
+def make_tiny_audioset(path: Path, num_clips: int = 24, num_classes: int = 4, sample_rate: int = 16000,
+                       seconds: float = 1.0, seed: int = 0, codec: str = "flac") -> Path:
+    """A small AudioSet-format HDF5: each class is a tone at its own frequency, 1-2 classes per clip."""
+    import numpy as np
+
+    from efficient_tagging.audio import encode_audio
+    from efficient_tagging.data.hdf5 import AudioSetHDF5Writer
+    from efficient_tagging.labels import LabelMap
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(sample_rate * seconds)) / sample_rate
+    labels = LabelMap.from_names([f"tone_{i}" for i in range(num_classes)])
+    with AudioSetHDF5Writer(path, num_classes=num_classes, sample_rate=sample_rate, label_map=labels) as writer:
+        for i in range(num_clips):
+            target = np.zeros(num_classes, dtype=bool)
+            target[rng.choice(num_classes, size=int(rng.integers(1, 3)), replace=False)] = True
+            wave = 0.01 * rng.standard_normal(len(t))
+            for c in np.flatnonzero(target):
+                wave += 0.2 * np.sin(2 * np.pi * 300 * (c + 1) * t)
+            writer.add(f"Ytiny_{i:04d}.{codec}", encode_audio(wave.astype(np.float32), sample_rate, codec), target)
+    return path

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_path", default=None, help="evaluation: local checkpoint to evaluate")
     parser.add_argument("--demo_dir", default=None,
                         help="where the demo dataset, teacher and logits are cached (default <cache>/demo)")
+    parser.add_argument("--demo_clips", type=int, default=2000,
+                        help="demo training clips (the eval split gets an eighth as many); fewer for a quick smoke run")
     add_training_arguments(parser)
     return parser
 
@@ -107,12 +109,14 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
     started = time.time()
     root = default_demo_root(args.demo_dir)
     is_main = dist_info.rank == 0
+    sizes = {"num_train": args.demo_clips, "num_eval": max(16, args.demo_clips // 8),
+             "sample_rate": DEMO_DEFAULTS["sample_rate"], "clip_length": DEMO_DEFAULTS["clip_length"]}
     if is_main:
         print(f"[demo] no data paths given: using the embedded demo dataset in {root}", flush=True)
-        data = build_demo_dataset(root, clip_length=DEMO_DEFAULTS["clip_length"], progress=not args.no_progress)
+        build_demo_dataset(root, progress=not args.no_progress, **sizes)
     if dist_info.enabled:
         torch.distributed.barrier()
-    data = build_demo_dataset(root, clip_length=DEMO_DEFAULTS["clip_length"], progress=False)
+    data = build_demo_dataset(root, progress=False, **sizes)  # built above: only checks the cache
 
     teacher_dir = root / "teacher"
     teacher_logits_path = root / "teacher_logits.h5"

@@ -224,8 +224,10 @@ def evaluate(model: nn.Module, frontend: nn.Module, dataset: AudioSetDataset, de
     model.eval()
     frontend.eval()
     shard = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    # Own generator: creating a DataLoader iterator otherwise draws from the global RNG, which
+    # would make a resumed run diverge from an uninterrupted one.
     loader = DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers)
+                        num_workers=num_workers, generator=torch.Generator())
     logits, targets, skipped = [], [], 0
     for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         with autocast_context(device, precision):
@@ -284,7 +286,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     sampler = ResumableSampler(base_sampler)
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                         drop_last=True, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        generator=torch.Generator())  # keeps the global RNG untouched (exact resume)
     steps_per_epoch = len(base_sampler) // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"epoch_len {config.epoch_len} gives no full batch of {config.batch_size} per rank")
@@ -307,6 +309,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     augment_generator = torch.Generator().manual_seed(config.seed * 1000 + dist_info.rank)
 
     start_epoch, step_in_epoch, global_step, best_map = 0, 0, 0, -math.inf
+    resumed_totals: Optional[dict[str, float]] = None
     history: list[dict[str, Any]] = []
     last_path = _training_state_path(out_dir, "last")
     if config.resume and last_path.is_file():
@@ -317,6 +320,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
+        resumed_totals = dict(state["epoch_totals"]) if step_in_epoch else None
         global_step, best_map, history = state["global_step"], state["best_map"], list(state["history"])
         _set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
         augment_generator.set_state(state["augment_rng"][min(dist_info.rank, len(state["augment_rng"]) - 1)])
@@ -329,6 +333,8 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
+    epoch_totals = {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0}  # running sums of this epoch
+
     def save_training_state(name: str, epoch: int, step: int, metrics: Optional[dict[str, Any]] = None) -> None:
         # Every rank's RNG state is gathered so a resumed DDP job continues identically.
         rng_states = _gather_objects(_rng_state(), dist_info)
@@ -338,7 +344,8 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
         training = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "best_map": best_map,
                     "history": history, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "sampler": base_sampler.state_dict(), "rng": rng_states,
-                    "augment_rng": augment_states, "train_config": _plain(config.to_dict()),
+                    "augment_rng": augment_states, "epoch_totals": dict(epoch_totals),
+                    "train_config": _plain(config.to_dict()),
                     "metrics": _plain(metrics or {})}
         save_checkpoint(_training_state_path(out_dir, name), unwrap(model), arch=arch, config=model_kwargs,
                         preprocessing=config.preprocessing, labels=label_map, dataset="audioset",
@@ -354,8 +361,9 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
             unwrap(model).update_temperature(epoch)
         model.train()
         frontend.train()
-        totals = {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0}
-        epoch_start, epoch_steps = time.time(), 0
+        epoch_totals.update(resumed_totals or {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0})
+        resumed_totals = None
+        epoch_start, steps_timed = time.time(), 0
         bar = tqdm(loader, total=steps_per_epoch - step_in_epoch, desc=f"epoch {epoch + 1}/{config.n_epochs}",
                    disable=not show_progress, dynamic_ncols=True)
         for batch in bar:
@@ -392,16 +400,18 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
 
             step_in_epoch += 1
             global_step += 1
-            epoch_steps += 1
+            steps_timed += 1
             skipped_clips += int(batch["skipped"].sum())
             clips_seen += waveform.shape[0]
             if use_teacher:
                 masked_teacher_clips += int((~batch["has_teacher"]).sum())
-            totals["loss"] += float(loss.detach())
-            totals["label_loss"] += float(parts["label_loss"])
-            totals["kd_loss"] += float(parts["kd_loss"])
-            clips_per_s = epoch_steps * config.batch_size * dist_info.world_size / max(time.time() - epoch_start, 1e-6)
-            bar.set_postfix(loss=f"{totals['loss'] / epoch_steps:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+            epoch_totals["loss"] += float(loss.detach())
+            epoch_totals["label_loss"] += float(parts["label_loss"])
+            epoch_totals["kd_loss"] += float(parts["kd_loss"])
+            epoch_totals["steps"] += 1
+            clips_per_s = steps_timed * config.batch_size * dist_info.world_size / max(time.time() - epoch_start, 1e-6)
+            bar.set_postfix(loss=f"{epoch_totals['loss'] / epoch_totals['steps']:.4f}",
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}",
                             clips_s=f"{clips_per_s:.1f}")
             if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0 \
                     and step_in_epoch < steps_per_epoch:
@@ -413,15 +423,16 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
 
         metrics = evaluate(model, frontend, eval_set, device, dist_info, config.eval_batch_size or config.batch_size,
                            config.num_workers, config.precision, show_progress)
+        steps_done = max(epoch_totals["steps"], 1)
         epoch_record = {
             "epoch": epoch + 1,
-            "train_loss": totals["loss"] / max(epoch_steps, 1),
-            "label_loss": totals["label_loss"] / max(epoch_steps, 1),
-            "distillation_loss": totals["kd_loss"] / max(epoch_steps, 1),
+            "train_loss": epoch_totals["loss"] / steps_done,
+            "label_loss": epoch_totals["label_loss"] / steps_done,
+            "distillation_loss": epoch_totals["kd_loss"] / steps_done,
             "learning_rate": scheduler.get_last_lr()[0],
             "mAP": metrics["mAP"], "ROC": metrics["mean_roc_auc"], "d_prime": metrics["d_prime"],
             "val_loss": metrics["val_loss"],
-            "train_clips_per_s": epoch_steps * config.batch_size * dist_info.world_size
+            "train_clips_per_s": steps_timed * config.batch_size * dist_info.world_size
             / max(time.time() - epoch_start, 1e-6),
         }
         history.append(epoch_record)

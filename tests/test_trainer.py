@@ -1,0 +1,136 @@
+"""The training loop: exact resume after a hard kill, DDP under torchrun, the demo command, failure modes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, make_tiny_audioset
+from efficient_tagging.models.factory import read_checkpoint
+
+TRAIN_SNIPPET = """
+import sys, json, torch
+torch.set_num_threads(1)
+from efficient_tagging.train.trainer import TrainConfig, train
+config = TrainConfig(**json.loads(sys.argv[1]))
+summary = train(config)
+print("SUMMARY", json.dumps({k: summary[k] for k in ("best_mAP", "skipped_clips", "clips_without_teacher")}))
+"""
+
+
+def _train_subprocess(config: dict, expect_rc: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-c", TRAIN_SNIPPET, json.dumps(config)], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == expect_rc, result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return make_tiny_audioset(root / "train.h5", num_clips=24), make_tiny_audioset(root / "eval.h5", num_clips=8,
+                                                                                   seed=1)
+
+
+def _config(train_path, eval_path, out_dir, **overrides):
+    config = dict(train_hdf5=[str(train_path)], eval_hdf5=[str(eval_path)], sample_rate=16000, clip_length=1.0,
+                  batch_size=4, num_workers=0, epoch_len=12, n_epochs=2, width_mult=0.1, n_mels=32, hop_size=320,
+                  warm_up_len=1, ramp_down_start=1, ramp_down_len=1, mixup_alpha=0.3, freqm=4, timem=8,
+                  roll=True, gain_augment=3.0, out_dir=str(out_dir), checkpoint_every_steps=1, progress=False,
+                  seed=3)
+    config.update(overrides)
+    return config
+
+
+def test_killed_run_resumes_to_identical_weights(tiny_data, tmp_path):
+    train_path, eval_path = tiny_data
+    _train_subprocess(_config(train_path, eval_path, tmp_path / "straight"))
+    # hard exit (os._exit, no cleanup) in the middle of the second epoch, then --resume
+    _train_subprocess(_config(train_path, eval_path, tmp_path / "killed", crash_after_steps=5), expect_rc=17)
+    interrupted, _ = read_checkpoint(tmp_path / "killed" / "last.pt")
+    _train_subprocess(_config(train_path, eval_path, tmp_path / "killed", resume=True))
+    straight, straight_meta = read_checkpoint(tmp_path / "straight" / "last.pt")
+    resumed, resumed_meta = read_checkpoint(tmp_path / "killed" / "last.pt")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    assert any(not torch.equal(interrupted[k], straight[k]) for k in straight)  # the kill really cut the run short
+    def without_timing(history):
+        return [{k: v for k, v in epoch.items() if k != "train_clips_per_s"} for epoch in history]
+
+    assert without_timing(straight_meta["extra"]["training"]["history"]) == \
+        without_timing(resumed_meta["extra"]["training"]["history"])
+
+
+def test_checkpoints_are_self_describing_and_safe_to_load(tiny_data, tmp_path):
+    train_path, eval_path = tiny_data
+    _train_subprocess(_config(train_path, eval_path, tmp_path / "run", n_epochs=1))
+    raw = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert raw["labels"]["names"] == ["tone_0", "tone_1", "tone_2", "tone_3"]
+    assert raw["preprocessing"]["sr"] == 16000 and raw["preprocessing"]["n_mels"] == 32
+    training = raw["extra"]["training"]
+    assert {"optimizer", "scheduler", "sampler", "rng", "scaler", "history"} <= training.keys()
+    from efficient_tagging import get_model
+    model = get_model(str(tmp_path / "run" / "best.pt"))
+    assert model.label_map.names[0] == "tone_0"
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_teacher_logits_join_masks_missing_clips(tiny_data, tmp_path):
+    import numpy as np
+
+    from efficient_tagging.data.hdf5 import read_audio_names
+    from efficient_tagging.data.teacher_logits import TeacherLogitsWriter
+    train_path, eval_path = tiny_data
+    names = read_audio_names(train_path)
+    with TeacherLogitsWriter(tmp_path / "teacher.h5", num_classes=4, attrs={"teachers": ["test"]}) as writer:
+        kept = names[::-1][: len(names) // 2]  # other order than the audio file, half of the clips
+        writer.write(kept, np.random.default_rng(0).standard_normal((len(kept), 4)).astype(np.float32))
+    result = _train_subprocess(_config(train_path, eval_path, tmp_path / "run", n_epochs=1,
+                                       teacher_logits=str(tmp_path / "teacher.h5")))
+    summary = json.loads(result.stdout.split("SUMMARY", 1)[1])
+    assert summary["clips_without_teacher"] > 0  # counted, and the loss stayed finite
+
+
+def test_ddp_two_processes_with_gloo(tiny_data, tmp_path):
+    train_path, eval_path = tiny_data
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(REPO / "experiments" / "ex_audioset.py"), "--train", "--train_hdf5", str(train_path),
+               "--eval_hdf5", str(eval_path), "--resample_rate", "16000", "--clip_length", "1", "--width_mult", "0.1",
+               "--n_mels", "32", "--batch_size", "4", "--epoch_len", "16", "--n_epochs", "1", "--num_workers", "0",
+               "--out_dir", str(tmp_path / "ckpt"), "--runs_dir", str(tmp_path / "runs"), "--experiment_name", "ddp",
+               "--results_json", str(tmp_path / "result.json"), "--no_progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("epoch 1/1:") == 1  # only rank 0 reports
+    records = [p for p in (tmp_path / "runs" / "ddp").iterdir() if p.name.isdigit()]
+    assert len(records) == 1  # only rank 0 records the run
+    assert (tmp_path / "ckpt" / "last.pt").is_file() and (tmp_path / "ckpt" / "best.pt").is_file()
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["final"]["epoch"] == 1
+    training = torch.load(tmp_path / "ckpt" / "last.pt", weights_only=True)["extra"]["training"]
+    assert len(training["rng"]) == 2  # both ranks' RNG states, for an exact resume
+
+
+def test_demo_command_runs_end_to_end_small(tmp_path):
+    command = [sys.executable, "ex_audioset.py", "--train", "--width_mult", "0.4", "--n_epochs", "1",
+               "--epoch_len", "64", "--demo_clips", "96", "--demo_dir", str(tmp_path / "demo"),
+               "--runs_dir", str(tmp_path / "runs"), "--results_json", str(tmp_path / "demo.json"), "--no_progress"]
+    result = subprocess.run(command, cwd=REPO / "experiments", capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["teacher"]["params"] > summary["student"]["params"]
+    assert 0.0 <= summary["student"]["mAP"] <= 1.0 and 0.0 <= summary["teacher"]["mAP"] <= 1.0
+    assert (tmp_path / "demo" / "teacher_logits.h5").is_file()
+    assert "demo summary" in result.stdout and "run record" in result.stdout
+
+
+def test_bad_configuration_is_rejected():
+    from efficient_tagging.train.trainer import TrainConfig
+    with pytest.raises(ValueError, match="kd_lambda"):
+        TrainConfig(kd_lambda=1.5)
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(precision="8")
