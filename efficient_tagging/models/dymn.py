@@ -48,7 +48,9 @@ from .layers import (
     BlockSpec,
     ConvNormActivation,
     check_spectrogram_input,
+    init_mobilenet_weights,
     make_divisible,
+    mlp_head,
 )
 from .mobilenet import InvertedResidual
 
@@ -430,30 +432,8 @@ class DyMN(nn.Module):
         self.embedding_dim = 6 * last_in
         self.out_c = ConvNormActivation(last_in, self.embedding_dim, kernel_size=1, activation=nn.Hardswish)
         hidden = md(LAST_CHANNEL)
-        self.classifier = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(start_dim=1),
-            nn.Linear(self.embedding_dim, hidden),
-            nn.Hardswish(inplace=True),
-            nn.Dropout(p=0.2),
-            nn.Linear(hidden, num_classes),
-        )
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # EfficientAT's initialisation (DynamicConv2d kernels initialise themselves).
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        self.classifier = mlp_head(self.embedding_dim, hidden, num_classes)
+        init_mobilenet_weights(self)
 
     # ----- attention temperature -------------------------------------------------------
     @property

@@ -119,3 +119,38 @@ def check_spectrogram_input(x: Tensor, expected_n_mels: Optional[int], model_nam
         raise ValueError(
             f"{model_name}: expected {expected_n_mels} mel bins (frequency axis), got shape {tuple(x.shape)}; "
             f"build the model with input_dim_f={x.shape[2]} or use a frontend with n_mels={expected_n_mels}")
+
+
+def mlp_head(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:
+    """EfficientAT's MLP head: global average pool -> Linear -> Hardswish -> Dropout(0.2) -> Linear.
+
+    Keys `.2` and `.5` hold the two Linear layers, as in the released checkpoints.
+    """
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(start_dim=1),
+        nn.Linear(in_features, hidden),
+        nn.Hardswish(inplace=True),
+        nn.Dropout(p=0.2),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def init_mobilenet_weights(model: nn.Module) -> None:
+    """Fresh-model initialisation of EfficientAT (torchvision's MobileNetV3 scheme).
+
+    Modules that initialise themselves (e.g. DyMN's dynamic kernels) are not plain
+    Conv2d/Linear/BatchNorm2d and are left alone.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, 0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)

@@ -48,7 +48,9 @@ from .layers import (
     ConvNormActivation,
     check_spectrogram_input,
     conv_output_size,
+    init_mobilenet_weights,
     make_divisible,
+    mlp_head,
 )
 
 __all__ = [
@@ -375,14 +377,7 @@ class MobileNet(nn.Module):
 
         self.last_channel = channels(LAST_CHANNEL // tail_divider)  # MLP hidden size
         if head_type == "mlp":
-            self.classifier: nn.Module = nn.Sequential(
-                nn.AdaptiveAvgPool2d(1),
-                nn.Flatten(start_dim=1),
-                nn.Linear(self.embedding_dim, self.last_channel),
-                nn.Hardswish(inplace=True),
-                nn.Dropout(p=0.2),
-                nn.Linear(self.last_channel, num_classes),
-            )
+            self.classifier: nn.Module = mlp_head(self.embedding_dim, self.last_channel, num_classes)
         elif head_type == "fully_convolutional":
             self.classifier = nn.Sequential(
                 nn.Conv2d(self.embedding_dim, num_classes, kernel_size=1, bias=False),
@@ -392,7 +387,7 @@ class MobileNet(nn.Module):
         else:
             self.classifier = MultiHeadAttentionPooling(self.embedding_dim, num_classes,
                                                         num_heads=multihead_attention_heads)
-        self._init_weights()
+        init_mobilenet_weights(self)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -401,21 +396,6 @@ class MobileNet(nn.Module):
                     dilated=self.dilated, strides=self.strides, head_type=self.head_type,
                     multihead_attention_heads=self.multihead_attention_heads, input_dim_f=self.input_dim_f,
                     input_dim_t=self.input_dim_t, se_dims=self.se_dims, se_agg=self.se_agg, se_r=self.se_r)
-
-    def _init_weights(self) -> None:
-        # EfficientAT's (torchvision MobileNetV3's) initialisation for fresh models
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Body output (B, embedding_dim, F', T') for a (B, 1, input_dim_f, T) spectrogram."""
