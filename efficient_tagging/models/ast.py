@@ -1,0 +1,624 @@
+"""AST, the Audio Spectrogram Transformer (Gong, Chung & Glass, Interspeech 2021).
+
+A re-implementation that is checkpoint- and numerically compatible with the reference
+``ASTModel`` of ``YuanGongND/ast`` (``src/models/ast_models.py``):
+
+* the same constructor arguments and defaults, the same module names and state-dict keys
+  (``v.cls_token``, ``v.pos_embed``, ``v.dist_token``, ``v.patch_embed.proj.*``,
+  ``v.blocks.N.*``, ``v.norm.*``, the unused ImageNet heads ``v.head*`` and
+  ``mlp_head.0/1.*``), so the official ``audioset_*.pth`` files load with ``strict=True``
+  once their DataParallel ``module.`` prefix is stripped (:func:`load_official_checkpoint`);
+* the same forward pass: input ``(B, T, F)`` is turned into a one-channel image with
+  frequency as height, cut into 16x16 patches with stride ``(fstride, tstride)``
+  (tokens in frequency-major order), prefixed with a cls and a distillation token, run
+  through 12 pre-norm ViT blocks (LayerNorm eps 1e-6, exact GELU, qkv with bias), and the
+  mean of the two prefix-token outputs goes through ``mlp_head`` (LayerNorm with the torch
+  default eps 1e-5, then Linear). ``forward`` returns raw logits; apply ``sigmoid`` for
+  AudioSet-style multi-label scores.
+* the same weight-adaptation rules, as pure functions: :func:`adapt_imagenet_patch_embedding`,
+  :func:`adapt_imagenet_pos_embed` and :func:`adapt_audioset_pos_embed`.
+
+Differences from the reference (none changes results in float32 on CPU):
+
+* Attention uses ``torch.nn.functional.scaled_dot_product_attention`` (differences of
+  about 1e-6 in the logits against the explicit softmax).
+* ``forward`` is not wrapped in ``torch.cuda.amp.autocast`` (the reference always runs in
+  float16 autocast on CUDA); use ``torch.autocast`` yourself where you want it.
+* Nothing is printed: ``verbose=True`` (the reference default) logs the summary through
+  :mod:`logging` at INFO level.
+* Pretrained weights are never fetched behind the caller's back from fixed relative
+  paths: ImageNet (DeiT) weights come from an ``imagenet_state_dict`` argument or
+  ``timm.create_model(..., pretrained=True)``; the AudioSet checkpoint from an
+  ``audioset_state_dict`` argument (a state dict, a file path or a URL) or the project's
+  download cache. Offline failures raise an error that says what to pass instead.
+* ``audioset_pretrain=True`` with a stride other than 10 is rejected in the constructor;
+  the reference accepts it and then fails in ``forward`` (its loaded patch conv keeps
+  stride 10 while the position embedding is sized for the requested strides).
+* The input shape is checked in ``forward`` with an error that names the shapes.
+
+:class:`ASTTagger` is the same model (same keys, same weights) with this project's
+tagger interface: ``forward`` takes a ``(B, 1, F, T)`` spectrogram and returns
+``(logits, embedding)``, as the trainer expects. Pair it with
+:class:`efficient_tagging.ast_frontend.ASTFbank` (``layout="b1ft"``), which produces the
+reference's Kaldi fbank features.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Mlp
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+PATCH_SIZE = 16
+NUM_PREFIX_TOKENS = 2  # cls + distillation token
+
+# The official AudioSet checkpoint the reference constructor loads for audioset_pretrain=True
+# (its code downloads this URL and stores it under the name below).
+AUDIOSET_CHECKPOINT_URL = "https://www.dropbox.com/s/cv4knew8mvbrnvq/audioset_0.4593.pth?dl=1"
+AUDIOSET_CHECKPOINT_FILENAME = "audioset_10_10_0.4593.pth"
+# Patch grid (frequency, time) of that checkpoint: 128 mel bins x 1024 frames at stride 10.
+AUDIOSET_CHECKPOINT_GRID = (12, 101)
+
+StateDictSource = Union[Mapping[str, Tensor], str, os.PathLike]
+
+
+@dataclass(frozen=True)
+class ASTSize:
+    """Layer sizes of one ``model_size`` and the DeiT model its ImageNet weights come from."""
+
+    embed_dim: int
+    num_heads: int
+    depth: int
+    deit_grid: int  # side of the DeiT position grid (224 / 16 = 14, 384 / 16 = 24)
+    timm_name: str  # timm >= 1.0 model name
+    reference_timm_name: str  # the timm 0.4.5 name the reference uses
+
+    @property
+    def mlp_hidden(self) -> int:
+        return 4 * self.embed_dim
+
+
+MODEL_SIZES: dict[str, ASTSize] = {
+    "tiny224": ASTSize(192, 3, 12, 14, "deit_tiny_distilled_patch16_224", "vit_deit_tiny_distilled_patch16_224"),
+    "small224": ASTSize(384, 6, 12, 14, "deit_small_distilled_patch16_224", "vit_deit_small_distilled_patch16_224"),
+    "base224": ASTSize(768, 12, 12, 14, "deit_base_distilled_patch16_224", "vit_deit_base_distilled_patch16_224"),
+    "base384": ASTSize(768, 12, 12, 24, "deit_base_distilled_patch16_384", "vit_deit_base_distilled_patch16_384"),
+}
+
+# Official release files (YuanGongND/ast README) and the constructor arguments they were trained with.
+_AS = dict(label_dim=527, input_fdim=128, input_tdim=1024, model_size="base384")
+OFFICIAL_CHECKPOINTS: dict[str, dict[str, Any]] = {
+    "audioset_10_10_0.4593": dict(url="https://www.dropbox.com/s/ca0b1v2nlxzyeb4/audioset_10_10_0.4593.pth?dl=1",
+                                  config=dict(_AS, fstride=10, tstride=10)),
+    "audioset_10_10_0.4495": dict(url="https://www.dropbox.com/s/1tv0hovue1bxupk/audioset_10_10_0.4495.pth?dl=1",
+                                  config=dict(_AS, fstride=10, tstride=10)),
+    "audioset_10_10_0.4483": dict(url="https://www.dropbox.com/s/6u5sikl4b9wo4u5/audioset_10_10_0.4483.pth?dl=1",
+                                  config=dict(_AS, fstride=10, tstride=10)),
+    "audioset_10_10_0.4475": dict(url="https://www.dropbox.com/s/kt6i0v9fvfm1mbq/audioset_10_10_0.4475.pth?dl=1",
+                                  config=dict(_AS, fstride=10, tstride=10)),
+    "audioset_12_12_0.4467": dict(url="https://www.dropbox.com/s/snfhx3tizr4nuc8/audioset_12_12_0.4467.pth?dl=1",
+                                  config=dict(_AS, fstride=12, tstride=12)),
+    "audioset_14_14_0.4431": dict(url="https://www.dropbox.com/s/z18s6pemtnxm4k7/audioset_14_14_0.4431.pth?dl=1",
+                                  config=dict(_AS, fstride=14, tstride=14)),
+    "audioset_16_16_0.4422": dict(url="https://www.dropbox.com/s/mdsa4t1xmcimia6/audioset_16_16_0.4422.pth?dl=1",
+                                  config=dict(_AS, fstride=16, tstride=16)),
+    "speechcommands_10_10_0.9812": dict(
+        url="https://www.dropbox.com/s/q0tbqpwv44pquwy/speechcommands_10_10_0.9812.pth?dl=1",
+        config=dict(label_dim=35, input_fdim=128, input_tdim=128, model_size="base384", fstride=10, tstride=10)),
+}
+
+
+# --------------------------------------------------------------------------------------
+# Shapes and weight-adaptation rules (pure functions)
+# --------------------------------------------------------------------------------------
+def patch_grid(fstride: int, tstride: int, input_fdim: int, input_tdim: int) -> tuple[int, int]:
+    """``(f, t)``: patches along frequency and time of a 16x16 conv with stride (fstride, tstride).
+
+    Frames beyond the last full window are dropped (no padding), as in the reference.
+    """
+    for name, value in (("fstride", fstride), ("tstride", tstride), ("input_fdim", input_fdim),
+                        ("input_tdim", input_tdim)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if input_fdim < PATCH_SIZE or input_tdim < PATCH_SIZE:
+        raise ValueError(f"the input must be at least {PATCH_SIZE}x{PATCH_SIZE} (one patch), got "
+                         f"input_fdim={input_fdim}, input_tdim={input_tdim}")
+    return (input_fdim - PATCH_SIZE) // fstride + 1, (input_tdim - PATCH_SIZE) // tstride + 1
+
+
+def _split_pos_embed(pos_embed: Tensor, grid: Optional[tuple[int, int]], what: str) -> tuple[Tensor, Tensor]:
+    """``(prefix rows (1, 2, D), grid (1, D, h, w))`` of a ``(1, 2 + h*w, D)`` position embedding."""
+    if not isinstance(pos_embed, Tensor) or pos_embed.dim() != 3 or pos_embed.shape[0] != 1:
+        shape = tuple(pos_embed.shape) if isinstance(pos_embed, Tensor) else type(pos_embed).__name__
+        raise ValueError(f"{what} must have shape (1, 2 + h*w, D), got {shape}")
+    num_patches = pos_embed.shape[1] - NUM_PREFIX_TOKENS
+    if grid is None:
+        side = math.isqrt(max(num_patches, 0))
+        if num_patches < 1 or side * side != num_patches:
+            raise ValueError(f"{what} of shape {tuple(pos_embed.shape)} has {num_patches} patch rows after the "
+                             f"2 prefix rows, which is not a square grid")
+        grid = (side, side)
+    elif num_patches != grid[0] * grid[1]:
+        raise ValueError(f"{what} of shape {tuple(pos_embed.shape)} does not hold 2 + {grid[0]}x{grid[1]} rows")
+    dim = pos_embed.shape[2]
+    prefix = pos_embed[:, :NUM_PREFIX_TOKENS]
+    patches = pos_embed[:, NUM_PREFIX_TOKENS:].transpose(1, 2).reshape(1, dim, grid[0], grid[1])
+    return prefix, patches
+
+
+def _fit_axis(grid: Tensor, axis: int, size: int, cut: bool) -> Tensor:
+    """Cut ``size`` rows/columns from the middle of ``grid`` along ``axis`` (2 = frequency, 3 = time),
+    or bilinearly resize that axis to ``size`` (align_corners=False) keeping the other one."""
+    if cut:
+        start = grid.shape[axis] // 2 - size // 2
+        return grid.narrow(axis, start, size)
+    target = [grid.shape[2], grid.shape[3]]
+    target[axis - 2] = size
+    return F.interpolate(grid, size=tuple(target), mode="bilinear", align_corners=False)
+
+
+def _join_pos_embed(prefix: Tensor, grid: Tensor) -> Tensor:
+    """Flatten a ``(1, D, f, t)`` grid frequency-major and put the prefix rows in front."""
+    dim, f, t = grid.shape[1:]
+    return torch.cat([prefix, grid.reshape(1, dim, f * t).transpose(1, 2)], dim=1)
+
+
+def adapt_imagenet_patch_embedding(weight: Tensor, bias: Optional[Tensor] = None
+                                   ) -> tuple[Tensor, Optional[Tensor]]:
+    """DeiT RGB patch conv ``(D, 3, 16, 16)`` -> AST one-channel conv ``(D, 1, 16, 16)``.
+
+    The input channels are summed (a grey image fed to all three channels gives the same
+    response); the bias is copied unchanged. The new stride is set by the model, not here.
+    """
+    if not isinstance(weight, Tensor) or weight.dim() != 4:
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"patch weight must have shape (D, C, 16, 16), got {shape}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"patch bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    new_bias = bias.detach().clone() if bias is not None else None
+    return weight.detach().sum(dim=1, keepdim=True), new_bias
+
+
+def adapt_imagenet_pos_embed(deit_pos_embed: Tensor, grid_f: int, grid_t: int) -> Tensor:
+    """DeiT position embedding ``(1, 2 + hw*hw, D)`` -> AST ``(1, 2 + grid_f*grid_t, D)``.
+
+    The patch rows form an ``hw x hw`` grid (rows = image height = frequency). The time axis
+    is handled first: ``grid_t <= hw`` keeps the middle columns ``[hw//2 - grid_t//2, ... + grid_t)``,
+    otherwise the grid is bilinearly resized to ``(hw, grid_t)``. Then frequency the same
+    way (``<=``: middle rows; otherwise resize to ``(grid_f, grid_t)``). The cls and
+    distillation rows are kept unchanged in front.
+    """
+    prefix, grid = _split_pos_embed(deit_pos_embed.detach(), None, "deit_pos_embed")
+    hw = grid.shape[2]
+    grid = _fit_axis(grid, 3, grid_t, cut=grid_t <= hw)
+    grid = _fit_axis(grid, 2, grid_f, cut=grid_f <= hw)
+    return _join_pos_embed(prefix, grid)
+
+
+def adapt_audioset_pos_embed(checkpoint_pos_embed: Tensor, grid_f: int, grid_t: int,
+                             checkpoint_grid: tuple[int, int] = AUDIOSET_CHECKPOINT_GRID) -> Tensor:
+    """AudioSet checkpoint position embedding ``(1, 2 + 12*101, D)`` -> ``(1, 2 + grid_f*grid_t, D)``.
+
+    Time first: ``grid_t < 101`` keeps the middle columns ``[50 - grid_t//2, ... + grid_t)``,
+    otherwise bilinear resize to ``(12, grid_t)`` (an exact identity at 101). Then frequency:
+    ``grid_f < 12`` keeps the middle rows ``[6 - grid_f//2, ... + grid_f)``, ``grid_f > 12``
+    resizes to ``(grid_f, grid_t)``, 12 is left alone. Note the strict ``<`` here against the
+    ``<=`` of :func:`adapt_imagenet_pos_embed`; at equality both are the identity.
+    """
+    prefix, grid = _split_pos_embed(checkpoint_pos_embed.detach(), tuple(checkpoint_grid), "checkpoint_pos_embed")
+    source_f, source_t = checkpoint_grid
+    grid = _fit_axis(grid, 3, grid_t, cut=grid_t < source_t)
+    if grid_f != source_f:
+        grid = _fit_axis(grid, 2, grid_f, cut=grid_f < source_f)
+    return _join_pos_embed(prefix, grid)
+
+
+def strip_module_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Drop the ``module.`` prefix that ``nn.DataParallel`` training leaves on every key."""
+    return {(key[len("module."):] if key.startswith("module.") else key): value for key, value in state_dict.items()}
+
+
+def _read_state_dict(source: StateDictSource, what: str, default_filename: Optional[str] = None,
+                     argument: str = "the state dict") -> dict[str, Tensor]:
+    """A state dict given as a mapping, a local file or an http(s)/file URL (downloaded into the cache)."""
+    if isinstance(source, Mapping):
+        return dict(source)
+    text = os.fspath(source)
+    if "://" in text:
+        from ..hub import DownloadError, cached_file
+        try:
+            path = cached_file(text, default_filename)
+        except DownloadError as error:
+            raise DownloadError(f"{error}\nAlternatively pass {argument} yourself: a state dict or a local "
+                                f"file path of the {what} checkpoint.") from error
+    else:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} checkpoint not found: {path}")
+    content = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(content, Mapping) and "state_dict" in content and isinstance(content["state_dict"], Mapping):
+        content = content["state_dict"]  # this project's self-describing checkpoint files
+    if not isinstance(content, Mapping):
+        raise ValueError(f"{path} does not hold a state dict (got {type(content).__name__})")
+    return dict(content)
+
+
+# --------------------------------------------------------------------------------------
+# Layers (key names as timm 0.4.5's DeiT, which the reference wraps as `v`)
+# --------------------------------------------------------------------------------------
+class ASTPatchEmbed(nn.Module):
+    """``proj``: Conv2d(1, D, 16x16, stride (fstride, tstride)); output ``(B, f*t, D)`` frequency-major."""
+
+    def __init__(self, embed_dim: int, fstride: int, tstride: int, num_patches: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=(PATCH_SIZE, PATCH_SIZE), stride=(fstride, tstride))
+        self.num_patches = num_patches
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused ``qkv`` projection (q, k, v blocks of D features each,
+    head-major inside), softmax scale ``head_dim ** -0.5``, no mask."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embedding dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``; LayerNorm eps 1e-6."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, hidden_features=mlp_hidden, act_layer=nn.GELU)  # exact (erf) GELU
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DistilledViT(nn.Module):
+    """The reference's ``v``: a DeiT-distilled ViT whose patch conv and position grid fit the spectrogram.
+
+    Parameter registration order reproduces the reference state-dict order
+    (cls_token, pos_embed, dist_token, patch_embed, blocks, norm, head, head_dist).
+    ``head`` / ``head_dist`` are DeiT's 1000-class ImageNet heads: kept for checkpoint
+    compatibility, never used.
+    """
+
+    def __init__(self, size: ASTSize, fstride: int, tstride: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        dim = size.embed_dim
+        num_patches = grid[0] * grid[1]
+        self.grid = grid
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + NUM_PREFIX_TOKENS, dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.patch_embed = ASTPatchEmbed(dim, fstride, tstride, num_patches)
+        self.pos_drop = nn.Identity()  # dropout p=0 in the reference
+        self.blocks = nn.ModuleList([Block(dim, size.num_heads, size.mlp_hidden) for _ in range(size.depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, 1000)
+        self.head_dist = nn.Linear(dim, 1000)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The reference's fresh init: timm ViT init (truncated normal std 0.02 for tokens, position
+        embedding and Linear weights, zero biases, identity LayerNorms) and PyTorch's default
+        init for the new patch conv."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        self.patch_embed.proj.reset_parameters()
+        for token in (self.cls_token, self.dist_token, self.pos_embed):
+            nn.init.trunc_normal_(token, std=0.02)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, 1, F, T)`` image -> final-norm token outputs ``(B, 2 + f*t, D)``."""
+        b = x.shape[0]
+        x = self.patch_embed(x)
+        x = torch.cat([self.cls_token.expand(b, -1, -1), self.dist_token.expand(b, -1, -1), x], dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+# --------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------
+class ASTModel(nn.Module):
+    """Audio Spectrogram Transformer with the reference's interface.
+
+    Args (names and defaults of the reference):
+        label_dim: number of classes (527 AudioSet, 50 ESC-50, 35 Speech Commands).
+        fstride, tstride: patch stride along frequency / time (16 = no overlap, 10 = overlap 6).
+        input_fdim, input_tdim: mel bins and frames of the input, e.g. 128 x 1024 (10.24 s).
+        imagenet_pretrain: initialise from the DeiT ImageNet model of ``model_size``
+            (patch conv summed over RGB, position embedding cut/interpolated to the patch
+            grid). The weights come from ``imagenet_state_dict`` or, when that is None, from
+            ``timm.create_model(<deit name>, pretrained=True)`` (needs network or timm's cache).
+        audioset_pretrain: initialise the transformer from the official AudioSet checkpoint
+            (base384, stride 10 only; needs ``imagenet_pretrain=True`` like the reference;
+            ``mlp_head`` is new). The checkpoint comes from ``audioset_state_dict`` (a state
+            dict, a local path or a URL) or is downloaded into the project cache
+            (:func:`efficient_tagging.hub.cached_file`, file ``audioset_10_10_0.4593.pth``).
+        model_size: ``tiny224``, ``small224``, ``base224`` or ``base384``.
+        verbose: log a summary (INFO level of this module's logger); never prints.
+        imagenet_state_dict: DeiT-distilled state dict in timm layout (``cls_token``,
+            ``pos_embed``, ``dist_token``, ``patch_embed.proj.*``, ``blocks.*``, ``norm.*``,
+            ``head*``), used when ``imagenet_pretrain=True``.
+        audioset_state_dict: official AudioSet checkpoint (with or without ``module.``),
+            used when ``audioset_pretrain=True``.
+
+    ``forward(x)``: ``x`` is ``(B, T, F)`` = (batch, frames, mel bins), as produced by
+    :class:`efficient_tagging.ast_frontend.ASTFbank`; returns raw logits ``(B, label_dim)``.
+    ``forward_features(x)``: the pooled embedding ``(B, D)`` (mean of the final-norm cls and
+    distillation tokens), the input of ``mlp_head``.
+    """
+
+    def __init__(self, label_dim: int = 527, fstride: int = 10, tstride: int = 10, input_fdim: int = 128,
+                 input_tdim: int = 1024, imagenet_pretrain: bool = True, audioset_pretrain: bool = False,
+                 model_size: str = "base384", verbose: bool = True, *,
+                 imagenet_state_dict: Optional[StateDictSource] = None,
+                 audioset_state_dict: Optional[StateDictSource] = None) -> None:
+        super().__init__()
+        if model_size not in MODEL_SIZES:
+            raise ValueError(f"model_size must be one of {', '.join(MODEL_SIZES)}, got {model_size!r}")
+        if isinstance(label_dim, bool) or not isinstance(label_dim, int) or label_dim < 1:
+            raise ValueError(f"label_dim must be a positive int, got {label_dim!r}")
+        grid = patch_grid(fstride, tstride, input_fdim, input_tdim)
+        if audioset_pretrain:
+            if not imagenet_pretrain:
+                raise ValueError("a model pretrained on AudioSet only is not available: use imagenet_pretrain=True "
+                                 "with audioset_pretrain=True (the official checkpoint was ImageNet-initialised)")
+            if model_size != "base384":
+                raise ValueError(f"the AudioSet-pretrained checkpoint is base384, got model_size={model_size!r}")
+            if (fstride, tstride) != (10, 10):
+                raise ValueError(f"audioset_pretrain=True needs fstride=tstride=10 (the checkpoint's patch conv has "
+                                 f"stride 10), got fstride={fstride}, tstride={tstride}; the reference would fail "
+                                 f"in forward with these strides")
+
+        size = MODEL_SIZES[model_size]
+        self.label_dim = label_dim
+        self.num_classes = label_dim
+        self.fstride, self.tstride = fstride, tstride
+        self.input_fdim, self.input_tdim = input_fdim, input_tdim
+        self.model_size = model_size
+        self.embedding_dim = size.embed_dim
+        self.original_embedding_dim = size.embed_dim  # reference attribute name
+        self.imagenet_pretrain = bool(imagenet_pretrain)
+        self.audioset_pretrain = bool(audioset_pretrain)
+        self.f_dim, self.t_dim = grid
+
+        # Fetch and adapt pretrained weights before building anything (fails fast when offline).
+        pretrained: Optional[dict[str, Tensor]] = None
+        if audioset_pretrain:
+            pretrained, source_name = self._audioset_weights(audioset_state_dict), "audioset_state_dict"
+        elif imagenet_pretrain:
+            pretrained, source_name = self._imagenet_weights(size, imagenet_state_dict), "imagenet_state_dict"
+
+        self.v = DistilledViT(size, fstride, tstride, grid)
+        self.mlp_head = nn.Sequential(nn.LayerNorm(size.embed_dim), nn.Linear(size.embed_dim, label_dim))
+        if pretrained is not None:
+            self._load_v(pretrained, source_name)
+
+        if verbose:
+            logger.info("AST %s: ImageNet pretraining %s, AudioSet pretraining %s; frequency stride %d, time stride "
+                        "%d; %dx%d = %d patches for %dx%d input; %d labels", model_size, imagenet_pretrain,
+                        audioset_pretrain, fstride, tstride, grid[0], grid[1], grid[0] * grid[1], input_fdim,
+                        input_tdim, label_dim)
+
+    # -- pretrained initialisation ---------------------------------------------------------
+    def _imagenet_weights(self, size: ASTSize, source: Optional[StateDictSource]) -> dict[str, Tensor]:
+        """The DeiT state dict adapted to this model's ``v`` (patch conv summed over RGB, pos-embed fitted)."""
+        if source is None:
+            try:
+                import timm
+                deit = timm.create_model(size.timm_name, pretrained=True)
+            except Exception as error:  # offline, no cache, hub errors of any kind
+                raise RuntimeError(
+                    f"could not get the ImageNet DeiT weights for AST {self.model_size} "
+                    f"(timm.create_model({size.timm_name!r}, pretrained=True) failed: {error}).\n"
+                    f"Pass them yourself: ASTModel(..., imagenet_state_dict=<state dict or file of timm's "
+                    f"{size.timm_name}>), or build a randomly initialised model with imagenet_pretrain=False "
+                    f"(e.g. to load a full AST checkpoint afterwards).") from error
+            state = deit.state_dict()
+        else:
+            state = _read_state_dict(source, "ImageNet DeiT", argument="ASTModel(..., imagenet_state_dict=...)")
+        state = {key[2:] if key.startswith("v.") else key: value for key, value in strip_module_prefix(state).items()}
+        needed = ("pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias")
+        missing = [key for key in needed if key not in state]
+        if missing:
+            raise KeyError(f"imagenet_state_dict lacks {missing}: expected a timm DeiT-distilled state dict "
+                           f"({size.timm_name})")
+        deit_pos = state["pos_embed"]
+        expected = (1, NUM_PREFIX_TOKENS + size.deit_grid ** 2, size.embed_dim)
+        if tuple(deit_pos.shape) != expected:
+            raise ValueError(f"imagenet_state_dict pos_embed has shape {tuple(deit_pos.shape)}, expected {expected} "
+                             f"for {size.timm_name} (model_size={self.model_size!r})")
+        weight, bias = adapt_imagenet_patch_embedding(state["patch_embed.proj.weight"], state["patch_embed.proj.bias"])
+        state["patch_embed.proj.weight"], state["patch_embed.proj.bias"] = weight, bias
+        state["pos_embed"] = adapt_imagenet_pos_embed(deit_pos, self.f_dim, self.t_dim)
+        return state
+
+    def _audioset_weights(self, source: Optional[StateDictSource]) -> dict[str, Tensor]:
+        """The official checkpoint's ``v.*`` weights with the pos-embed fitted to this model's grid."""
+        if source is None:
+            source = AUDIOSET_CHECKPOINT_URL
+        state = strip_module_prefix(_read_state_dict(source, "official AST AudioSet", AUDIOSET_CHECKPOINT_FILENAME,
+                                                     "ASTModel(..., audioset_state_dict=...)"))
+        state = {key[2:]: value for key, value in state.items() if key.startswith("v.")}
+        if "pos_embed" not in state:
+            raise KeyError("audioset_state_dict has no v.pos_embed: expected the official AST AudioSet checkpoint")
+        pos = state["pos_embed"]
+        expected = (1, NUM_PREFIX_TOKENS + AUDIOSET_CHECKPOINT_GRID[0] * AUDIOSET_CHECKPOINT_GRID[1], 768)
+        if tuple(pos.shape) != expected:
+            raise ValueError(f"audioset_state_dict v.pos_embed has shape {tuple(pos.shape)}, expected {expected} "
+                             f"(base384, 128x1024 input, stride 10)")
+        state["pos_embed"] = adapt_audioset_pos_embed(pos, self.f_dim, self.t_dim)
+        return state
+
+    def _load_v(self, state: dict[str, Tensor], what: str) -> None:
+        expected = set(self.v.state_dict())
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            raise KeyError(f"{what} does not match the AST {self.model_size} transformer: missing {missing[:8]}"
+                           f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}"
+                           f"{' ...' if len(unexpected) > 8 else ''}")
+        with torch.no_grad():
+            self.v.load_state_dict({key: value.detach() for key, value in state.items()}, strict=True)
+
+    # -- description -----------------------------------------------------------------------
+    @property
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this architecture without fetching pretrained weights
+        (``imagenet_pretrain`` and ``audioset_pretrain`` are False: the weights come from a checkpoint)."""
+        return dict(label_dim=self.label_dim, fstride=self.fstride, tstride=self.tstride,
+                    input_fdim=self.input_fdim, input_tdim=self.input_tdim, imagenet_pretrain=False,
+                    audioset_pretrain=False, model_size=self.model_size, verbose=False)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """``(f, t)``: the patch grid along frequency and time."""
+        return self.f_dim, self.t_dim
+
+    def get_shape(self, fstride: int, tstride: int, input_fdim: int = 128, input_tdim: int = 1024) -> tuple[int, int]:
+        """Reference helper: the patch grid ``(f, t)`` (computed arithmetically, no RNG use)."""
+        return patch_grid(fstride, tstride, input_fdim, input_tdim)
+
+    def extra_repr(self) -> str:
+        return (f"model_size={self.model_size!r}, label_dim={self.label_dim}, input={self.input_tdim}x"
+                f"{self.input_fdim} (TxF), stride=({self.fstride}, {self.tstride}), grid={self.f_dim}x{self.t_dim}")
+
+    # -- forward ---------------------------------------------------------------------------
+    def _check_input(self, x: Tensor, layout: str = "(B, T, F)") -> None:
+        if not isinstance(x, Tensor) or x.dim() != 3:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"AST expects input of shape {layout} = (batch, {self.input_tdim} frames, "
+                             f"{self.input_fdim} mel bins), got {shape}")
+        frames, bins = x.shape[1], x.shape[2]
+        if bins != self.input_fdim:
+            raise ValueError(f"AST was built for input_fdim={self.input_fdim} mel bins, got input of shape "
+                             f"{layout} = {tuple(x.shape)} with {bins} bins")
+        t = (frames - PATCH_SIZE) // self.tstride + 1 if frames >= PATCH_SIZE else 0
+        if t != self.t_dim:
+            raise ValueError(f"AST was built for input_tdim={self.input_tdim} frames ({self.t_dim} time patches at "
+                             f"tstride {self.tstride}), got input of shape {layout} = {tuple(x.shape)} with {frames} "
+                             f"frames ({t} time patches); pad or cut the input to {self.input_tdim} frames")
+
+    def forward_tokens(self, x: Tensor) -> Tensor:
+        """All final-norm token outputs ``(B, 2 + f*t, D)`` for input ``(B, T, F)``."""
+        self._check_input(x)
+        return self.v(x.unsqueeze(1).transpose(2, 3))
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Pooled embedding ``(B, D)``: mean of the cls and distillation token outputs, for input ``(B, T, F)``."""
+        tokens = self.forward_tokens(x)
+        return (tokens[:, 0] + tokens[:, 1]) / 2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Raw logits ``(B, label_dim)`` for input ``(B, T, F)``."""
+        return self.mlp_head(self.forward_features(x))
+
+
+class ASTTagger(ASTModel):
+    """:class:`ASTModel` with this project's tagger interface (same constructor, keys and weights).
+
+    ``forward(spec)`` takes a ``(B, 1, F, T)`` spectrogram (the layout of the project's
+    frontends; use :class:`efficient_tagging.ast_frontend.ASTFbank` with ``layout="b1ft"``
+    for the reference features) and returns ``(logits (B, label_dim), embedding (B, D))``.
+    ``ASTModel.forward`` on ``spec[:, 0].transpose(1, 2)`` gives the same logits.
+    """
+
+    @classmethod
+    def from_model(cls, model: ASTModel) -> "ASTTagger":
+        """A tagger that shares ``model``'s parameters (no copy)."""
+        with torch.device("meta"):
+            tagger = cls(**model.config)
+        tagger.load_state_dict(model.state_dict(keep_vars=True), strict=True, assign=True)
+        tagger.imagenet_pretrain, tagger.audioset_pretrain = model.imagenet_pretrain, model.audioset_pretrain
+        return tagger
+
+    def to_time_major(self, spec: Tensor) -> Tensor:
+        """``(B, 1, F, T)`` -> the reference layout ``(B, T, F)`` (a view)."""
+        if not isinstance(spec, Tensor) or spec.dim() != 4 or spec.shape[1] != 1:
+            shape = tuple(spec.shape) if isinstance(spec, Tensor) else type(spec).__name__
+            raise ValueError(f"ASTTagger expects a spectrogram of shape (B, 1, F, T) = (batch, 1, "
+                             f"{self.input_fdim} mel bins, {self.input_tdim} frames), got {shape}")
+        if spec.shape[2] != self.input_fdim:
+            raise ValueError(f"ASTTagger was built for input_fdim={self.input_fdim} mel bins, got a spectrogram of "
+                             f"shape (B, 1, F, T) = {tuple(spec.shape)}")
+        return spec[:, 0].transpose(1, 2)
+
+    def forward(self, spec: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """``(logits, embedding)`` for a ``(B, 1, F, T)`` spectrogram."""
+        x = self.to_time_major(spec)
+        try:
+            embedding = self.forward_features(x)
+        except ValueError as error:
+            raise ValueError(f"{error} (ASTTagger input (B, 1, F, T) = {tuple(spec.shape)})") from None
+        return self.mlp_head(embedding), embedding
+
+
+def load_official_checkpoint(source: StateDictSource, cls: type = ASTModel, **config: Any) -> ASTModel:
+    """Build an AST from an official full checkpoint (e.g. ``audioset_10_10_0.4593.pth``) and load it strictly.
+
+    ``source``: a state dict, a local path, a URL, or a name in :data:`OFFICIAL_CHECKPOINTS`
+    (downloaded into the project cache). ``config`` overrides the constructor arguments
+    (default: the named checkpoint's, else base384 / 527 labels / 128x1024 / stride 10);
+    the pretrained flags are always off since the checkpoint holds every weight.
+    """
+    defaults: dict[str, Any] = dict(label_dim=527, fstride=10, tstride=10, input_fdim=128, input_tdim=1024,
+                                    model_size="base384")
+    filename = None
+    if isinstance(source, str) and source in OFFICIAL_CHECKPOINTS:
+        entry = OFFICIAL_CHECKPOINTS[source]
+        defaults.update(entry["config"])
+        filename = source + ".pth"
+        source = entry["url"]
+    defaults.update(config)
+    defaults.update(imagenet_pretrain=False, audioset_pretrain=False)
+    defaults.setdefault("verbose", False)
+    state = strip_module_prefix(_read_state_dict(source, "AST", filename, "load_official_checkpoint(source=...)"))
+    model = cls(**defaults)
+    own = model.state_dict()
+    mismatched = [f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+                  for key, value in state.items() if key in own and tuple(own[key].shape) != tuple(value.shape)]
+    if mismatched:
+        raise ValueError("the checkpoint does not fit an AST built with " +
+                         ", ".join(f"{k}={v!r}" for k, v in defaults.items() if k != "verbose") +
+                         ": " + "; ".join(mismatched[:4]))
+    model.load_state_dict(state, strict=True)
+    return model
