@@ -161,3 +161,29 @@ def test_every_catalogue_entry_builds():
         entry = CATALOGUE[name]
         model = get_model(arch=entry.arch, **entry.config)
         assert model.num_classes == entry.num_classes
+
+
+TEACHER_FIXTURES = fixture_files("passt")
+
+
+@requires_shared
+@pytest.mark.parametrize("path", TEACHER_FIXTURES, ids=[p.stem for p in TEACHER_FIXTURES])
+def test_passt_fixture_config_builds_through_get_model(path):
+    fx = load_fixture(path)
+    model = get_model(arch="passt", **fx["config"]).eval()
+    model.load_state_dict(float_state_dict(fx["state_dict"]), strict=True)
+    with torch.no_grad():
+        logits, embedding = model(fx["input"])
+    torch.testing.assert_close(logits, fx["logits"], **fx["meta"]["tolerance"])
+    torch.testing.assert_close(embedding, fx["embedding"], **fx["meta"]["tolerance"])
+
+
+@requires_shared
+def test_ast_fixture_config_builds_through_get_model():
+    path = FIXTURES / "ast" / "tiny224_f16_t16_tdim512_l50.pt"
+    fx = load_fixture(path)
+    model = get_model(arch="ast", **fx["config"]).eval()
+    model.load_state_dict(float_state_dict(fx["state_dict"]), strict=True)
+    with torch.no_grad():  # the tagger form takes (B, 1, F, T); the reference input is (B, T, F)
+        logits, _ = model(fx["input"].transpose(1, 2).unsqueeze(1))
+    torch.testing.assert_close(logits, fx["logits"], atol=1e-4, rtol=1e-4)

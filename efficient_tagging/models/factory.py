@@ -43,10 +43,24 @@ def _dymn(**config: Any) -> nn.Module:
     return DyMN(**config)
 
 
-# arch name -> builder taking the reference's constructor kwargs. Teachers register here too.
+def _passt(**config: Any) -> nn.Module:
+    from .passt import PaSST
+    return PaSST(**config)
+
+
+def _ast(**config: Any) -> nn.Module:
+    # The tagger form: (B, 1, F, T) spectrogram in, (logits, embedding) out, like the students;
+    # same constructor arguments, keys and weights as the reference's ASTModel.
+    from .ast import ASTTagger
+    return ASTTagger(**config)
+
+
+# arch name -> builder taking the reference's own constructor kwargs.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mn": _mobilenet,
     "dymn": _dymn,
+    "passt": _passt,
+    "ast": _ast,
 }
 
 
