@@ -97,6 +97,24 @@ class AudioTagger(nn.Module):
         return self.tag_waveform(waveform, top_k)
 
 
+def load_tagger(model_name: Optional[str], model_path: Union[str, Path, None] = None, *,
+                labels_path: Union[str, Path, None] = None, cache_dir: Union[str, Path, None] = None) -> AudioTagger:
+    """The tagger the command lines mean by `--model_name` / `--model_path`.
+
+    A checkpoint written by this project describes itself; a plain official state_dict at
+    `model_path` is loaded into the catalogue architecture `model_name`.
+    """
+    if model_path is None:
+        if not model_name:
+            raise ValueError("give a catalogue model name or a checkpoint path")
+        return AudioTagger.from_pretrained(model_name, labels_path=labels_path, cache_dir=cache_dir)
+    from .models.factory import read_checkpoint
+    _, metadata = read_checkpoint(model_path)
+    if metadata or not model_name:
+        return AudioTagger.from_pretrained(str(model_path), labels_path=labels_path, cache_dir=cache_dir)
+    return AudioTagger.from_pretrained(model_name, weights=model_path, labels_path=labels_path, cache_dir=cache_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Tag an audio file with a pretrained or local model and print the top-k AudioSet labels.",
@@ -121,18 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.model_path is not None:
-            from .models.factory import read_checkpoint
-            _, metadata = read_checkpoint(args.model_path)
-            if metadata:  # self-describing checkpoint: it knows its architecture
-                tagger = AudioTagger.from_pretrained(args.model_path, labels_path=args.labels_path,
-                                                     cache_dir=args.cache_dir)
-            else:
-                tagger = AudioTagger.from_pretrained(args.model_name, weights=args.model_path,
-                                                     labels_path=args.labels_path, cache_dir=args.cache_dir)
-        else:
-            tagger = AudioTagger.from_pretrained(args.model_name, labels_path=args.labels_path,
-                                                 cache_dir=args.cache_dir)
+        tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path,
+                             cache_dir=args.cache_dir)
         if args.cuda and torch.cuda.is_available():
             tagger = tagger.cuda()
         tags = tagger.tag_file(args.audio_path, top_k=args.top_k)

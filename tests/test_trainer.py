@@ -77,6 +77,16 @@ def test_checkpoints_are_self_describing_and_safe_to_load(tiny_data, tmp_path):
     assert model.label_map.names[0] == "tone_0"
     assert not list((tmp_path / "run").glob("*.tmp"))
 
+    # evaluation mode of ex_audioset (no --train) on the trained checkpoint
+    result = subprocess.run([sys.executable, str(REPO / "experiments" / "ex_audioset.py"), "--model_path",
+                             str(tmp_path / "run" / "best.pt"), "--eval_hdf5", str(eval_path), "--clip_length", "1",
+                             "--results_json", str(tmp_path / "eval.json"), "--no_progress"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mAP:" in result.stdout
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["eval_clips"] == 8
+
 
 def test_teacher_logits_join_masks_missing_clips(tiny_data, tmp_path):
     import numpy as np

@@ -23,7 +23,7 @@ import torch
 from ..complexity import complexity_report, spectrogram_shape
 from ..data.demo import build_demo_dataset, default_demo_root
 from ..data.hdf5 import AudioSetDataset
-from ..inference import AudioTagger
+from ..inference import AudioTagger, load_tagger
 from ..models.factory import get_model
 from .cli import add_training_arguments, config_from_args
 from .distributed import DistInfo, init_distributed
@@ -48,11 +48,13 @@ AUDIOSET_DEFAULTS: dict[str, Any] = {
 # than it saves (decoding is ~4 ms per clip, the training step ~8 ms).
 DEMO_DEFAULTS: dict[str, Any] = {
     "sample_rate": 16000, "clip_length": 2.0, "batch_size": 32, "num_workers": 0, "epoch_len": 800,
-    "n_epochs": 8, "max_lr": 0.003, "warm_up_len": 1, "ramp_down_start": 5, "ramp_down_len": 3,
+    "n_epochs": 10, "max_lr": 0.003, "warm_up_len": 1, "ramp_down_start": 6, "ramp_down_len": 4,
     "last_lr_value": 0.05, "mixup_alpha": 0.3, "kd_lambda": 0.1, "temperature": 1.0, "freqm": 0, "timem": 0,
     "gain_augment": 0.0, "n_mels": 64, "hop_size": 320, "eval_batch_size": 64, "bn_momentum": 0.1,
 }
-DEMO_TEACHER = {"arch": "mn", "width_mult": 1.25}
+# The teacher is evaluated once at the end: its per-epoch scores are not needed and cost time.
+DEMO_TEACHER = {"arch": "mn", "width_mult": 1.25, "n_epochs": 8, "ramp_down_start": 5, "ramp_down_len": 3,
+                "eval_every_epochs": 8}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,9 +85,9 @@ def _complexity(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
 
 
 def _run_training(config: TrainConfig, args: argparse.Namespace, dist_info: DistInfo,
-                  extra_info: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                  extra_info: Optional[dict[str, Any]] = None, wandb_default: str = "offline") -> dict[str, Any]:
     tracker = RunTracker(args.experiment_name or "audioset", args.runs_dir, enabled=dist_info.rank == 0,
-                         wandb_mode=args.wandb)
+                         wandb_mode=args.wandb or wandb_default)
 
     def main(run_tracker: RunTracker) -> dict[str, Any]:
         summary = train(config, run_tracker)
@@ -127,15 +129,18 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
             print(f"[demo] training the teacher ({DEMO_TEACHER['arch']}, width {DEMO_TEACHER['width_mult']}) "
                   f"on the demo labels", flush=True)
         teacher_defaults = dict(DEMO_DEFAULTS, train_hdf5=[str(data.train_path)], eval_hdf5=[str(data.eval_path)],
-                                out_dir=str(teacher_dir))
+                                out_dir=str(teacher_dir),
+                                **{k: v for k, v in DEMO_TEACHER.items() if k not in ("arch", "width_mult")})
         teacher_args = argparse.Namespace(**{**vars(args), "width_mult": DEMO_TEACHER["width_mult"],
                                              "arch": DEMO_TEACHER["arch"], "teacher_logits": None,
                                              "pretrained": None, "resume": False, "train_hdf5": None,
                                              "eval_hdf5": None, "out_dir": None,
-                                             "experiment_name": "demo_teacher"})
+                                             "experiment_name": "demo_teacher", "ramp_down_start": None,
+                                             "ramp_down_len": None, "eval_every_epochs": None,
+                                             "n_epochs": args.n_epochs or DEMO_TEACHER["n_epochs"]})
         teacher_config = config_from_args(teacher_args, teacher_defaults)
         teacher_config.teacher_logits = None
-        teacher_summary = _run_training(teacher_config, teacher_args, dist_info)
+        teacher_summary = _run_training(teacher_config, teacher_args, dist_info, wandb_default="disabled")
     if is_main and not teacher_logits_path.is_file():
         print("[demo] labelling the demo training set with the teacher", flush=True)
         tagger = AudioTagger(get_model(str(teacher_checkpoint)))
@@ -154,7 +159,7 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
     if is_main:
         print(f"[demo] distilling the student ({config.arch}, width {config.width_mult}) from the teacher logits",
               flush=True)
-    summary = _run_training(config, student_args, dist_info)
+    summary = _run_training(config, student_args, dist_info, wandb_default="disabled")
     if not is_main:
         return summary
 
@@ -197,12 +202,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     if not args.eval_hdf5:
         raise SystemExit("error: evaluation needs --eval_hdf5 (AudioSet-format eval file); add --train to train")
     device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
-    if args.model_path:
-        tagger = AudioTagger.from_pretrained(args.model_path) if not args.model_name else \
-            AudioTagger.from_pretrained(args.model_name, weights=args.model_path)
-    else:
-        tagger = AudioTagger.from_pretrained(args.model_name)
-    tagger = tagger.to(device)
+    tagger = load_tagger(args.model_name, args.model_path).to(device)
     clip_length = args.clip_length or AUDIOSET_DEFAULTS["clip_length"]
     dataset = AudioSetDataset(args.eval_hdf5, sample_rate=tagger.sample_rate, clip_length=clip_length)
     metrics = evaluate(tagger.model, tagger.frontend, dataset, device, DistInfo(False, 0, 1, 0, device),

@@ -16,7 +16,7 @@ from .trainer import TrainConfig
 PRESET_FLAGS = ("sample_rate", "batch_size", "num_workers", "epoch_len", "n_epochs", "max_lr", "warm_up_len", "ramp_down_start",
                 "ramp_down_len", "last_lr_value", "mixup_alpha", "clip_length", "kd_lambda", "temperature",
                 "freqm", "timem", "roll", "gain_augment", "wavmix", "n_mels", "hop_size", "eval_batch_size",
-                "bn_momentum")
+                "bn_momentum", "eval_every_epochs")
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,10 +92,14 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     runtime.add_argument("--checkpoint_every_steps", type=int, default=500,
                          help="also write last.pt every N steps inside an epoch (0 = only after each epoch)")
     runtime.add_argument("--eval_batch_size", type=int, default=None)
+    runtime.add_argument("--eval_every_epochs", type=int, default=None,
+                         help="evaluate (and update best.pt) every N epochs and after the last (1)")
     runtime.add_argument("--experiment_name", default=None, help="name of the run record (runs/<name>/<id>)")
     runtime.add_argument("--runs_dir", default="runs", help="where sacred run records are written")
-    runtime.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
-                         help="Weights & Biases logging (never required)")
+    runtime.add_argument("--wandb", default=None, choices=["disabled", "offline", "online"],
+                         help="Weights & Biases logging, never required: 'offline' (default for real training: "
+                              "a local W&B run under the run record, sync later), 'online', or 'disabled' "
+                              "(the demo's default)")
     runtime.add_argument("--results_json", default=None, help="write the run summary / final metrics here")
     runtime.add_argument("--no_progress", action="store_true", help="no progress bars")
     runtime.add_argument("--crash_after_steps", type=int, default=None, help=argparse.SUPPRESS)
