@@ -8,6 +8,12 @@ catalogue and a complexity-vs-mAP plot::
     python complexity/complexity.py --model_width 0.4 --complexity_type memory --memory_efficient_inference
     python complexity/complexity.py --model dymn10_as --json
     python complexity/complexity.py --table --plot complexity.png
+    python complexity/complexity.py --model passt_s_swa_p16_128_ap476   # transformer teachers:
+    python complexity/complexity.py --model ast_base384                 # + token count, attention MACs
+
+Teachers (PaSST / AST releases and the weight-less presets in
+``registry.ARCHITECTURE_PRESETS``) are measured at their own frontend's input size; their
+peak memory is reported as n/a (the CNN memory models do not apply).
 
 No weights are downloaded: models are built from the catalogue config on PyTorch's
 ``meta`` device (shapes only, so even mn40 is instant), falling back to CPU if a model
@@ -67,6 +73,9 @@ class Target:
         gives the same result.
         """
         p = self.preprocessing
+        if p.get("frontend") == "ast_fbank":
+            # AST's fbank is padded / cut to target_length frames whatever the clip length
+            return (1, 1, int(p.get("n_mels", 128)), int(p.get("target_length", 1024)))
         kwargs = dict(n_mels=int(p["n_mels"]), hop_size=int(p["hopsize"]), sample_rate=int(p["sr"]),
                       duration=self.duration)
         if use_frontend:
@@ -112,6 +121,30 @@ def build_model(arch: str, config: dict[str, Any], device: str = "meta") -> nn.M
         return create_model(arch, **dict(config))
 
 
+TEACHER_ARCHS = ("passt", "ast")
+
+
+def token_info(model: nn.Module, input_shape: Sequence[int]) -> Optional[dict[str, Any]]:
+    """Tokens a transformer teacher attends over for ``input_shape`` (None for CNNs).
+
+    PaSST: 16x16 patches at its stride over (F, T), the time axis cut to its time
+    positional embeddings (a 10-s clip, 1000 frames, gives 12 x 99 patches for stride 10),
+    plus the cls and distillation tokens. AST: its fixed patch grid (input cut/padded to
+    ``input_tdim`` by the fbank) plus the same two tokens.
+    """
+    if hasattr(model, "time_grid") and hasattr(model, "patch_size"):  # PaSST
+        (pf, pt), (sf, st) = model.patch_size, model.stride
+        grid_f = (int(input_shape[-2]) - pf) // sf + 1
+        grid_t = min((int(input_shape[-1]) - pt) // st + 1, int(model.time_grid))
+        prefix = 2 if getattr(model, "dist_token", None) is not None else 1
+    elif hasattr(model, "grid") and hasattr(model, "mlp_head"):  # AST
+        grid_f, grid_t = model.grid
+        prefix = 2
+    else:
+        return None
+    return {"tokens": grid_f * grid_t + prefix, "grid": [grid_f, grid_t], "prefix_tokens": prefix}
+
+
 def measure(target: Target, bits_per_elem: int = DEFAULT_BITS_PER_ELEM, use_frontend: bool = True,
             per_layer: bool = False) -> tuple[ComplexityReport, list]:
     """Complexity report of ``target`` (and the per-layer breakdown if asked)."""
@@ -124,6 +157,13 @@ def measure(target: Target, bits_per_elem: int = DEFAULT_BITS_PER_ELEM, use_fron
         model = build_model(target.arch, target.config, "cpu")
         trace = trace_model(model, shape)
     report = complexity_report(model, shape, bits_per_elem, model_name=target.name, trace=trace)
+    tokens = token_info(model, shape)
+    if tokens is not None:
+        target.extra.update(tokens)
+    if target.arch in TEACHER_ARCHS:
+        # The CNN peak-memory models (layer-by-layer convs, inverted residual blocks) do not
+        # describe a transformer (its peak is the attention map / token activations): n/a.
+        report = dataclasses.replace(report, peak_memory_kb=None, peak_memory_efficient_kb=None)
     layers = macs_by_layer(model, shape, trace=trace) if per_layer else []
     return report, layers
 
@@ -195,19 +235,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_teacher_flags(args: argparse.Namespace, name: str, arch: str) -> None:
+    """Transformer teachers are measured as released: model / frontend overrides do not apply."""
+    used = [flag for flag, value in (("--arch", args.arch), ("--model_width", args.width_mult),
+                                      ("--head_type", args.head_type), ("--se_dims", args.se_dims),
+                                      ("--strides", args.strides), ("--n_mels", args.n_mels),
+                                      ("--hop_size", args.hop_size), ("--n_fft", args.n_fft),
+                                      ("--window_size", args.win_length), ("--sample_rate", args.sample_rate))
+            if value is not None]
+    if used:
+        raise UsageError(f"{', '.join(used)} cannot be used with {name!r} (a {arch} transformer teacher); "
+                         "it is measured with its own configuration and frontend")
+
+
 def target_from_args(args: argparse.Namespace) -> Target:
     """Resolve --model / --arch and the overrides into what to build and measure."""
     catalogue, get_entry = _catalogue()
-    from .models.registry import DEFAULT_PREPROCESSING
+    from .models.registry import ARCHITECTURE_PRESETS, DEFAULT_PREPROCESSING
 
-    if args.model is not None:
+    if args.model is not None and args.model.strip() in ARCHITECTURE_PRESETS:
+        preset = args.model.strip()
+        arch, config, preprocessing = ARCHITECTURE_PRESETS[preset]
+        name, config, preprocessing, published_map = preset, dict(config), dict(preprocessing), None
+        _check_teacher_flags(args, name, arch)
+    elif args.model is not None:
         try:
             entry = get_entry(args.model)
         except KeyError:
-            known = [n for n, e in catalogue.items() if e.arch in ("mn", "dymn")]
+            known = list(catalogue) + list(ARCHITECTURE_PRESETS)
             raise UsageError(f"unknown model {args.model!r}. Known models: {', '.join(known)}") from None
-        if entry.arch not in ("mn", "dymn"):
-            raise UsageError(f"model {args.model!r} is a {entry.arch!r} model; this tool measures mn and dymn models")
+        if entry.arch in TEACHER_ARCHS:
+            _check_teacher_flags(args, entry.name, entry.arch)
         if args.arch is not None and args.arch != entry.arch:
             raise UsageError(f"--arch {args.arch} contradicts --model {args.model} (a {entry.arch} model)")
         name, arch = entry.name, entry.arch
@@ -274,6 +332,9 @@ def _json_record(target: Target, report: ComplexityReport, layers: Sequence = ()
     data = report.to_dict()
     data.update(model=target.name, arch=target.arch, config=target.config, preprocessing=target.preprocessing,
                 duration=target.duration, published_map=target.published_map)
+    if "tokens" in target.extra:
+        data.update(tokens=target.extra["tokens"], token_grid=target.extra["grid"],
+                    prefix_tokens=target.extra["prefix_tokens"])
     if layers:
         data["layers"] = [dict(name=l.name, type=l.type_name, kind=l.kind, macs=l.macs,
                                output_shape=list(l.output_shape) if l.output_shape else None) for l in layers]
@@ -285,34 +346,45 @@ def print_human(target: Target, report: ComplexityReport, complexity_type: str, 
     """EfficientAT-style sentences, then the exact numbers."""
     clip = _clip(target.duration)
     name = target.name
+    teacher = target.arch in TEACHER_ARCHS
+    if target.preprocessing.get("frontend") == "ast_fbank":
+        clip = f"{target.preprocessing.get('target_length', 1024) / 100:g}-seconds (AST fbank input)"
     if complexity_type in ("computation", "all"):
         print(f"Model '{name}' has {report.params / 1e6:.2f} million parameters and inference of a single {clip} "
               f"audio clip requires {report.macs / 1e9:.2f} billion multiply-accumulate operations.")
     if complexity_type in ("memory", "all"):
         show_efficient = complexity_type == "all" or memory_efficient
         show_cnn = complexity_type == "all" or not memory_efficient
-        if show_efficient:
+        if teacher:
+            print(f"Model '{name}': peak memory n/a (the CNN peak-memory models do not apply to transformers).")
+        elif show_efficient:
             if report.peak_memory_efficient_kb is None:
                 print(f"Model '{name}': memory-efficient peak memory is not defined (no inverted-residual blocks).")
             else:
                 print(f"Model '{name}' inference (memory efficient) of a single {clip} audio clip has a peak memory "
                       f"of {report.peak_memory_efficient_kb:.2f} kB.")
-        if show_cnn:
+        if show_cnn and not teacher:
             if report.peak_memory_kb is None:
                 print(f"Model '{name}': layer-by-layer peak memory is not defined (no convolutions).")
             else:
                 print(f"Model '{name}' inference of a single {clip} audio clip has a peak memory of "
                       f"{report.peak_memory_kb:.2f} kB.")
+    hop = target.preprocessing.get("hopsize", "10 ms" if target.preprocessing.get("frontend") == "ast_fbank" else "?")
+    frontend = target.preprocessing.get("frontend", "mel")
     print(f"  input spectrogram: {tuple(report.input_shape)} (n_mels={report.n_mels}, frames={report.frames}, "
-          f"sr={target.preprocessing['sr']}, hop={target.preprocessing['hopsize']})")
+          f"sr={target.preprocessing['sr']}, hop={hop}, frontend={frontend})")
+    if "tokens" in target.extra:
+        grid_f, grid_t = target.extra["grid"]
+        print(f"  tokens: {target.extra['tokens']} ({grid_f}\u00d7{grid_t} patches + {target.extra['prefix_tokens']})")
     if complexity_type in ("computation", "all"):
-        print(f"  params: {report.params:,}   MACs: {report.macs:,}   receptive field (freq, time): "
-              f"{report.receptive_field}")
+        field_text = ("global (self-attention; patches are 16x16)" if teacher
+                      else f"(freq, time): {report.receptive_field}")
+        print(f"  params: {report.params:,}   MACs: {report.macs:,}   receptive field {field_text}")
         shares = ", ".join(f"{kind} {macs / report.macs:.1%}" for kind, macs in report.macs_by_kind.items()
                            if report.macs)
         if shares:
             print(f"  MACs by layer type: {shares}")
-    if complexity_type in ("memory", "all"):
+    if complexity_type in ("memory", "all") and not teacher:
         print(f"  memory at {report.bits_per_elem} bits per element (kB = 1000 bytes)")
     if layers:
         width = max(len(l.name) for l in layers)

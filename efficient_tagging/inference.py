@@ -22,13 +22,44 @@ from .models.factory import get_model
 from .models.registry import DEFAULT_PREPROCESSING
 
 
-def build_frontend(preprocessing: Optional[dict[str, Any]] = None) -> AugmentMelSTFT:
-    """The eval-mode mel frontend for a model's `preprocessing` settings (EfficientAT defaults otherwise)."""
-    settings = dict(DEFAULT_PREPROCESSING, **(preprocessing or {}))
+FRONTENDS = ("mel", "passt_mel", "ast_fbank")
+
+
+def build_frontend(preprocessing: Optional[dict[str, Any]] = None) -> nn.Module:
+    """The eval-mode frontend for a model's `preprocessing` settings.
+
+    `preprocessing["frontend"]` picks the kind:
+    - `"mel"` (default): EfficientAT's `AugmentMelSTFT` (EfficientAT defaults for missing keys);
+    - `"passt_mel"`: the same class with PaSST's settings (`fmin_aug_range=1`,
+      `fmax_aug_range=1000`, so fmax = sr/2 - 500 = 15.5 kHz at 32 kHz);
+    - `"ast_fbank"`: AST's Kaldi fbank (`ASTFbank`, 16 kHz) padded/cut to `target_length`
+      frames and normalised with `norm_mean` / `norm_std`, in the `(B, 1, F, T)` layout.
+    """
+    settings = dict(preprocessing or {})
+    kind = settings.pop("frontend", "mel")
+    if kind == "ast_fbank":
+        from .ast_frontend import ASTFbank
+        kwargs: dict[str, Any] = {}
+        for key, name in (("target_length", "target_length"), ("norm_mean", "norm_mean"),
+                          ("norm_std", "norm_std"), ("sr", "sample_rate"), ("n_mels", "num_mel_bins")):
+            if key in settings:
+                kwargs[name] = settings[key]
+        return ASTFbank(layout="b1ft", **kwargs).eval()
+    if kind not in ("mel", "passt_mel"):
+        raise ValueError(f"unknown frontend {kind!r} in preprocessing; known: {', '.join(FRONTENDS)}")
+    settings = dict(DEFAULT_PREPROCESSING, **settings)
+    extra = {k: settings[k] for k in ("fmin", "fmax", "fmin_aug_range", "fmax_aug_range") if k in settings}
+    if kind == "passt_mel":
+        extra.setdefault("fmin_aug_range", 1)
+        extra.setdefault("fmax_aug_range", 1000)
     frontend = AugmentMelSTFT(n_mels=settings["n_mels"], sr=settings["sr"], win_length=settings["win_length"],
-                              hopsize=settings["hopsize"], n_fft=settings["n_fft"],
-                              **{k: settings[k] for k in ("fmin", "fmax") if k in settings})
+                              hopsize=settings["hopsize"], n_fft=settings["n_fft"], **extra)
     return frontend.eval()
+
+
+def frontend_sample_rate(frontend: nn.Module, default: int = 32000) -> int:
+    """Sample rate a frontend expects (`sr` of the mel frontends, `sample_rate` of ASTFbank)."""
+    return int(getattr(frontend, "sr", None) or getattr(frontend, "sample_rate", None) or default)
 
 
 @dataclass(frozen=True)
@@ -38,8 +69,45 @@ class Tag:
     probability: float
 
 
-class AudioTagger(nn.Module):
-    """Model + frontend + labels. `forward(waveform (B, samples))` returns logits (B, C)."""
+class TaggingMixin:
+    """Tagging on top of `forward(waveform (B, samples)) -> logits (B, C)`.
+
+    Shared by `AudioTagger` (one model) and `models.ensemble.TeacherEnsemble` (several).
+    The class needs `sample_rate`, `label_map`, `device` and `min_samples` (shortest useful input).
+    """
+
+    sample_rate: int
+    label_map: LabelMap
+    min_samples: int = 1024
+
+    @torch.no_grad()
+    def probabilities(self, waveform: Tensor) -> Tensor:
+        """Sigmoid class probabilities for a waveform batch (B, samples) at `self.sample_rate`."""
+        return torch.sigmoid(self(waveform)).float().cpu()  # type: ignore[operator]
+
+    def top_k(self, probabilities: Tensor, k: int = 10) -> list[Tag]:
+        values, indices = probabilities.topk(min(k, probabilities.numel()))
+        return [Tag(self.label_map.names[i], int(i), float(p)) for p, i in zip(values.tolist(), indices.tolist())]
+
+    def tag_waveform(self, waveform: Tensor, top_k: int = 10) -> list[Tag]:
+        """Top-k tags of one mono waveform (samples,) at `self.sample_rate`."""
+        return self.top_k(self.probabilities(waveform.reshape(1, -1))[0], top_k)
+
+    def tag_file(self, source: AudioSource, top_k: int = 10) -> list[Tag]:
+        """Decode any PyAV-readable file (any sample rate; resampled) and return its top-k tags."""
+        waveform = load_audio(source, self.sample_rate)
+        if waveform.numel() < self.min_samples:  # too short for one frame of real content
+            waveform = torch.nn.functional.pad(waveform, (0, self.min_samples - waveform.numel()))
+        return self.tag_waveform(waveform, top_k)
+
+
+class AudioTagger(TaggingMixin, nn.Module):
+    """Model + frontend + labels. `forward(waveform (B, samples))` returns logits (B, C).
+
+    The frontend comes from the model's `preprocessing` (`build_frontend`): EfficientAT mel,
+    PaSST mel or AST fbank. Models with `sliding_window_forward` (PaSST) tag inputs longer
+    than their trained length as the mean of the logits of overlapping windows.
+    """
 
     def __init__(self, model: nn.Module, frontend: Optional[nn.Module] = None,
                  label_map: Optional[LabelMap] = None, sample_rate: Optional[int] = None) -> None:
@@ -47,13 +115,17 @@ class AudioTagger(nn.Module):
         preprocessing = getattr(model, "preprocessing", None) or {}
         self.model = model.eval()
         self.frontend = (frontend or build_frontend(preprocessing)).eval()
-        self.sample_rate = int(sample_rate or getattr(self.frontend, "sr", preprocessing.get("sr", 32000)))
+        self.sample_rate = int(sample_rate or frontend_sample_rate(self.frontend, preprocessing.get("sr", 32000)))
+        self.preprocessing = dict(preprocessing)
         num_classes = int(getattr(model, "num_classes", 0) or (len(label_map) if label_map else 0))
         if label_map is not None and num_classes and len(label_map) != num_classes:
             raise ValueError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")
         if label_map is None:
             label_map = LabelMap.from_names([f"class_{i}" for i in range(num_classes)])
         self.label_map = label_map
+        self.num_classes = len(label_map)
+        self.min_samples = int(getattr(self.frontend, "n_fft", None)
+                               or getattr(self.frontend, "frame_length_samples", None) or 1024)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, labels_path: Union[str, Path, None] = None,
@@ -72,29 +144,26 @@ class AudioTagger(nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         spectrogram = self.frontend(waveform.to(self.device))
-        logits, _ = self.model(spectrogram.unsqueeze(1))
+        if spectrogram.dim() == 3:  # mel frontends: (B, F, T) -> (B, 1, F, T)
+            spectrogram = spectrogram.unsqueeze(1)
+        if _needs_windows(self.model, spectrogram.shape[-1]):
+            logits, _ = self.model.sliding_window_forward(spectrogram)
+        else:
+            logits, _ = self.model(spectrogram)
         return logits
 
-    @torch.no_grad()
-    def probabilities(self, waveform: Tensor) -> Tensor:
-        """Sigmoid class probabilities for a waveform batch (B, samples) at `self.sample_rate`."""
-        return torch.sigmoid(self(waveform)).float().cpu()
 
-    def top_k(self, probabilities: Tensor, k: int = 10) -> list[Tag]:
-        values, indices = probabilities.topk(min(k, probabilities.numel()))
-        return [Tag(self.label_map.names[i], int(i), float(p)) for p, i in zip(values.tolist(), indices.tolist())]
+def _needs_windows(model: nn.Module, frames: int) -> bool:
+    """True when a PaSST-like model has fewer time positional embeddings than `frames` gives patches.
 
-    def tag_waveform(self, waveform: Tensor, top_k: int = 10) -> list[Tag]:
-        """Top-k tags of one mono waveform (samples,) at `self.sample_rate`."""
-        return self.top_k(self.probabilities(waveform.reshape(1, -1))[0], top_k)
-
-    def tag_file(self, source: AudioSource, top_k: int = 10) -> list[Tag]:
-        """Decode any PyAV-readable file (any sample rate; resampled) and return its top-k tags."""
-        waveform = load_audio(source, self.sample_rate)
-        min_samples = getattr(self.frontend, "n_fft", 1024)
-        if waveform.numel() < min_samples:  # too short for one STFT frame of real content
-            waveform = torch.nn.functional.pad(waveform, (0, min_samples - waveform.numel()))
-        return self.tag_waveform(waveform, top_k)
+    A 10-s clip gives 1000 frames for PaSST's 998-frame grid; both make 99 time patches, so
+    the plain forward pass (which uses the same grid) is what the reference runs.
+    """
+    if not hasattr(model, "sliding_window_forward") or not hasattr(model, "time_grid"):
+        return False
+    patch_t, stride_t = int(model.patch_size[1]), int(model.stride[1])
+    patches = (frames - patch_t) // stride_t + 1
+    return patches > int(model.time_grid)
 
 
 def load_tagger(model_name: Optional[str], model_path: Union[str, Path, None] = None, *,
@@ -126,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_path", default=None,
                         help="local checkpoint: this project's checkpoint, or a plain official state_dict "
                              "(then --model_name says which architecture it is)")
+    parser.add_argument("--ensemble", nargs="+", default=None, metavar="NAME",
+                        help="tag with the mean logits of several catalogue models (e.g. PaSST teachers and "
+                             "students; each with its own frontend); replaces --model_name/--model_path")
     parser.add_argument("--top_k", type=int, default=10, help="number of labels to print")
     parser.add_argument("--labels_path", default=None,
                         help="AudioSet class_labels_indices.csv (default: cache, downloaded if missing)")
@@ -139,8 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path,
-                             cache_dir=args.cache_dir)
+        if args.ensemble:
+            from .models.ensemble import TeacherEnsemble
+            tagger = TeacherEnsemble.from_names(args.ensemble, cache_dir=args.cache_dir, labels_path=args.labels_path)
+        else:
+            tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path,
+                                 cache_dir=args.cache_dir)
         if args.cuda and torch.cuda.is_available():
             tagger = tagger.cuda()
         tags = tagger.tag_file(args.audio_path, top_k=args.top_k)

@@ -4,19 +4,26 @@ Layout:
 
     audio_name  (N,)    clip names, the same naming as the audio HDF5 (e.g. "Y--4gqARaEJE.mp3")
     logits      (N, C)  float32 or float16
-    attrs               num_classes, num_rows (committed row count), created, and the
+    missing_audio_name (M,)  clips the teacher could not label (undecodable audio): recorded,
+                        never stored as zero logits; readers report them and `lookup` gives None
+    attrs               num_classes, num_rows (committed row count), num_missing (committed
+                        missing names), created, and the
                         caller's description of the teachers (names, preprocessing,
                         sample_rate, ensemble rule, source dataset, ...) stored as JSON strings
 
 Rows are looked up by name, never by position, so a file may cover any subset of a dataset
 in any order; partial files are valid. Only the first `num_rows` rows are committed: a
 writer killed between flushes leaves a readable file whose extra rows (if any) are ignored.
+
+`merge_teacher_logits` joins shard files (e.g. one per torchrun rank) into one file by name,
+atomically, refusing duplicated names and incompatible teacher setups.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -30,6 +37,9 @@ PathLike = Union[str, Path]
 
 # Attributes allowed to differ when a file is resumed.
 _VOLATILE_ATTRS = ("created", "creation_time", "updated")
+# Attributes that describe one shard of a job, not the teacher setup (not compared or copied by merge).
+_SHARD_ATTRS = ("shard", "num_missing", "merged_from", "labelled_by")
+MISSING_DATASET = "missing_audio_name"
 
 
 def _decode_name(value: Any) -> str:
@@ -60,6 +70,17 @@ def _committed_rows(handle: h5py.File) -> int:
     return n
 
 
+def _committed_missing(handle: h5py.File) -> list[str]:
+    """Committed names of clips recorded as missing (undecodable); [] for files without the record."""
+    if MISSING_DATASET not in handle:
+        return []
+    ds = handle[MISSING_DATASET]
+    n = ds.shape[0]
+    if "num_missing" in handle.attrs:
+        n = min(n, int(handle.attrs["num_missing"]))
+    return [_decode_name(name) for name in ds[:n]]
+
+
 class TeacherLogits:
     """Read-only access to a teacher-logits HDF5 file, by clip name.
 
@@ -86,6 +107,8 @@ class TeacherLogits:
             self.num_rows = _committed_rows(handle)
             self.dtype = logits.dtype
             self.attrs: dict[str, Any] = {key: _decode_attr(value) for key, value in handle.attrs.items()}
+            #: clips the labelling job could not decode (no logits; `lookup` returns None for them)
+            self.missing: list[str] = _committed_missing(handle)
         self._index: Optional[dict[str, int]] = None
         self._handle: Optional[h5py.File] = None
         self._pid: Optional[int] = None
@@ -168,7 +191,7 @@ class TeacherLogitsWriter:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         if np.dtype(dtype) not in (np.dtype("float32"), np.dtype("float16")):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-        clash = [key for key in attrs if key in ("num_classes", "num_rows")]
+        clash = [key for key in attrs if key in ("num_classes", "num_rows", "num_missing")]
         if clash:
             raise ValueError(f"attrs may not set {clash}: the writer manages them")
         self.path = Path(path)
@@ -178,13 +201,26 @@ class TeacherLogitsWriter:
         self._name_set: set[str] = set()   # committed + buffered
         self._buffer_names: list[str] = []
         self._buffer_logits: list[np.ndarray] = []
+        self._missing: list[str] = []          # committed missing names
+        self._buffer_missing: list[str] = []
         self.duplicates_skipped = 0
+        self._file: Optional[h5py.File] = None
 
         encoded = {key: json.dumps(value) for key, value in attrs.items()}
         if resume and self.path.is_file():
-            self._file = h5py.File(self.path, "r+")
-            self._open_existing(encoded)
-        else:
+            try:
+                self._file = h5py.File(self.path, "r+")
+            except OSError as error:
+                # HDF5 is not journaled: a kill in the middle of a flush can (rarely) leave a file
+                # h5py cannot open. Keep it aside for inspection and start again.
+                aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+                log.warning("%s cannot be opened (%s); moving it to %s and starting a new file",
+                            self.path, error, aside)
+                os.replace(self.path, aside)
+                resume = False
+            else:
+                self._open_existing(encoded)
+        if not (resume and self._file is not None):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = h5py.File(self.path, "w")
             self._file.create_dataset("audio_name", shape=(0,), maxshape=(None,), chunks=(1024,),
@@ -194,6 +230,7 @@ class TeacherLogitsWriter:
                                               self.num_classes), dtype=self.dtype)
             self._file.attrs["num_classes"] = self.num_classes
             self._file.attrs["num_rows"] = 0
+            self._file.attrs["num_missing"] = 0
             self._file.attrs["created"] = json.dumps(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             for key, value in encoded.items():
                 self._file.attrs[key] = value
@@ -213,13 +250,17 @@ class TeacherLogitsWriter:
             handle["audio_name"].resize((committed,))
             logits.resize((committed, self.num_classes))
         handle.attrs["num_rows"] = committed
+        self._missing = _committed_missing(handle)
+        if MISSING_DATASET in handle and handle[MISSING_DATASET].shape[0] != len(self._missing):
+            handle[MISSING_DATASET].resize((len(self._missing),))
+        handle.attrs["num_missing"] = len(self._missing)
         for key, value in encoded.items():
             if key not in handle.attrs:
                 handle.attrs[key] = value
         handle.attrs["updated"] = json.dumps(time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         handle.flush()
         self._names = [_decode_name(name) for name in handle["audio_name"][()]]
-        self._name_set = set(self._names)
+        self._name_set = set(self._names) | set(self._missing)
 
     def _resume_problem(self, handle: h5py.File, encoded: dict[str, str]) -> Optional[str]:
         """Why the existing file cannot be continued with these settings (None if it can)."""
@@ -243,8 +284,29 @@ class TeacherLogitsWriter:
         return len(self._names) + len(self._buffer_names)
 
     def existing_names(self) -> set[str]:
-        """Names already in the file or buffered: the clips a resumed run can skip."""
+        """Names already in the file or buffered (labelled or recorded missing): the clips a resumed run can skip."""
         return set(self._name_set)
+
+    def missing_names(self) -> list[str]:
+        """Names recorded as missing (committed + buffered), in the order they were recorded."""
+        return self._missing + self._buffer_missing
+
+    def write_missing(self, audio_names: Sequence[str]) -> int:
+        """Record clips the teacher could not label (e.g. undecodable audio); durable after `flush`.
+
+        They get no logits row, so the distillation join treats them as missing. Names already
+        labelled or recorded are skipped; returns names added.
+        """
+        if self._file is None:
+            raise RuntimeError(f"{self.path}: writer is closed")
+        added = 0
+        for name in map(str, audio_names):
+            if name in self._name_set:
+                continue
+            self._name_set.add(name)
+            self._buffer_missing.append(name)
+            added += 1
+        return added
 
     def write(self, audio_names: Sequence[str], logits: np.ndarray) -> int:
         """Buffer rows (made durable by `flush`). Names already present are skipped; returns rows added."""
@@ -276,7 +338,11 @@ class TeacherLogitsWriter:
 
     def flush(self) -> None:
         """Append buffered rows to the file and commit them (durable once this returns)."""
-        if self._file is None or not self._buffer_names:
+        if self._file is None:
+            return
+        if self._buffer_missing:
+            self._flush_missing()
+        if not self._buffer_names:
             return
         start = len(self._names)
         stop = start + len(self._buffer_names)
@@ -294,6 +360,21 @@ class TeacherLogitsWriter:
         self._buffer_names = []
         self._buffer_logits = []
 
+    def _flush_missing(self) -> None:
+        if MISSING_DATASET not in self._file:
+            self._file.create_dataset(MISSING_DATASET, shape=(0,), maxshape=(None,), chunks=(256,),
+                                      dtype=h5py.string_dtype("utf-8"))
+        ds = self._file[MISSING_DATASET]
+        start = len(self._missing)
+        stop = start + len(self._buffer_missing)
+        ds.resize((stop,))
+        ds[start:stop] = np.array(self._buffer_missing, dtype=object)
+        self._file.flush()
+        self._file.attrs["num_missing"] = stop  # committed after the names, like num_rows
+        self._file.flush()
+        self._missing.extend(self._buffer_missing)
+        self._buffer_missing = []
+
     def close(self) -> None:
         """Flush and close."""
         if self._file is None:
@@ -310,3 +391,118 @@ class TeacherLogitsWriter:
     def __exit__(self, exc_type, exc, traceback) -> None:
         # Rows computed before an error are still valid logits: keep them.
         self.close()
+
+
+def shard_path(output: PathLike, rank: int, world_size: int) -> Path:
+    """`<output>.shard-<rank>-of-<world_size>.h5`: where one rank of a sharded labelling job writes."""
+    output = Path(output)
+    return output.with_name(f"{output.name}.shard-{int(rank)}-of-{int(world_size)}.h5")
+
+
+def find_shards(output: PathLike) -> list[Path]:
+    """The shard files of `output` on disk (any world size), sorted by rank."""
+    output = Path(output)
+    found = []
+    for path in output.parent.glob(f"{output.name}.shard-*-of-*.h5"):
+        middle = path.name[len(output.name) + len(".shard-"):-len(".h5")]
+        rank, _, world = middle.partition("-of-")
+        if rank.isdigit() and world.isdigit():
+            found.append((int(world), int(rank), path))
+    return [path for _, _, path in sorted(found)]
+
+
+def merge_teacher_logits(shard_paths: Sequence[PathLike], output: PathLike, *,
+                         expected_names: Optional[Sequence[str]] = None, chunk_rows: int = 65536) -> dict[str, Any]:
+    """Merge teacher-logits shard files into `output`, by name, atomically (temp file + rename).
+
+    Checks: all shards have the same number of classes, dtype and teacher setup (attributes
+    other than creation time / shard bookkeeping); no clip name appears twice (in two shards,
+    or as labelled in one and missing in another). With `expected_names` (the clips of the
+    labelled dataset), every expected clip must be labelled or recorded missing. Rows are
+    written shard by shard in row order (readers join by name). Missing (undecodable) clips of all
+    shards are kept in the `missing_audio_name` record.
+
+    Returns a summary: output, shards, rows, missing, missing_names.
+    """
+    shard_paths = [Path(p) for p in shard_paths]
+    if not shard_paths:
+        raise ValueError("merge_teacher_logits: no shard files given")
+    output = Path(output)
+    setup: Optional[dict[str, Any]] = None
+    num_classes = dtype = None
+    where: dict[str, tuple[int, int]] = {}    # name -> (shard, row)
+    missing: dict[str, int] = {}               # name -> shard
+    for shard_index, path in enumerate(shard_paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"shard not found: {path}")
+        with h5py.File(path, "r") as handle:
+            if "audio_name" not in handle or "logits" not in handle:
+                raise ValueError(f"{path}: not a teacher-logits file")
+            attrs = {k: _decode_attr(v) for k, v in handle.attrs.items()
+                     if k not in _VOLATILE_ATTRS and k not in _SHARD_ATTRS and k not in ("num_rows",)}
+            if setup is None:
+                setup, num_classes, dtype = attrs, handle["logits"].shape[1], handle["logits"].dtype
+                first = path
+            else:
+                if handle["logits"].shape[1] != num_classes or handle["logits"].dtype != dtype:
+                    raise ValueError(f"{path}: logits {handle['logits'].shape[1]} x {handle['logits'].dtype} do "
+                                     f"not match {first}: {num_classes} x {dtype}")
+                differing = sorted(k for k in set(setup) | set(attrs) if setup.get(k) != attrs.get(k))
+                if differing:
+                    raise ValueError(f"{path}: attributes {differing} differ from {first}: shards of different "
+                                     f"teacher setups cannot be merged")
+            names = handle["audio_name"][: _committed_rows(handle)]
+            for row, raw in enumerate(names):
+                name = _decode_name(raw)
+                if name in where or name in missing:
+                    other = shard_paths[where[name][0] if name in where else missing[name]]
+                    raise ValueError(f"clip {name!r} appears in both {other} and {path}: duplicated rows")
+                where[name] = (shard_index, row)
+            for name in _committed_missing(handle):
+                if name in where or name in missing:
+                    raise ValueError(f"clip {name!r} is recorded missing in {path} but also present elsewhere")
+                missing[name] = shard_index
+
+    if expected_names is not None:
+        expected = list(dict.fromkeys(map(str, expected_names)))
+        uncovered = [n for n in expected if n not in where and n not in missing]
+        if uncovered:
+            raise ValueError(f"merge: {len(uncovered)} clip(s) of the dataset are in no shard "
+                             f"(first: {', '.join(uncovered[:5])}); finish the shards first")
+    missing_order = list(missing)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle_fd, temporary = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
+    os.close(handle_fd)
+    os.unlink(temporary)
+    attrs = dict(setup or {})
+    attrs.pop("num_classes", None)
+    attrs["merged_from"] = [p.name for p in shard_paths]
+    try:
+        sources = [h5py.File(p, "r") for p in shard_paths]
+        try:
+            writer = TeacherLogitsWriter(temporary, num_classes=int(num_classes), attrs=attrs,
+                                         dtype=str(np.dtype(dtype)), resume=False)
+            try:
+                # shard by shard, in row order, in blocks: sequential reads, bounded memory
+                for source in sources:
+                    rows = _committed_rows(source)
+                    for start in range(0, rows, chunk_rows):
+                        stop = min(rows, start + chunk_rows)
+                        names = [_decode_name(n) for n in source["audio_name"][start:stop]]
+                        writer.write(names, source["logits"][start:stop])
+                        writer.flush()
+                writer.write_missing(missing_order)
+            finally:
+                writer.close()
+        finally:
+            for source in sources:
+                source.close()
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    log.info("merged %d shard(s) into %s: %d rows, %d missing", len(shard_paths), output, len(where),
+             len(missing_order))
+    return {"output": str(output), "shards": [str(p) for p in shard_paths], "rows": len(where),
+            "missing": len(missing_order), "missing_names": missing_order}

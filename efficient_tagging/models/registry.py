@@ -4,6 +4,12 @@ Every EfficientAT release name resolves here to the exact model config and the m
 frontend settings it was trained with, plus the published numbers as metadata. Names
 keep EfficientAT's spelling (including its `mn40_as(2)`-style duplicates), so a user's
 existing code and files keep working.
+
+The transformer teachers are catalogued too: every PaSST release (kkoutini/PaSST names,
+quirks such as dashes and trailing spaces kept) and the official AST AudioSet checkpoints
+(`ast_audioset_10_10_0.4593`, ...), each with its own frontend in `preprocessing["frontend"]`
+("passt_mel" / "ast_fbank"; EfficientAT students use "mel", the default).
+`ARCHITECTURE_PRESETS` names weight-less teacher shapes (`ast_base384`, `passt_s`, ...).
 """
 from __future__ import annotations
 
@@ -22,11 +28,12 @@ class PretrainedEntry:
     """One downloadable checkpoint and everything needed to rebuild and feed its model."""
 
     name: str
-    arch: str  # "mn" or "dymn" (teachers are added by the teacher catalogue)
+    arch: str  # "mn", "dymn", or the teachers "passt" / "ast"
     filename: str
     config: dict[str, Any]  # model constructor kwargs (reference argument names)
     preprocessing: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PREPROCESSING))
-    dataset: str = "audioset"  # "audioset" (527 AudioSet classes) or "imagenet" (1000-class ImageNet pre-training)
+    dataset: str = "audioset"  # "audioset" (527 AudioSet classes), "imagenet" (1000-class ImageNet pre-training)
+    #                           or "openmic" (20 OpenMIC-2018 instruments, PaSST only)
     published_map: Optional[float] = None  # AudioSet eval mAP, from the release file name / README
     published_params_m: Optional[float] = None  # as printed in the EfficientAT README
     published_gmacs: Optional[float] = None
@@ -36,7 +43,7 @@ class PretrainedEntry:
 
     @property
     def num_classes(self) -> int:
-        return int(self.config.get("num_classes", 527))
+        return int(self.config.get("num_classes", self.config.get("label_dim", 527)))
 
 
 def _map_from_filename(filename: str) -> Optional[float]:
@@ -138,6 +145,115 @@ for _w in ("04", "10"):
     _add(f"dymn{_w}_replace_se_as", "dymn", f"dymn{_w}_replace_se_as.pt",
          {"width_mult": _WIDTHS[_w], "use_dy_blocks": "replace_se"},
          description=f"width {_WIDTHS[_w]} DyMN with dynamic blocks only where MobileNetV3 has SE")
+
+
+# --- transformer teachers: PaSST (kkoutini/PaSST releases) --------------------------------------------
+PASST_RELEASE = "https://github.com/kkoutini/PaSST/releases/download/"
+# PaSST's own mel frontend (its AugmentMelSTFT defaults): like EfficientAT's but without filterbank
+# jitter ranges of 10 / 2000 -> fmin_aug_range=1, fmax_aug_range=1000 (so fmax = 16000 - 500 = 15500 Hz).
+PASST_PREPROCESSING: dict[str, Any] = {"frontend": "passt_mel", "sr": 32000, "n_mels": 128, "win_length": 800,
+                                       "hopsize": 320, "n_fft": 1024, "fmin_aug_range": 1, "fmax_aug_range": 1000}
+
+#   name (release spelling, quirks kept)          release tag / file                                          input_tdim classes
+_PASST_RELEASES: tuple[tuple[str, str, int, int], ...] = (
+    ("passt_s_swa_p16_128_ap476", "v0.0.1-audioset/passt-s-f128-p16-s10-ap.476-swa.pt", 998, 527),
+    ("passt_s_kd_p16_128_ap486", "v.0.0.9/passt-s-kd-ap.486.pt", 998, 527),
+    ("passt_l_kd_p16_128_ap47", "v.0.0.10/passt-l-kd-ap.47.pt", 998, 527),
+    ("passt_s_swa_p16_128_ap4761", "v0.0.2-audioset/passt-s-f128-p16-s10-ap.4761-swa.pt", 998, 527),
+    ("passt_s_p16_128_ap472", "v0.0.2-audioset/passt-s-f128-p16-s10-ap.472.pt", 998, 527),
+    ("passt_s_p16_s16_128_ap468", "v0.0.2-audioset/passt-s-f128-p16-s16-ap.468.pt", 998, 527),
+    ("passt_s_swa_p16_s16_128_ap473", "v0.0.2-audioset/passt-s-f128-p16-s16-ap.473-swa.pt", 998, 527),
+    ("passt_s_swa_p16_s14_128_ap471", "v0.0.2-audioset/passt-s-f128-p16-s14-ap.471-swa.pt", 998, 527),
+    ("passt_s_p16_s14_128_ap469", "v0.0.2-audioset/passt-s-f128-p16-s14-ap.469.pt", 998, 527),
+    ("passt_s_swa_p16_s12_128_ap473", "v0.0.2-audioset/passt-s-f128-p16-s12-ap.473-swa.pt", 998, 527),
+    ("passt_s_p16_s12_128_ap470", "v0.0.2-audioset/passt-s-f128-p16-s12-ap.470.pt", 998, 527),
+    ("passt_s_swa_f128_stfthop100_p16_s10_ap473",
+     "v0.0.3-audioset/passt-s-f128-stfthop100-p16-s10-ap.473-swa.pt", 3200, 527),
+    ("passt_s_swa_f128_stfthop160_p16_s10_ap473",
+     "v0.0.3-audioset/passt-s-f128-stfthop160-p16-s10-ap.473-swa.pt", 2000, 527),
+    ("passt-s-f128-20sec-p16-s10-ap474-swa", "v0.0.5/passt-s-f128-20sec-p16-s10-ap.474-swa.pt", 2000, 527),
+    ("passt-s-f128-30sec-p16-s10-ap473-swa", "v0.0.5/passt-s-f128-30sec-p16-s10-ap.473-swa.pt", 3000, 527),
+    ("openmic2008_passt_u_f128_p16_s10_ap85_swa",
+     "v0.0.4-openmic/openmic2008.passt-u-f128-p16-s10-ap.85-swa.pt", 3200, 20),
+    ("openmic2008_passt_u_f128_p16_s10_ap85  ", "v0.0.4-openmic/openmic2008.passt-u-f128-p16-s10-ap.85.pt", 2000, 20),
+)
+
+
+def passt_config(name: str, input_tdim: int = 998, num_classes: int = 527) -> dict[str, Any]:
+    """`PaSST(**config)` kwargs of a release, as PaSST's `get_model(arch=name, ...)` builds it.
+
+    Distilled ViT-B/16 body (768 wide, 12 heads, 12 blocks; 7 for PaSST-L `passt_l_*`),
+    stride from the name (`_s12_` -> 12, default 10), `img_size = (128, input_tdim)`.
+    """
+    key = name.strip().replace("-", "_")
+    match = re.search(r"_s(\d\d)(?:_|$)", key)
+    stride = int(match.group(1)) if match else 10
+    depth = 7 if key.startswith("passt_l_") else 12
+    return {"img_size": (128, int(input_tdim)), "patch_size": 16, "stride": (stride, stride), "in_chans": 1,
+            "num_classes": int(num_classes), "embed_dim": 768, "depth": depth, "num_heads": 12, "distilled": True}
+
+
+def _map_from_passt_name(name: str) -> Optional[float]:
+    match = re.search(r"ap\.?(\d+)", name)
+    return float("0." + match.group(1)) if match else None
+
+
+for _name, _path, _tdim, _classes in _PASST_RELEASES:
+    _key = _name.strip().replace("-", "_")
+    _prep = dict(PASST_PREPROCESSING)
+    _hop = re.search(r"stfthop(\d+)", _key)
+    if _hop:
+        _prep["hopsize"] = int(_hop.group(1))  # 100 / 160 samples at 32 kHz: 3200 / 2000 frames per 10 s
+    _dataset = "openmic" if _key.startswith("openmic") else "audioset"
+    _what = ("PaSST-L (7 blocks)" if _key.startswith("passt_l_") else "PaSST-S") + f", stride {passt_config(_name)['stride'][0]}"
+    CATALOGUE[_name] = PretrainedEntry(
+        name=_name, arch="passt", filename=_path.split("/")[-1], config=passt_config(_name, _tdim, _classes),
+        preprocessing=_prep, dataset=_dataset, published_map=_map_from_passt_name(_name),
+        url=PASST_RELEASE + _path,
+        description=f"{_what}, trained input 128x{_tdim} frames (hop {_prep['hopsize']})"
+        + (" on OpenMIC-2018 (20 instruments; published value is OpenMIC mAP; frontend hop inferred)"
+           if _dataset == "openmic" else " on AudioSet") + " -- transformer teacher")
+
+# --- transformer teachers: AST (YuanGongND/ast, official AudioSet checkpoints) ----------------------
+# Fbank settings of the AST AudioSet recipe (ASTFbank defaults: 16 kHz Kaldi fbank, 10 ms shift).
+AST_PREPROCESSING: dict[str, Any] = {"frontend": "ast_fbank", "sr": 16000, "n_mels": 128, "target_length": 1024,
+                                     "norm_mean": -4.2677393, "norm_std": 4.5689974}
+
+
+def ast_config(fstride: int = 10, tstride: int = 10, label_dim: int = 527, input_tdim: int = 1024,
+               model_size: str = "base384") -> dict[str, Any]:
+    """`ASTModel(**config)` kwargs that rebuild an official checkpoint without downloading anything."""
+    return {"label_dim": label_dim, "fstride": fstride, "tstride": tstride, "input_fdim": 128,
+            "input_tdim": input_tdim, "imagenet_pretrain": False, "audioset_pretrain": False,
+            "model_size": model_size, "verbose": False}
+
+
+#   checkpoint                 dropbox id (README / download_models.sh)   stride
+for _ckpt, _id, _stride in (
+        ("audioset_10_10_0.4593", "ca0b1v2nlxzyeb4", 10),
+        ("audioset_10_10_0.4495", "1tv0hovue1bxupk", 10),
+        ("audioset_10_10_0.4483", "6u5sikl4b9wo4u5", 10),
+        ("audioset_10_10_0.4475", "kt6i0v9fvfm1mbq", 10),
+        ("audioset_12_12_0.4467", "snfhx3tizr4nuc8", 12),
+        ("audioset_14_14_0.4431", "z18s6pemtnxm4k7", 14),
+        ("audioset_16_16_0.4422", "mdsa4t1xmcimia6", 16),
+):
+    CATALOGUE[f"ast_{_ckpt}"] = PretrainedEntry(
+        name=f"ast_{_ckpt}", arch="ast", filename=f"{_ckpt}.pth", config=ast_config(_stride, _stride),
+        preprocessing=dict(AST_PREPROCESSING), dataset="audioset", published_map=float(_ckpt.rsplit("_", 1)[1]),
+        url=f"https://www.dropbox.com/s/{_id}/{_ckpt}.pth?dl=1",
+        description=f"AST base384, stride {_stride}x{_stride}, AudioSet (official checkpoint) -- transformer teacher")
+
+# --- architecture presets: no released weights, for complexity / fresh training only --------------
+# name -> (arch, config, preprocessing)
+ARCHITECTURE_PRESETS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "passt_s": ("passt", passt_config("passt_s_p16_128"), dict(PASST_PREPROCESSING)),
+    "passt_l": ("passt", passt_config("passt_l_p16_128"), dict(PASST_PREPROCESSING)),
+    "ast_base384": ("ast", ast_config(), dict(AST_PREPROCESSING)),
+    "ast_base224": ("ast", ast_config(model_size="base224"), dict(AST_PREPROCESSING)),
+    "ast_small224": ("ast", ast_config(model_size="small224"), dict(AST_PREPROCESSING)),
+    "ast_tiny224": ("ast", ast_config(model_size="tiny224"), dict(AST_PREPROCESSING)),
+}
 
 
 def known_names(arch: Optional[str] = None) -> list[str]:

@@ -1,0 +1,163 @@
+"""Teacher labelling: kill -9 + resume, torchrun shards + merge, undecodable clips, ensembles."""
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, make_tiny_audioset
+from efficient_tagging.data.teacher_logits import TeacherLogits, find_shards
+
+SCRIPT = str(REPO / "experiments" / "ex_teacher_labels.py")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+NUM_CLIPS = 24
+CORRUPT = "Ytiny_0005.flac"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from efficient_tagging import get_model, save_checkpoint
+    from efficient_tagging.labels import LabelMap
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("teacher_labels")
+    data = make_tiny_audioset(root / "train.h5", num_clips=NUM_CLIPS)
+    with h5py.File(data, "r+") as handle:  # one clip with undecodable bytes
+        names = [n.decode() for n in handle["audio_name"][()]]
+        row = names.index(CORRUPT)
+        handle["mp3"][row] = np.frombuffer(np.random.default_rng(0).bytes(600), dtype=np.uint8)
+    teachers = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = get_model(arch="mn", width_mult=0.1, num_classes=4, input_dim_f=32)
+        teachers.append(save_checkpoint(root / f"teacher{seed}.pt", model,
+                                        preprocessing={"sr": 16000, "n_mels": 32, "hopsize": 320},
+                                        labels=LabelMap.from_names([f"tone_{i}" for i in range(4)])))
+    return root, data, teachers
+
+
+def _args(data, output, teachers, *extra):
+    return ["--hdf5", str(data), "--output", str(output), "--teachers", *map(str, teachers), "--clip_length", "1",
+            "--batch_size", "4", "--num_workers", "0", "--flush_every", "2", "--no_progress", *extra]
+
+
+def _label_in_process(data, output, teachers, *extra):
+    from efficient_tagging.teacher_labels import run
+    return run(_args(data, output, teachers, *extra))
+
+
+def _as_dict(path):
+    stored = TeacherLogits(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            names = [n.decode() for n in handle["audio_name"][: stored.num_rows]]
+        assert len(names) == len(set(names)), "duplicated rows"
+        return {name: stored.lookup(name) for name in names}, sorted(stored.missing)
+    finally:
+        stored.close()
+
+
+def _assert_same(path_a, path_b, atol=0.0):
+    a, missing_a = _as_dict(path_a)
+    b, missing_b = _as_dict(path_b)
+    assert sorted(a) == sorted(b)
+    assert missing_a == missing_b
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=atol, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    root, data, teachers = setup
+    summary = _label_in_process(data, root / "reference.h5", teachers[:1])
+    return root / "reference.h5", summary
+
+
+def test_undecodable_clip_is_recorded_missing_not_zeros(setup, reference):
+    path, summary = reference
+    assert summary["missing_names"] == [CORRUPT] and summary["labelled_now"] == NUM_CLIPS - 1
+    assert 0.0 <= summary["teacher_mAP"] <= 1.0
+    stored = TeacherLogits(path)
+    assert stored.missing == [CORRUPT]
+    assert stored.lookup(CORRUPT) is None  # the trainer's join masks it out
+    assert len(stored) == NUM_CLIPS - 1 and stored.lookup("Ytiny_0000.flac") is not None
+    assert stored.attrs["teachers"] == ["teacher0.pt"] and stored.attrs["precision"] == "32"
+    assert stored.attrs["preprocessing"][0]["n_mels"] == 32 and stored.attrs["sample_rate"] == 16000
+    assert stored.attrs["ensemble_rule"] == "mean of logits" and stored.attrs["source_files"]
+    stored.close()
+
+
+@pytest.mark.parametrize("crash_after", [3, 5])
+def test_killed_run_resumes_to_identical_output(setup, reference, tmp_path, crash_after):
+    root, data, teachers = setup
+    output = tmp_path / "killed.h5"
+    # dies by SIGKILL (no cleanup) after `crash_after` batches; flush every 2 -> buffered rows are lost
+    result = subprocess.run([sys.executable, SCRIPT, *_args(data, output, teachers[:1]),
+                             "--crash_after_batches", str(crash_after)], capture_output=True, text=True, env=ENV,
+                            timeout=120)
+    assert result.returncode in (-9, 137, 17), result.stderr[-2000:]
+    partial = TeacherLogits(output)
+    assert 0 < len(partial) < NUM_CLIPS - 1
+    partial.close()
+    summary = _label_in_process(data, output, teachers[:1])
+    assert summary["labelled_before"] > 0 and summary["labelled_before"] + summary["labelled_now"] == NUM_CLIPS - 1
+    _assert_same(output, reference[0])
+
+
+def test_torchrun_two_ranks_merge_equals_single_process(setup, reference, tmp_path):
+    root, data, teachers = setup
+    output = tmp_path / "ddp.h5"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+               SCRIPT, *_args(data, output, teachers[:1])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"missing (undecodable): 1: {CORRUPT}" in result.stdout
+    assert result.stdout.count("teacher labels ->") == 1  # only rank 0 reports
+    _assert_same(output, reference[0], atol=1e-5)
+    assert find_shards(output) == []  # merged, then removed
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_manual_shards_and_merge(setup, reference, tmp_path):
+    root, data, teachers = setup
+    output = tmp_path / "manual.h5"
+    for index in range(3):
+        _label_in_process(data, output, teachers[:1], "--num_shards", "3", "--shard_index", str(index))
+    assert len(find_shards(output)) == 3
+    from efficient_tagging.teacher_labels import run
+    summary = run(["--merge", "--output", str(output), "--hdf5", str(data)])
+    assert summary["rows"] == NUM_CLIPS - 1 and summary["missing_names"] == [CORRUPT]
+    _assert_same(output, reference[0], atol=1e-6)
+    # a shard that misses clips cannot pass as a complete dataset
+    os.unlink(find_shards(output)[1])
+    with pytest.raises(ValueError, match="in no shard"):
+        run(["--merge", "--output", str(tmp_path / "incomplete.h5"), "--hdf5", str(data),
+             "--shards", *map(str, find_shards(output))])
+    # the same clips in two shards are refused
+    with pytest.raises(ValueError, match="duplicated"):
+        run(["--merge", "--output", str(tmp_path / "dup.h5"), "--shards", str(find_shards(output)[0]),
+             str(output)])
+
+
+def test_ensemble_is_mean_of_teachers(setup, reference, tmp_path):
+    root, data, teachers = setup
+    _label_in_process(data, tmp_path / "t1.h5", teachers[1:])
+    summary = _label_in_process(data, tmp_path / "both.h5", teachers)
+    assert summary["missing_names"] == [CORRUPT]
+    first, _ = _as_dict(reference[0])
+    second, _ = _as_dict(tmp_path / "t1.h5")
+    both, _ = _as_dict(tmp_path / "both.h5")
+    assert TeacherLogits(tmp_path / "both.h5").attrs["teachers"] == ["teacher0.pt", "teacher1.pt"]
+    for name in first:
+        np.testing.assert_allclose(both[name], (first[name] + second[name]) / 2, atol=1e-5)
+
+
+def test_resume_refuses_another_teacher_setup(setup, reference, tmp_path):
+    import shutil
+    root, data, teachers = setup
+    shutil.copy(reference[0], tmp_path / "other.h5")
+    with pytest.raises(ValueError, match="differ"):
+        _label_in_process(data, tmp_path / "other.h5", teachers[1:])
