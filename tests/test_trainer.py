@@ -144,3 +144,17 @@ def test_bad_configuration_is_rejected():
         TrainConfig(kd_lambda=1.5)
     with pytest.raises(ValueError, match="precision"):
         TrainConfig(precision="8")
+
+
+def test_transformer_teacher_trains_and_fine_tunes_through_the_same_trainer(tiny_data, tmp_path):
+    train_path, eval_path = tiny_data
+    passt = {"embed_dim": 32, "depth": 1, "num_heads": 2, "stride": [16, 16]}
+    _train_subprocess(_config(train_path, eval_path, tmp_path / "teacher", arch="passt", n_epochs=1,
+                              model_kwargs=passt))
+    from efficient_tagging import get_model
+    teacher = get_model(str(tmp_path / "teacher" / "best.pt"))
+    assert type(teacher).__name__ == "PaSST" and teacher.num_classes == 4
+    # fine-tuning on another label set keeps the body and replaces the head
+    fine_tuned = get_model(str(tmp_path / "teacher" / "best.pt"), num_classes=2)
+    assert fine_tuned.state_dict()["head.1.weight"].shape == (2, 32)
+    assert torch.equal(fine_tuned.state_dict()["blocks.0.attn.qkv.weight"], teacher.state_dict()["blocks.0.attn.qkv.weight"])

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "efficient_tagging.checkpoint"
 CHECKPOINT_VERSION = 1
 MIRROR_ENV = "EFFICIENT_TAGGING_MIRROR"
+# Where each family keeps its classification head (mn/dymn, PaSST, AST): the only tensors a
+# new `num_classes` may replace when loading pretrained weights.
+HEAD_PREFIXES = ("classifier.", "head.", "head_dist.", "mlp_head.")
 
 
 def _mobilenet(**config: Any) -> nn.Module:
@@ -144,7 +147,7 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     own = model.state_dict()
     skipped: list[str] = []
     if allow_new_head:
-        skipped = [k for k in own if k.startswith("classifier.") and k in state_dict
+        skipped = [k for k in own if k.startswith(HEAD_PREFIXES) and k in state_dict
                    and state_dict[k].shape != own[k].shape]
         state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
     try:
@@ -222,7 +225,10 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
         state_dict, metadata = read_checkpoint(path)
         source = f"{path} ({entry.name})"
 
-    new_head = "num_classes" in config and config["num_classes"] != base_config.get("num_classes", 527)
+    class_key = "label_dim" if arch == "ast" else "num_classes"
+    if arch == "ast" and "num_classes" in config:  # one spelling for every family
+        config[class_key] = config.pop("num_classes")
+    new_head = class_key in config and config[class_key] != base_config.get(class_key, 527)
     if arch == "dymn" and "T_max" not in config and "T_max" not in base_config:
         # Released DyMNs run at their final training temperature, as the reference does.
         base_config["T_max"] = config.get("pretrain_final_temp", base_config.get("pretrain_final_temp", 1.0))

@@ -7,6 +7,7 @@ AudioSet) default to None here and are filled in by `config_from_args(args, defa
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import fields
 from typing import Any, Optional
 
@@ -37,7 +38,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                       help="clips drawn per epoch by the class-balanced sampler (AudioSet: 100000)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="mn", choices=["mn", "dymn"], help="student family")
+    model.add_argument("--arch", default="mn", choices=["mn", "dymn", "passt", "ast"],
+                       help="model family: mn/dymn students, passt/ast transformer teachers")
+    model.add_argument("--model_kwargs", type=json.loads, default=None,
+                       help='further constructor arguments as JSON, e.g. \'{"embed_dim": 192, "depth": 4}\' '
+                            "(reference argument names)")
     model.add_argument("--width_mult", "--model_width", dest="width_mult", type=float, default=1.0,
                        help="width multiplier (mn10 = 1.0, mn04 = 0.4, mn40 = 4.0)")
     model.add_argument("--pretrained", "--pretrained_name", dest="pretrained", default=None,

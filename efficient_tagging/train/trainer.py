@@ -150,14 +150,22 @@ def build_frontend(config: TrainConfig) -> AugmentMelSTFT:
 
 
 def model_config(config: TrainConfig, num_classes: int) -> dict[str, Any]:
-    """Constructor kwargs of the student/teacher described by `config`."""
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "width_mult": config.width_mult}
+    """Constructor kwargs (the reference's own names) of the model described by `config`."""
+    frames = 1 + int(config.clip_length * config.sample_rate - 1) // config.hop_size
     if config.arch == "mn":
-        kwargs.update(head_type=config.head_type, se_dims=config.se_dims, strides=list(config.strides),
-                      input_dim_f=config.n_mels,
-                      input_dim_t=1 + int(config.clip_length * config.sample_rate - 1) // config.hop_size)
+        kwargs: dict[str, Any] = dict(num_classes=num_classes, width_mult=config.width_mult,
+                                      head_type=config.head_type, se_dims=config.se_dims,
+                                      strides=list(config.strides), input_dim_f=config.n_mels, input_dim_t=frames)
     elif config.arch == "dymn":
-        kwargs.update(strides=list(config.strides))
+        kwargs = dict(num_classes=num_classes, width_mult=config.width_mult, strides=list(config.strides))
+    elif config.arch == "passt":
+        # A transformer teacher: sizes come from model_kwargs (embed_dim, depth, num_heads, stride, ...).
+        kwargs = dict(num_classes=num_classes, img_size=[config.n_mels, frames], distilled=True)
+    elif config.arch == "ast":
+        kwargs = dict(label_dim=num_classes, input_fdim=config.n_mels, input_tdim=frames,
+                      imagenet_pretrain=False, audioset_pretrain=False)
+    else:
+        raise ValueError(f"unknown architecture {config.arch!r}")
     kwargs.update(config.model_kwargs)
     return kwargs
 
