@@ -99,8 +99,8 @@ STEM_CHANNELS = 16
 LAST_CHANNEL = 1280  # hidden size of the MLP head before width scaling
 
 
-def check_spectrogram_input(x: Tensor, expected_n_mels: Optional[int], model_name: str) -> None:
-    """Raise a ValueError naming the problem if `x` is not a (B, 1, n_mels, T) spectrogram batch."""
+def check_spectrogram_input(x: Tensor, expected_n_mels: Optional[int], model_name: str, channels: int = 1) -> None:
+    """Raise a ValueError naming the problem if `x` is not a (B, channels, n_mels, T) spectrogram batch."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{model_name}: expected a torch.Tensor spectrogram, got {type(x).__name__}")
     if x.dim() != 4:
@@ -110,15 +110,16 @@ def check_spectrogram_input(x: Tensor, expected_n_mels: Optional[int], model_nam
         elif x.dim() == 2:
             hint = " (this looks like a waveform batch: run the mel frontend first)"
         raise ValueError(
-            f"{model_name}: expected a spectrogram of shape (batch, 1, n_mels, time), "
+            f"{model_name}: expected a spectrogram of shape (batch, {channels}, n_mels, time), "
             f"got rank {x.dim()} shape {tuple(x.shape)}{hint}")
-    if x.shape[1] != 1:
-        raise ValueError(
-            f"{model_name}: expected 1 input channel, got shape {tuple(x.shape)} (channel axis = {x.shape[1]})")
+    if x.shape[1] != channels:
+        raise ValueError(f"{model_name}: expected {channels} input channel(s), got shape {tuple(x.shape)} "
+                         f"(channel axis = {x.shape[1]})")
     if expected_n_mels is not None and x.shape[2] != expected_n_mels:
         raise ValueError(
             f"{model_name}: expected {expected_n_mels} mel bins (frequency axis), got shape {tuple(x.shape)}; "
-            f"build the model with input_dim_f={x.shape[2]} or use a frontend with n_mels={expected_n_mels}")
+            f"build the model for {x.shape[2]} mel bins (mn: input_dim_f, PaSST: img_size) or use a frontend "
+            f"with n_mels={expected_n_mels}")
 
 
 def mlp_head(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:

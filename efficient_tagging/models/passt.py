@@ -57,6 +57,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
+from .layers import check_spectrogram_input
+
 __all__ = [
     "PASST_ARCHITECTURES",
     "Attention",
@@ -412,22 +414,7 @@ class PaSST(nn.Module):
     # forward
     # ----------------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> None:
-        if not isinstance(x, Tensor):
-            raise TypeError(f"PaSST: expected a torch.Tensor spectrogram, got {type(x).__name__}")
-        if x.dim() != 4:
-            hint = ""
-            if x.dim() == 3:
-                hint = " (a (B, n_mels, T) log-mel batch needs a channel axis: x.unsqueeze(1))"
-            elif x.dim() == 2:
-                hint = " (this looks like a waveform batch: run the mel frontend first)"
-            raise ValueError(f"PaSST: expected a spectrogram of shape (batch, {self.in_chans}, n_mels, time), "
-                             f"got rank {x.dim()} shape {tuple(x.shape)}{hint}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"PaSST: expected {self.in_chans} input channel(s), got shape {tuple(x.shape)} "
-                             f"(channel axis = {x.shape[1]})")
-        if x.shape[2] != self.img_size[0]:
-            raise ValueError(f"PaSST: expected {self.img_size[0]} mel bins (frequency axis, img_size[0]), "
-                             f"got shape {tuple(x.shape)}")
+        check_spectrogram_input(x, self.img_size[0], "PaSST", channels=self.in_chans)
         if x.shape[3] < self.patch_size[1]:
             raise ValueError(f"PaSST: input of shape {tuple(x.shape)} is shorter than one patch "
                              f"({self.patch_size[1]} frames)")
