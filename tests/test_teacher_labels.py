@@ -161,3 +161,14 @@ def test_resume_refuses_another_teacher_setup(setup, reference, tmp_path):
     shutil.copy(reference[0], tmp_path / "other.h5")
     with pytest.raises(ValueError, match="differ"):
         _label_in_process(data, tmp_path / "other.h5", teachers[1:])
+
+
+def test_bf16_fast_path_stays_close_to_fp32(setup, reference, tmp_path):
+    root, data, teachers = setup
+    _label_in_process(data, tmp_path / "bf16.h5", teachers[:1], "--precision", "bf16")
+    _label_in_process(data, tmp_path / "fp32.h5", teachers[:1])
+    fast, fast_missing = _as_dict(tmp_path / "bf16.h5")
+    exact, exact_missing = _as_dict(tmp_path / "fp32.h5")
+    assert fast.keys() == exact.keys() and fast_missing == exact_missing
+    difference = max(float(np.abs(fast[name] - exact[name]).max()) for name in exact)
+    assert 0.0 < difference < 0.1  # bf16 really ran, and changes logits only slightly
