@@ -149,14 +149,11 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     if allow_new_head:
         skipped = [k for k in own if k.startswith(HEAD_PREFIXES) and k in state_dict
                    and state_dict[k].shape != own[k].shape]
-        state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
+        # The new head keeps its fresh initialisation: its own tensors fill those keys, so the
+        # load below stays strict for every other key.
+        state_dict = {**state_dict, **{k: own[k] for k in skipped}}
     try:
-        if skipped:
-            result = model.load_state_dict(state_dict, strict=False)
-            if set(result.missing_keys) != set(skipped) or result.unexpected_keys:
-                raise RuntimeError("keys differ beyond the classification head")
-        else:
-            model.load_state_dict(state_dict, strict=True)
+        model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
         raise ValueError(_describe_mismatch(model, state_dict, source)) from error
     if skipped:
