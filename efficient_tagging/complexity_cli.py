@@ -79,10 +79,7 @@ class Target:
         kwargs = dict(n_mels=int(p["n_mels"]), hop_size=int(p["hopsize"]), sample_rate=int(p["sr"]),
                       duration=self.duration)
         if use_frontend:
-            try:
-                return frontend_spectrogram_shape(win_length=int(p["win_length"]), n_fft=int(p["n_fft"]), **kwargs)
-            except ImportError:
-                pass
+            return frontend_spectrogram_shape(win_length=int(p["win_length"]), n_fft=int(p["n_fft"]), **kwargs)
         return spectrogram_shape(**kwargs)
 
 

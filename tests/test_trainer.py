@@ -134,7 +134,8 @@ def test_demo_command_runs_end_to_end_small(tmp_path):
     summary = json.loads((tmp_path / "demo.json").read_text())
     assert summary["teacher"]["params"] > summary["student"]["params"]
     assert 0.0 <= summary["student"]["mAP"] <= 1.0 and 0.0 <= summary["teacher"]["mAP"] <= 1.0
-    assert (tmp_path / "demo" / "teacher_logits.h5").is_file()
+    teacher_logits = summary["teacher"]["logits"]
+    assert teacher_logits.startswith(str(tmp_path / "demo")) and os.path.isfile(teacher_logits)
     assert "demo summary" in result.stdout and "run record" in result.stdout
 
 

@@ -53,7 +53,8 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "gain_augment": 0.0, "n_mels": 64, "hop_size": 320, "eval_batch_size": 64, "bn_momentum": 0.1,
 }
 # The teacher is evaluated once at the end: its per-epoch scores are not needed and cost time.
-DEMO_TEACHER = {"arch": "mn", "width_mult": 1.25, "n_epochs": 8, "ramp_down_start": 5, "ramp_down_len": 3,
+# Its width is 1.25x the student's, so the teacher is always the larger model.
+DEMO_TEACHER = {"arch": "mn", "width_scale": 1.25, "n_epochs": 8, "ramp_down_start": 5, "ramp_down_len": 3,
                 "eval_every_epochs": 8}
 
 
@@ -120,24 +121,27 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
         torch.distributed.barrier()
     data = build_demo_dataset(root, progress=False, **sizes)  # built above: only checks the cache
 
-    teacher_dir = root / "teacher"
-    teacher_logits_path = root / "teacher_logits.h5"
+    teacher_width = round(DEMO_TEACHER["width_scale"] * args.width_mult, 4)
+    teacher_epochs = args.n_epochs or DEMO_TEACHER["n_epochs"]
+    # Keyed by everything that changes the teacher, so a cached teacher is never a stale one.
+    teacher_dir = root / f"teacher_mn{teacher_width:g}_e{teacher_epochs}_n{args.demo_clips}"
+    teacher_logits_path = teacher_dir / "teacher_logits.h5"
     teacher_checkpoint = teacher_dir / "best.pt"
     teacher_summary: dict[str, Any] = {}
     if not teacher_checkpoint.is_file():
         if is_main:
-            print(f"[demo] training the teacher ({DEMO_TEACHER['arch']}, width {DEMO_TEACHER['width_mult']}) "
+            print(f"[demo] training the teacher ({DEMO_TEACHER['arch']}, width {teacher_width:g}) "
                   f"on the demo labels", flush=True)
         teacher_defaults = dict(DEMO_DEFAULTS, train_hdf5=[str(data.train_path)], eval_hdf5=[str(data.eval_path)],
                                 out_dir=str(teacher_dir),
-                                **{k: v for k, v in DEMO_TEACHER.items() if k not in ("arch", "width_mult")})
-        teacher_args = argparse.Namespace(**{**vars(args), "width_mult": DEMO_TEACHER["width_mult"],
+                                **{k: v for k, v in DEMO_TEACHER.items() if k not in ("arch", "width_scale")})
+        teacher_args = argparse.Namespace(**{**vars(args), "width_mult": teacher_width,
                                              "arch": DEMO_TEACHER["arch"], "teacher_logits": None,
                                              "pretrained": None, "resume": False, "train_hdf5": None,
                                              "eval_hdf5": None, "out_dir": None,
                                              "experiment_name": "demo_teacher", "ramp_down_start": None,
                                              "ramp_down_len": None, "eval_every_epochs": None,
-                                             "n_epochs": args.n_epochs or DEMO_TEACHER["n_epochs"]})
+                                             "n_epochs": teacher_epochs})
         teacher_config = config_from_args(teacher_args, teacher_defaults)
         teacher_config.teacher_logits = None
         teacher_summary = _run_training(teacher_config, teacher_args, dist_info, wandb_default="disabled")
@@ -145,7 +149,7 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
         print("[demo] labelling the demo training set with the teacher", flush=True)
         tagger = AudioTagger(get_model(str(teacher_checkpoint)))
         label_hdf5(tagger, [data.train_path], teacher_logits_path, clip_length=data.clip_length, batch_size=64,
-                   teacher_names=[f"demo_teacher_mn{str(DEMO_TEACHER['width_mult']).replace('.', '')}"],
+                   teacher_names=[f"demo_teacher_{teacher_dir.name}"],
                    progress=not args.no_progress)
     if dist_info.enabled:
         torch.distributed.barrier()
