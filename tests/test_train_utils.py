@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import socket
@@ -183,11 +184,16 @@ def _train(tracker: RunTracker, artefact) -> dict:
     return {"mAP": 0.2}
 
 
-def test_run_tracker_writes_sacred_record(tmp_path):
+def test_run_tracker_writes_sacred_record(tmp_path, caplog):
     tracker = RunTracker("unit", runs_dir=tmp_path / "runs", wandb_mode="disabled")
     config = {"batch_size": 4, "n_epochs": 3, "teacher": tmp_path / "t.h5", "seed": 7}
-    result = tracker.run(lambda t: _train(t, tmp_path / "model.pt"), config)
+    with caplog.at_level(logging.INFO):
+        result = tracker.run(lambda t: _train(t, tmp_path / "model.pt"), config)
     assert result == {"mAP": 0.2}
+    # sacred's own lines reach the log, its dump of the whole result does not (it is in run.json)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith("Completed after") for m in messages), messages
+    assert not any(m.startswith("Result:") for m in messages), messages
     run_dir = tracker.run_dir
     assert run_dir is not None and run_dir.parent == tmp_path / "runs" / "unit"
     for name in ("config.json", "metrics.json", "run.json", "info.json", "model.pt"):

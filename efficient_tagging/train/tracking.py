@@ -31,6 +31,7 @@ main function, so the training code needs no rank checks of its own.
 """
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -96,6 +97,19 @@ def _scalar(value: Any) -> Optional[float]:
     return None
 
 
+class _DropResultDump(logging.Filter):
+    """Sacred logs the whole returned summary ("Result: {...}", pages of per-epoch history) at
+    INFO; it is already in the run record's run.json, so the console keeps only the other lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Result:")
+
+
+def _drop_result_dump(run_logger: logging.Logger) -> None:
+    if not any(isinstance(f, _DropResultDump) for f in run_logger.filters):
+        run_logger.addFilter(_DropResultDump())
+
+
 class RunTracker:
     """Records one or more training/eval runs with sacred (on disk) and optionally W&B."""
 
@@ -153,6 +167,8 @@ class RunTracker:
         self._observer = FileStorageObserver(self.runs_dir / self.experiment_name)
         ex.observers.append(self._observer)
         ex.add_config(self.config)
+        ex.logger = logging.getLogger("efficient_tagging.runs")
+        _drop_result_dump(ex.logger.getChild(ex.path))  # the logger sacred's run logs to
 
         outcome: dict[str, Any] = {}
 
