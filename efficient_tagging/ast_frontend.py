@@ -53,6 +53,9 @@ class ASTFbank(nn.Module):
     Args:
         target_length: frames to pad (with 0.0, before normalisation) or cut to; None keeps
             the natural ``1 + (samples - 400) // 160`` frames.
+        cut_long: False keeps every frame of clips longer than ``target_length`` (shorter ones
+            are still padded), for sliding-window tagging of long files; True (the reference)
+            cuts them.
         norm_mean, norm_std: dataset statistics of the raw fbank; output is
             ``(fbank - norm_mean) / (2 * norm_std)``. Defaults: AudioSet.
         normalize: False returns the raw (padded) log-mel values, e.g. to compute statistics.
@@ -72,7 +75,7 @@ class ASTFbank(nn.Module):
     def __init__(self, target_length: Optional[int] = 1024, norm_mean: float = AUDIOSET_MEAN,
                  norm_std: float = AUDIOSET_STD, normalize: bool = True, sample_rate: int = SAMPLE_RATE,
                  num_mel_bins: int = 128, frame_shift: float = 10.0, subtract_mean: bool = True,
-                 layout: str = "btf") -> None:
+                 layout: str = "btf", cut_long: bool = True) -> None:
         super().__init__()
         if target_length is not None and (isinstance(target_length, bool) or not isinstance(target_length, int)
                                           or target_length < 1):
@@ -94,6 +97,7 @@ class ASTFbank(nn.Module):
         self.frame_shift = float(frame_shift)
         self.subtract_mean = bool(subtract_mean)
         self.layout = layout
+        self.cut_long = bool(cut_long)
 
     @classmethod
     def for_dataset(cls, name: str, **overrides: Any) -> "ASTFbank":
@@ -124,7 +128,7 @@ class ASTFbank(nn.Module):
     def extra_repr(self) -> str:
         return (f"target_length={self.target_length}, norm_mean={self.norm_mean}, norm_std={self.norm_std}, "
                 f"normalize={self.normalize}, sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, "
-                f"layout={self.layout!r}")
+                f"layout={self.layout!r}, cut_long={self.cut_long}")
 
     def raw_fbank(self, waveform: Tensor) -> Tensor:
         """Log-mel ``(frames, num_mel_bins)`` of one clip ``(samples,)`` or ``(channels, samples)``,
@@ -144,13 +148,13 @@ class ASTFbank(nn.Module):
             return torchaudio.compliance.kaldi.fbank(waveform, **self.fbank_kwargs)
 
     def pad_or_cut(self, fbank: Tensor) -> Tensor:
-        """Append rows of 0.0 to, or cut, ``(frames, bins)`` to ``target_length`` frames."""
+        """Append rows of 0.0 to, or cut (if ``cut_long``), ``(frames, bins)`` to ``target_length`` frames."""
         if self.target_length is None:
             return fbank
         missing = self.target_length - fbank.shape[0]
         if missing > 0:
             return torch.cat([fbank, fbank.new_zeros(missing, fbank.shape[1])], dim=0)
-        return fbank[: self.target_length]
+        return fbank[: self.target_length] if self.cut_long else fbank
 
     def forward(self, waveform: Tensor) -> Tensor:
         if not isinstance(waveform, Tensor):

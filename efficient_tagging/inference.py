@@ -32,8 +32,9 @@ def build_frontend(preprocessing: Optional[dict[str, Any]] = None) -> nn.Module:
     - `"mel"` (default): EfficientAT's `AugmentMelSTFT` (EfficientAT defaults for missing keys);
     - `"passt_mel"`: the same class with PaSST's settings (`fmin_aug_range=1`,
       `fmax_aug_range=1000`, so fmax = sr/2 - 500 = 15.5 kHz at 32 kHz);
-    - `"ast_fbank"`: AST's Kaldi fbank (`ASTFbank`, 16 kHz) padded/cut to `target_length`
-      frames and normalised with `norm_mean` / `norm_std`, in the `(B, 1, F, T)` layout.
+    - `"ast_fbank"`: AST's Kaldi fbank (`ASTFbank`, 16 kHz) padded to `target_length` frames
+      and normalised with `norm_mean` / `norm_std`, in the `(B, 1, F, T)` layout. Longer clips
+      keep all their frames (`cut_long=False`): `AudioTagger` tags them with sliding windows.
     """
     settings = dict(preprocessing or {})
     kind = settings.pop("frontend", "mel")
@@ -44,7 +45,7 @@ def build_frontend(preprocessing: Optional[dict[str, Any]] = None) -> nn.Module:
                           ("norm_std", "norm_std"), ("sr", "sample_rate"), ("n_mels", "num_mel_bins")):
             if key in settings:
                 kwargs[name] = settings[key]
-        return ASTFbank(layout="b1ft", **kwargs).eval()
+        return ASTFbank(layout="b1ft", cut_long=False, **kwargs).eval()
     if kind not in ("mel", "passt_mel"):
         raise ValueError(f"unknown frontend {kind!r} in preprocessing; known: {', '.join(FRONTENDS)}")
     settings = dict(DEFAULT_PREPROCESSING, **settings)
@@ -105,8 +106,8 @@ class AudioTagger(TaggingMixin, nn.Module):
     """Model + frontend + labels. `forward(waveform (B, samples))` returns logits (B, C).
 
     The frontend comes from the model's `preprocessing` (`build_frontend`): EfficientAT mel,
-    PaSST mel or AST fbank. Models with `sliding_window_forward` (PaSST) tag inputs longer
-    than their trained length as the mean of the logits of overlapping windows.
+    PaSST mel or AST fbank. Transformer teachers (PaSST, AST: `needs_sliding_windows`) tag
+    inputs longer than their trained length as the mean of the logits of overlapping windows.
     """
 
     def __init__(self, model: nn.Module, frontend: Optional[nn.Module] = None,
@@ -146,24 +147,12 @@ class AudioTagger(TaggingMixin, nn.Module):
         spectrogram = self.frontend(waveform.to(self.device))
         if spectrogram.dim() == 3:  # mel frontends: (B, F, T) -> (B, 1, F, T)
             spectrogram = spectrogram.unsqueeze(1)
-        if _needs_windows(self.model, spectrogram.shape[-1]):
+        needs_windows = getattr(self.model, "needs_sliding_windows", None)
+        if needs_windows is not None and needs_windows(spectrogram.shape[-1]):
             logits, _ = self.model.sliding_window_forward(spectrogram)
         else:
             logits, _ = self.model(spectrogram)
         return logits
-
-
-def _needs_windows(model: nn.Module, frames: int) -> bool:
-    """True when a PaSST-like model has fewer time positional embeddings than `frames` gives patches.
-
-    A 10-s clip gives 1000 frames for PaSST's 998-frame grid; both make 99 time patches, so
-    the plain forward pass (which uses the same grid) is what the reference runs.
-    """
-    if not hasattr(model, "sliding_window_forward") or not hasattr(model, "time_grid"):
-        return False
-    patch_t, stride_t = int(model.patch_size[1]), int(model.stride[1])
-    patches = (frames - patch_t) // stride_t + 1
-    return patches > int(model.time_grid)
 
 
 def load_tagger(model_name: Optional[str], model_path: Union[str, Path, None] = None, *,

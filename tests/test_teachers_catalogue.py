@@ -128,6 +128,27 @@ def _tiny_ast_tagger(num_classes=527) -> AudioTagger:
     return AudioTagger(model)
 
 
+def test_audio_tagger_windows_ast_inputs_longer_than_its_input_length():
+    tagger = _tiny_ast_tagger()  # input_tdim 128 frames = 1.28 s at 16 kHz
+    assert isinstance(tagger.frontend, ASTFbank) and not tagger.frontend.cut_long
+    long = torch.randn(1, 16000 * 4) * 0.1
+    spec = tagger.frontend(long)
+    assert spec.shape == (1, 1, 128, 398)  # every frame kept, not cut to 128
+    cut = ASTFbank(target_length=128, layout="b1ft")(long)
+    torch.testing.assert_close(cut, spec[..., :128])  # the reference frontend cuts to the same first frames
+    # windows of 128 frames every 32 frames, plus one ending at the last frame (398 - 128 = 270)
+    starts = list(range(0, 257, 32)) + [270]
+    assert tagger.model.window_starts(398) == starts
+    with torch.no_grad():
+        expected = torch.stack([tagger.model(spec[..., s:s + 128])[0] for s in starts]).mean(0)
+        torch.testing.assert_close(tagger(long), expected)
+        # a clip within the input length is padded to it and tagged in one pass
+        short = torch.randn(1, 8000) * 0.1
+        torch.testing.assert_close(tagger(short), tagger.model(tagger.frontend(short))[0])
+    with pytest.raises(ValueError, match="input_tdim=128"):
+        tagger.model.sliding_window_forward(spec[..., :100])
+
+
 def _small_mn_tagger(num_classes=527) -> AudioTagger:
     torch.manual_seed(2)
     model = get_model(arch="mn", width_mult=0.1, num_classes=num_classes)

@@ -56,6 +56,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import Tensor, nn
 
+from .layers import mean_over_windows, sliding_window_starts
+
 logger = logging.getLogger(__name__)
 
 PATCH_SIZE = 16
@@ -590,6 +592,41 @@ class ASTTagger(ASTModel):
         except ValueError as error:
             raise ValueError(f"{error} (ASTTagger input (B, 1, F, T) = {tuple(spec.shape)})") from None
         return self.mlp_head(embedding), embedding
+
+    # ----------------------------------------------------------------------------------
+    # long inputs: the positional embeddings fix the input length, so longer clips are tagged
+    # as the mean over full-length windows
+    # ----------------------------------------------------------------------------------
+    @property
+    def window_frames(self) -> int:
+        """The input length the model was built for (``input_tdim``): the sliding window."""
+        return int(self.input_tdim)
+
+    def needs_sliding_windows(self, frames: int) -> bool:
+        return frames > self.input_tdim
+
+    def window_starts(self, frames: int, hop_frames: Optional[int] = None) -> list[int]:
+        """First frame of every window :meth:`sliding_window_forward` uses for ``frames`` frames."""
+        hop = max(1, self.input_tdim // 4) if hop_frames is None else int(hop_frames)
+        return sliding_window_starts(frames, self.input_tdim, hop)
+
+    def sliding_window_forward(self, spec: Tensor, hop_frames: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """``(logits, embedding)`` of a ``(B, 1, F, T)`` spectrogram with ``T >= input_tdim`` frames.
+
+        Windows are ``input_tdim`` frames long (the length the positional embeddings were
+        made for; 10.24 s for the AudioSet checkpoints), start every ``hop_frames`` (default
+        a quarter window) plus one window ending at the last frame, and the logits (before any
+        sigmoid) and embeddings are averaged over them, the rule PaSST's sliding windows use.
+        Shorter inputs must be padded to ``input_tdim`` first, as the fbank frontend does
+        (the reference pads before normalisation, so the model cannot do it).
+        """
+        self.to_time_major(spec)  # validates the shape
+        if spec.shape[-1] < self.input_tdim:
+            raise ValueError(f"ASTTagger.sliding_window_forward needs at least input_tdim={self.input_tdim} frames "
+                             f"(pad short clips in the frontend: ASTFbank(target_length={self.input_tdim})), got "
+                             f"shape {tuple(spec.shape)}")
+        starts = self.window_starts(spec.shape[-1], hop_frames)
+        return mean_over_windows(self, spec, starts, self.input_tdim)
 
 
 def load_official_checkpoint(source: StateDictSource, cls: type = ASTModel, **config: Any) -> ASTModel:

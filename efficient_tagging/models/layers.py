@@ -122,6 +122,40 @@ def check_spectrogram_input(x: Tensor, expected_n_mels: Optional[int], model_nam
             f"with n_mels={expected_n_mels}")
 
 
+def sliding_window_starts(frames: int, window: int, hop: int) -> list[int]:
+    """First frame of every window that tags an input of `frames` frames (transformer teachers).
+
+    Windows start at 0, hop, 2*hop, ... while a whole window fits, plus one window ending
+    exactly at the last frame if the regular ones do not reach it: every frame is covered and
+    no window is padded. An input no longer than one window is a single window at 0.
+    """
+    if window < 1 or hop < 1:
+        raise ValueError(f"window and hop must be positive frame counts, got window={window}, hop={hop}")
+    if frames <= window:
+        return [0]
+    starts = list(range(0, frames - window + 1, hop))
+    if starts[-1] != frames - window:
+        starts.append(frames - window)
+    return starts
+
+
+def mean_over_windows(forward: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, starts: list[int],
+                      window: int) -> tuple[Tensor, Tensor]:
+    """Unweighted means of `forward`'s (logits, embedding) over time windows of a (B, C, F, T) input.
+
+    Logits are averaged before any sigmoid (the reference PaSST wrapper's rule).
+    """
+    logits_sum: Optional[Tensor] = None
+    embedding_sum: Optional[Tensor] = None
+    for start in starts:
+        logits, embedding = forward(x[..., start:start + window])
+        logits_sum = logits if logits_sum is None else logits_sum + logits
+        embedding_sum = embedding if embedding_sum is None else embedding_sum + embedding
+    if logits_sum is None or embedding_sum is None:
+        raise ValueError("no windows to average over")
+    return logits_sum / len(starts), embedding_sum / len(starts)
+
+
 def mlp_head(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:
     """EfficientAT's MLP head: global average pool -> Linear -> Hardswish -> Dropout(0.2) -> Linear.
 

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
-from .layers import check_spectrogram_input
+from .layers import check_spectrogram_input, mean_over_windows, sliding_window_starts
 
 __all__ = [
     "PASST_ARCHITECTURES",
@@ -487,12 +487,15 @@ class PaSST(nn.Module):
         if window < self.patch_size[1]:
             raise ValueError(f"window_frames={window} is shorter than one patch ({self.patch_size[1]} frames)")
         hop = max(1, window // 4) if hop_frames is None else _check_count("hop_frames", hop_frames, 1)
-        if frames <= window:
-            return [0]
-        starts = list(range(0, frames - window + 1, hop))
-        if starts[-1] != frames - window:
-            starts.append(frames - window)
-        return starts
+        return sliding_window_starts(frames, window, hop)
+
+    def needs_sliding_windows(self, frames: int) -> bool:
+        """True when ``frames`` give more time patches than there are time positional embeddings.
+
+        A 10-s clip gives 1000 frames for PaSST's 998-frame grid; both make 99 time patches, so
+        the plain forward pass (which uses the same grid) is what the reference runs.
+        """
+        return (frames - self.patch_size[1]) // self.stride[1] + 1 > self.time_grid
 
     def sliding_window_forward(self, x: Tensor, window_frames: Optional[int] = None,
                                hop_frames: Optional[int] = None) -> tuple[Tensor, Tensor]:
@@ -513,14 +516,7 @@ class PaSST(nn.Module):
         if len(starts) == 1:
             return self(x)
         window = self.window_frames if window_frames is None else int(window_frames)
-        logits_sum: Optional[Tensor] = None
-        embedding_sum: Optional[Tensor] = None
-        for start in starts:
-            logits, embedding = self(x[..., start:start + window])
-            logits_sum = logits if logits_sum is None else logits_sum + logits
-            embedding_sum = embedding if embedding_sum is None else embedding_sum + embedding
-        assert logits_sum is not None and embedding_sum is not None
-        return logits_sum / len(starts), embedding_sum / len(starts)
+        return mean_over_windows(self, x, starts, window)
 
     def sliding_window_logits(self, x: Tensor, window_frames: Optional[int] = None,
                               hop_frames: Optional[int] = None) -> Tensor:
