@@ -178,10 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="complexity",
         description="Parameters, multiply-accumulate operations (MACs), analytical peak activation memory and "
                     "receptive field of EfficientAT-style MobileNet (mn) and dynamic MobileNet (dymn) audio "
-                    "taggers, for one clip (10 s at 32 kHz by default). Models are built from the catalogue "
+                    "taggers, and parameters, MACs (attention included) and token counts of the PaSST / AST "
+                    "teachers, for one clip (10 s at 32 kHz by default). Models are built from the catalogue "
                     "config without downloading weights.",
         epilog="Examples: --model mn10_as | --model_width 0.4 --complexity_type memory --memory_efficient_inference "
-               "| --model dymn10_as --json | --table --plot complexity.png")
+               "| --model dymn10_as --json | --model passt_s_swa_p16_128_ap476 | --model ast_base384 "
+               "| --table --plot complexity.png | --table --teachers --plot complexity.png")
     model = parser.add_argument_group("model")
     model.add_argument("--model", "--model_name", dest="model", default=None, metavar="NAME",
                        help=f"catalogue name (e.g. mn10_as, mn40_as, dymn10_as, mn10_as_hop_15); its model config and "
@@ -221,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--json", action="store_true",
                       help="print one JSON object (with --table: a JSON list) with exact numbers instead of text")
     what.add_argument("--per_layer", action="store_true", help="also print the MACs of every layer")
+    what.add_argument("--teachers", action="store_true",
+                      help="with --table: also the PaSST and AST teachers of the catalogue (params, MACs including "
+                           "attention; no peak memory: the CNN memory model does not describe a transformer)")
     what.add_argument("--table", action="store_true",
                       help="measure every mn/dymn model of the catalogue (at its own preprocessing) and print a table "
                            "of params, MACs, published mAP and peak memory")
@@ -391,13 +396,14 @@ def print_human(target: Target, report: ComplexityReport, complexity_type: str, 
             print(f"  {l.name:<{width}}  {l.type_name:<18} {l.macs:>15,}  {shape}")
 
 
-def catalogue_targets(duration: float = 10.0) -> list[Target]:
-    """Every mn / dymn entry of the catalogue, at its own preprocessing."""
+def catalogue_targets(duration: float = 10.0, teachers: bool = False) -> list[Target]:
+    """Every mn / dymn entry of the catalogue (and the PaSST / AST teachers if asked), at its own preprocessing."""
     catalogue, _ = _catalogue()
+    archs = ("mn", "dymn", *TEACHER_ARCHS) if teachers else ("mn", "dymn")
     return [Target(name=e.name, arch=e.arch, config=dict(e.config), preprocessing=dict(e.preprocessing),
                    duration=duration, published_map=e.published_map,
                    extra={"dataset": getattr(e, "dataset", None)})
-            for e in catalogue.values() if e.arch in ("mn", "dymn")]
+            for e in catalogue.values() if e.arch in archs]
 
 
 def run_table(targets: Sequence[Target], bits_per_elem: int) -> list[tuple[Target, ComplexityReport]]:
@@ -424,7 +430,8 @@ def format_table(rows: Sequence[tuple[Target, ComplexityReport]]) -> str:
             f"{target.published_map:.3f}" if target.published_map is not None else "-",
             f"{r.peak_memory_efficient_kb:.1f}" if r.peak_memory_efficient_kb is not None else "-",
             f"{r.peak_memory_kb:.1f}" if r.peak_memory_kb is not None else "-",
-            f"{r.receptive_field[0]}x{r.receptive_field[1]}"))
+            # a transformer's receptive field is the whole input after the first attention layer
+            "global" if target.arch in TEACHER_ARCHS else f"{r.receptive_field[0]}x{r.receptive_field[1]}"))
     widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
     left = {0, 1}  # text columns left-aligned, numbers right-aligned
 
@@ -443,7 +450,8 @@ def write_plot(rows: Sequence[tuple[Target, ComplexityReport]], path: str) -> in
 
     points = [(t, r) for t, r in rows if t.published_map is not None]
     fig, ax = plt.subplots(figsize=(9, 6))
-    markers = {"mn": ("o", "tab:blue", "MobileNetV3 (mn)"), "dymn": ("s", "tab:red", "dynamic MobileNet (dymn)")}
+    markers = {"mn": ("o", "tab:blue", "MobileNetV3 (mn)"), "dymn": ("s", "tab:red", "dynamic MobileNet (dymn)"),
+               "passt": ("^", "tab:green", "PaSST (teacher)"), "ast": ("D", "tab:purple", "AST (teacher)")}
     for arch, (marker, color, label) in markers.items():
         sel = [(t, r) for t, r in points if t.arch == arch]
         if sel:
@@ -476,10 +484,10 @@ def write_plot(rows: Sequence[tuple[Target, ComplexityReport]], path: str) -> in
 def _run(args: argparse.Namespace) -> int:
     if args.bits_per_elem < 1:
         raise UsageError(f"--bits_per_elem must be a positive integer, got {args.bits_per_elem}")
-    if (args.plot is not None or args.only is not None) and not args.table:
-        raise UsageError("--plot and --only need --table")
+    if (args.plot is not None or args.only is not None or args.teachers) and not args.table:
+        raise UsageError("--plot, --only and --teachers need --table (for one teacher: --model NAME)")
     if args.table:
-        targets = catalogue_targets(args.duration)
+        targets = catalogue_targets(args.duration, teachers=args.teachers)
         if args.only is not None:
             targets = [t for t in targets if any(fnmatch.fnmatchcase(t.name, p) for p in args.only)]
             if not targets:

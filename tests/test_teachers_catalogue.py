@@ -216,3 +216,22 @@ def test_complexity_of_the_ast_preset(capsys):
     assert complexity_main(["--model", "ast_base384"]) == 0
     assert "tokens: 1214 (12\u00d7101 patches + 2)" in capsys.readouterr().out
     assert complexity_main(["--model", "ast_base384", "--n_mels", "64"]) == 2
+
+
+def test_complexity_table_with_teachers(capsys, tmp_path):
+    names = ["mn10_as", "passt_s_swa_p16_128_ap476", "ast_audioset_10_10_0.4593"]
+    assert complexity_main(["--table", "--teachers", "--json", "--only", *names]) == 0
+    rows = {row["model"]: row for row in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == sorted(names)
+    assert rows["passt_s_swa_p16_128_ap476"]["params"] == 86_153_758
+    assert rows["passt_s_swa_p16_128_ap476"]["tokens"] == 1190
+    assert rows["ast_audioset_10_10_0.4593"]["params"] == 88_132_063
+    assert rows["ast_audioset_10_10_0.4593"]["tokens"] == 1214
+    # without --teachers the table is the students' only, with the same student rows
+    assert complexity_main(["--table", "--json", "--only", *names]) == 0
+    assert json.loads(capsys.readouterr().out) == [rows["mn10_as"]]
+    plot = tmp_path / "complexity.png"
+    assert complexity_main(["--table", "--teachers", "--only", *names, "--plot", str(plot)]) == 0
+    out = capsys.readouterr()
+    assert "global" in out.out and plot.stat().st_size > 0 and "3 models" in out.err
+    assert complexity_main(["--teachers"]) == 2  # needs --table
