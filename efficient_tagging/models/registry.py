@@ -211,7 +211,9 @@ for _name, _path, _tdim, _classes in _PASST_RELEASES:
         preprocessing=_prep, dataset=_dataset, published_map=_map_from_passt_name(_name),
         url=PASST_RELEASE + _path,
         description=f"{_what}, trained input 128x{_tdim} frames (hop {_prep['hopsize']})"
-        + (" on OpenMIC-2018 (20 instruments; published value is OpenMIC mAP; frontend hop inferred)"
+        + (" on OpenMIC-2018 (20 instruments; published value is OpenMIC mAP). Hop 320 as in the "
+           "reference's HEAR wrapper for OpenMIC, which pairs this kind of model (more time positions than "
+           "a 10 s clip needs) with the standard 10 ms mel: a 10 s clip uses the first 99 time positions"
            if _dataset == "openmic" else " on AudioSet") + " -- transformer teacher")
 
 # --- transformer teachers: AST (YuanGongND/ast, official AudioSet checkpoints) ----------------------
