@@ -162,3 +162,25 @@ def test_transformer_teacher_trains_and_fine_tunes_through_the_same_trainer(tiny
     fine_tuned = get_model(str(tmp_path / "teacher" / "best.pt"), num_classes=2)
     assert fine_tuned.state_dict()["head.1.weight"].shape == (2, 32)
     assert torch.equal(fine_tuned.state_dict()["blocks.0.attn.qkv.weight"], teacher.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+def test_demo_teacher_config_is_keyed_and_resumes(tmp_path):
+    from efficient_tagging.train.audioset import DEMO_TEACHER, build_parser, demo_teacher_config
+
+    def config(*flags):
+        args = build_parser().parse_args(["--train", *flags])
+        return demo_teacher_config(args, tmp_path / "train.h5", tmp_path / "eval.h5", tmp_path)
+
+    default = config()
+    assert default.arch == "passt" and default.model_kwargs == DEMO_TEACHER["model_kwargs"]
+    assert default.n_epochs == 16 and default.adamw and default.mixup_alpha == 0.0 and not default.resume
+    # student-only flags leave the teacher alone; run-length flags change it (and its cache key)
+    assert config("--width_mult", "2.0", "--max_lr", "0.1", "--mixup_alpha", "0.5").out_dir == default.out_dir
+    assert config("--num_workers", "2").out_dir == default.out_dir
+    short = config("--n_epochs", "1", "--epoch_len", "64")
+    assert (short.n_epochs, short.epoch_len) == (1, 64) and short.out_dir != default.out_dir
+    assert config("--seed", "3").out_dir != default.out_dir
+    # a teacher run killed part-way continues from its last checkpoint
+    os.makedirs(default.out_dir)
+    open(os.path.join(default.out_dir, "last.pt"), "wb").close()
+    assert config().resume

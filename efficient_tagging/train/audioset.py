@@ -134,8 +134,10 @@ def demo_teacher_config(args: argparse.Namespace, train_path: Path, eval_path: P
                      sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     out_dir = root / f"teacher_{DEMO_TEACHER['arch']}_e{recipe['n_epochs']}_n{args.demo_clips}_{digest}"
+    # A teacher run that was killed part-way continues from its last checkpoint.
     return TrainConfig(**recipe, arch=DEMO_TEACHER["arch"], train_hdf5=[str(train_path)],
-                       eval_hdf5=[str(eval_path)], out_dir=str(out_dir), progress=not args.no_progress)
+                       eval_hdf5=[str(eval_path)], out_dir=str(out_dir), progress=not args.no_progress,
+                       resume=(out_dir / "last.pt").is_file())
 
 
 def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
@@ -161,8 +163,8 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
     teacher_summary: dict[str, Any] = {}
     if not teacher_checkpoint.is_file():
         if is_main:
-            print(f"[demo] training the teacher ({teacher_config.arch}, {teacher_config.model_kwargs}) "
-                  f"on the demo labels", flush=True)
+            print(f"[demo] {'resuming' if teacher_config.resume else 'training'} the teacher "
+                  f"({teacher_config.arch}, {teacher_config.model_kwargs}) on the demo labels", flush=True)
         teacher_args = argparse.Namespace(**{**vars(args), "experiment_name": "demo_teacher"})
         teacher_summary = _run_training(teacher_config, teacher_args, dist_info, wandb_default="disabled")
     if is_main and not teacher_logits_path.is_file():

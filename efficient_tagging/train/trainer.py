@@ -322,9 +322,9 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     last_path = _training_state_path(out_dir, "last")
     if config.resume and last_path.is_file():
-        _, checkpoint = read_checkpoint(last_path)
+        weights, checkpoint = read_checkpoint(last_path)
         state = checkpoint["extra"]["training"]
-        unwrap(model).load_state_dict(read_checkpoint(last_path)[0], strict=True)
+        unwrap(model).load_state_dict(weights, strict=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
