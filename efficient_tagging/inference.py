@@ -19,6 +19,7 @@ from .audio import AudioSource, load_audio
 from .frontend import AugmentMelSTFT
 from .labels import LabelMap, audioset_labels
 from .models.factory import get_model
+from .models.layers import forward_spectrogram
 from .models.registry import DEFAULT_PREPROCESSING
 
 
@@ -144,14 +145,7 @@ class AudioTagger(TaggingMixin, nn.Module):
         return next(self.model.parameters()).device
 
     def forward(self, waveform: Tensor) -> Tensor:
-        spectrogram = self.frontend(waveform.to(self.device))
-        if spectrogram.dim() == 3:  # mel frontends: (B, F, T) -> (B, 1, F, T)
-            spectrogram = spectrogram.unsqueeze(1)
-        needs_windows = getattr(self.model, "needs_sliding_windows", None)
-        if needs_windows is not None and needs_windows(spectrogram.shape[-1]):
-            logits, _ = self.model.sliding_window_forward(spectrogram)
-        else:
-            logits, _ = self.model(spectrogram)
+        logits, _ = forward_spectrogram(self.model, self.frontend(waveform.to(self.device)))
         return logits
 
 

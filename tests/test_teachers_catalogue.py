@@ -235,3 +235,28 @@ def test_complexity_table_with_teachers(capsys, tmp_path):
     out = capsys.readouterr()
     assert "global" in out.out and plot.stat().st_size > 0 and "3 models" in out.err
     assert complexity_main(["--teachers"]) == 2  # needs --table
+
+
+def test_evaluation_command_windows_an_ast_over_long_clips(tmp_path):
+    """`ex_audioset.py` without --train: an AST checkpoint evaluated on clips longer than its input."""
+    from conftest import make_tiny_audioset
+    from efficient_tagging.data.hdf5 import AudioSetDataset
+    from efficient_tagging.models.factory import save_checkpoint
+    from efficient_tagging.train.audioset import main as audioset_main
+    from efficient_tagging.train.metrics import evaluate_predictions
+
+    eval_path = make_tiny_audioset(tmp_path / "eval.h5", num_clips=12, num_classes=4, seconds=2.0)
+    tagger = _tiny_ast_tagger(num_classes=4)  # input_tdim 128 frames: a 2 s clip (198 frames) needs windows
+    checkpoint = save_checkpoint(tmp_path / "ast_tiny.pt", tagger.model, arch="ast",
+                                 preprocessing=tagger.model.preprocessing)
+    results = tmp_path / "results.json"
+    assert audioset_main(["--model_path", str(checkpoint), "--eval_hdf5", str(eval_path), "--clip_length", "2",
+                          "--batch_size", "5", "--no_progress", "--results_json", str(results)]) == 0
+    reported = json.loads(results.read_text())
+    # the same clips through AudioTagger (sliding windows), one at a time
+    dataset = AudioSetDataset([eval_path], sample_rate=16000, clip_length=2.0)
+    with torch.no_grad():
+        logits = torch.cat([tagger(dataset[i]["waveform"][None]) for i in range(len(dataset))])
+    targets = torch.stack([torch.as_tensor(dataset[i]["target"]) for i in range(len(dataset))]).float()
+    expected = evaluate_predictions(targets.numpy(), logits.numpy())
+    assert reported["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)

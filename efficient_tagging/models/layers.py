@@ -156,6 +156,21 @@ def mean_over_windows(forward: Callable[[Tensor], tuple[Tensor, Tensor]], x: Ten
     return logits_sum / len(starts), embedding_sum / len(starts)
 
 
+def forward_spectrogram(model: nn.Module, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
+    """Inference forward of any tagger in this package on a frontend's output, at any length.
+
+    Adds the channel axis to (B, F, T) mel output; transformer teachers (PaSST, AST) whose input
+    is longer than their positional embeddings allow are run as the mean over sliding windows
+    (their `needs_sliding_windows` / `sliding_window_forward`). Returns (logits, embedding).
+    """
+    if spectrogram.dim() == 3:  # mel frontends: (B, F, T) -> (B, 1, F, T)
+        spectrogram = spectrogram.unsqueeze(1)
+    needs_windows = getattr(model, "needs_sliding_windows", None)
+    if needs_windows is not None and needs_windows(spectrogram.shape[-1]):
+        return model.sliding_window_forward(spectrogram)
+    return model(spectrogram)
+
+
 def mlp_head(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:
     """EfficientAT's MLP head: global average pool -> Linear -> Hardswish -> Dropout(0.2) -> Linear.
 

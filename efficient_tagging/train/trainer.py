@@ -37,6 +37,7 @@ from ..data.sampling import DistributedWeightedSampler, class_balanced_weights
 from ..frontend import AugmentMelSTFT
 from ..labels import LabelMap
 from ..models.factory import create_model, get_model, read_checkpoint, save_checkpoint
+from ..models.layers import forward_spectrogram
 from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_sum
 from .losses import distillation_loss
 from .metrics import evaluate_predictions
@@ -240,8 +241,8 @@ def evaluate(model: nn.Module, frontend: nn.Module, dataset: AudioSetDataset, de
     logits, targets, skipped = [], [], 0
     for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         with autocast_context(device, precision):
-            spectrogram = frontend(batch["waveform"].to(device, non_blocking=True)).unsqueeze(1)
-            batch_logits, _ = model(spectrogram)
+            # any frontend layout and, for transformer teachers, inputs longer than their trained length
+            batch_logits, _ = forward_spectrogram(model, frontend(batch["waveform"].to(device, non_blocking=True)))
         logits.append(batch_logits.float())
         targets.append(batch["target"].to(device))
         skipped += int(batch["skipped"].sum())
