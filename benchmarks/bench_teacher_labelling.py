@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from efficient_tagging.teacher_labels import cast_model_weights
+from efficient_tagging.labelling import cast_model_weights
 
 
 def _explicit_sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
@@ -88,13 +88,13 @@ class Tagger(nn.Module):
 def build(name: str):
     torch.manual_seed(0)
     if name == "PaSST-S":
-        from efficient_tagging.inference import build_frontend
+        from efficient_tagging.frontends import build_frontend
         from efficient_tagging.models.passt import build_passt_from_reference_args
         from efficient_tagging.models.registry import PASST_PREPROCESSING
         model = build_passt_from_reference_args("passt_s_swa_p16_128_ap476")
         frontend = build_frontend({k: v for k, v in PASST_PREPROCESSING.items() if k != "frontend"})
         return Tagger(frontend, model, 998, "passt").eval(), 32000
-    from efficient_tagging.ast_frontend import ASTFbank
+    from efficient_tagging.frontends.kaldi_fbank import ASTFbank
     from efficient_tagging.models.ast import ASTModel
     model = ASTModel(imagenet_pretrain=False, audioset_pretrain=False, model_size="base384", verbose=False)
     return Tagger(ASTFbank(target_length=1024, layout="btf"), model, 1024, "ast").eval(), 16000

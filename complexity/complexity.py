@@ -1,6 +1,6 @@
 """Model complexity (params, MACs, peak memory, receptive field), like EfficientAT's complexity.py.
 
-Thin wrapper around :mod:`efficient_tagging.complexity_cli`; run ``--help`` for the flags:
+Thin wrapper around `efficient_tagging.cli.complexity`; run ``--help`` for the flags:
 
     python complexity/complexity.py --model mn10_as
 """
@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 try:
-    from efficient_tagging.complexity_cli import main
-except ImportError:
-    # not installed: use the checkout this script lives in
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from efficient_tagging.complexity_cli import main
+    import efficient_tagging  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # running from a source checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from efficient_tagging.cli.complexity import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -5,7 +5,7 @@
         --teacher_preds teacher_logits.h5 --width_mult 1.0 --cuda          # AudioSet
     python experiments/ex_audioset.py --model_name mn10_as --eval_hdf5 eval.h5   # evaluate
 
-Thin wrapper around `efficient_tagging.train.audioset.main`; `--help` lists every flag.
+Thin wrapper around `efficient_tagging.cli.audioset`; `--help` lists every flag.
 """
 import sys
 from pathlib import Path
@@ -15,7 +15,7 @@ try:
 except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from efficient_tagging.train.audioset import main
+from efficient_tagging.cli.audioset import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -4,16 +4,17 @@
         --output teacher_logits.h5 --precision bf16 --cuda
     torchrun --nproc_per_node 4 experiments/ex_teacher_labels.py --hdf5 ... --output teacher_logits.h5 --cuda
 
-See `--help` and `efficient_tagging.teacher_labels`.
+See `--help` and `efficient_tagging.cli.label`.
 """
 import sys
 from pathlib import Path
 
 try:
-    from efficient_tagging.teacher_labels import main
-except ImportError:  # run from a checkout without installing the package
+    import efficient_tagging  # noqa: F401  (installed with `pip install -e .`)
+except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from efficient_tagging.teacher_labels import main
+
+from efficient_tagging.cli.label import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

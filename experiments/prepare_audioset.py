@@ -3,7 +3,7 @@
     python experiments/prepare_audioset.py --audio_dir clips/ --csv balanced_train_segments.csv \
         --class_labels class_labels_indices.csv --output balanced_train_segments_mp3.hdf
 
-Thin wrapper around `efficient_tagging.data.prepare.main`; run with `--help` for the options.
+Thin wrapper around `efficient_tagging.cli.prepare`; run with `--help` for the options.
 """
 import sys
 from pathlib import Path
@@ -13,7 +13,7 @@ try:
 except ImportError:  # running from a source checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from efficient_tagging.data.prepare import main
+from efficient_tagging.cli.prepare import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

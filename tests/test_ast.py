@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from efficient_tagging import ast_frontend
-from efficient_tagging.ast_frontend import ASTFbank, compute_fbank_stats
+from efficient_tagging.cli import fbank_stats
+from efficient_tagging.frontends.kaldi_fbank import ASTFbank, compute_fbank_stats
 from efficient_tagging.models import ast as ast_module
 from efficient_tagging.models.ast import (AUDIOSET_CHECKPOINT_FILENAME, AUDIOSET_CHECKPOINT_URL, MODEL_SIZES,
                                           ASTModel, ASTSize, ASTTagger, adapt_audioset_pos_embed,
@@ -346,7 +346,7 @@ def test_compute_fbank_stats():
 
 def test_stats_cli(tmp_path, capsys):
     path = make_tiny_audioset(tmp_path / "tiny.h5", num_clips=3, sample_rate=16000, seconds=1.0)
-    assert ast_frontend.main(["--hdf5", str(path), "--clip-length", "1", "--target-length", "0"]) == 0
+    assert fbank_stats.main(["--hdf5", str(path), "--clip-length", "1", "--target-length", "0"]) == 0
     out = capsys.readouterr().out
     values = dict(line.split("=") for line in out.splitlines() if "=" in line)
     from efficient_tagging.data.hdf5 import AudioSetDataset

@@ -4,7 +4,7 @@ import torch
 
 from conftest import fixture_files, load_fixture, requires_shared
 from efficient_tagging import AugmentMelSTFT
-from efficient_tagging.frontend import kaldi_mel_filterbank
+from efficient_tagging.frontends.mel import kaldi_mel_filterbank
 
 MEL_FIXTURES = fixture_files("mel_efficientat", "mel_passt")
 

@@ -8,7 +8,7 @@ import torch
 from conftest import LABELS_CSV, METRO_WAV, REPO, requires_shared
 from efficient_tagging import get_model, save_checkpoint
 from efficient_tagging.audio import encode_audio
-from efficient_tagging.inference import AudioTagger
+from efficient_tagging import AudioTagger
 from efficient_tagging.labels import audioset_labels
 from efficient_tagging.models import get_entry
 

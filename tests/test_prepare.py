@@ -9,7 +9,7 @@ import pytest
 
 from efficient_tagging.audio import encode_audio, resample
 from efficient_tagging.data import AudioSetDataset, read_audio_names, read_label_map
-from efficient_tagging.data.prepare import main
+from efficient_tagging.cli.prepare import main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -45,7 +45,7 @@ def _args(data, output, teachers, *extra):
 
 
 def _label_in_process(data, output, teachers, *extra):
-    from efficient_tagging.teacher_labels import run
+    from efficient_tagging.cli.label import run
     return run(_args(data, output, teachers, *extra))
 
 
@@ -127,7 +127,7 @@ def test_manual_shards_and_merge(setup, reference, tmp_path):
     for index in range(3):
         _label_in_process(data, output, teachers[:1], "--num_shards", "3", "--shard_index", str(index))
     assert len(find_shards(output)) == 3
-    from efficient_tagging.teacher_labels import run
+    from efficient_tagging.cli.label import run
     summary = run(["--merge", "--output", str(output), "--hdf5", str(data)])
     assert summary["rows"] == NUM_CLIPS - 1 and summary["missing_names"] == [CORRUPT]
     _assert_same(output, reference[0], atol=1e-6)

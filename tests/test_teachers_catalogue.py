@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from conftest import FIXTURES, LABELS_CSV, requires_shared
-from efficient_tagging.ast_frontend import ASTFbank
-from efficient_tagging.complexity_cli import build_model, main as complexity_main
-from efficient_tagging.frontend import AugmentMelSTFT
-from efficient_tagging.inference import AudioTagger, build_frontend
+from efficient_tagging.frontends.kaldi_fbank import ASTFbank
+from efficient_tagging.cli.complexity import build_model, main as complexity_main
+from efficient_tagging.frontends.mel import AugmentMelSTFT
+from efficient_tagging import AudioTagger, build_frontend
 from efficient_tagging.labels import LabelMap
 from efficient_tagging.models import CATALOGUE, get_entry, get_model
-from efficient_tagging.models.ensemble import TeacherEnsemble
+from efficient_tagging import TeacherEnsemble
 from efficient_tagging.models.registry import ARCHITECTURE_PRESETS
 
 torch.set_num_threads(1)
@@ -177,7 +177,7 @@ def test_ensemble_rejects_members_with_other_class_counts():
 
 @requires_shared
 def test_ensemble_from_names_and_cli(monkeypatch, tmp_path, capsys):
-    from efficient_tagging import inference
+    from efficient_tagging.cli import tag as inference
     from conftest import METRO_WAV
     _tiny_passt_entry(monkeypatch, tmp_path, "passt_s_swa_p16_128_ap476")
     _tiny_passt_entry(monkeypatch, tmp_path, "passt_s_kd_p16_128_ap486")
@@ -242,7 +242,7 @@ def test_evaluation_command_windows_an_ast_over_long_clips(tmp_path):
     from conftest import make_tiny_audioset
     from efficient_tagging.data.hdf5 import AudioSetDataset
     from efficient_tagging.models.factory import save_checkpoint
-    from efficient_tagging.train.audioset import main as audioset_main
+    from efficient_tagging.cli.audioset import main as audioset_main
     from efficient_tagging.train.metrics import evaluate_predictions
 
     eval_path = make_tiny_audioset(tmp_path / "eval.h5", num_clips=12, num_classes=4, seconds=2.0)

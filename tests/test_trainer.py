@@ -165,7 +165,8 @@ def test_transformer_teacher_trains_and_fine_tunes_through_the_same_trainer(tiny
 
 
 def test_demo_teacher_config_is_keyed_and_resumes(tmp_path):
-    from efficient_tagging.train.audioset import DEMO_TEACHER, build_parser, demo_teacher_config
+    from efficient_tagging.cli.audioset import build_parser
+    from efficient_tagging.train.audioset import DEMO_TEACHER, demo_teacher_config
 
     def config(*flags):
         args = build_parser().parse_args(["--train", *flags])

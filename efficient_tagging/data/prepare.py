@@ -19,14 +19,12 @@ Every clip is decoded with PyAV, resampled to --sample_rate, cut to --clip_lengt
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import multiprocessing
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -51,6 +49,29 @@ class Row:
     start: Optional[float] = None
     end: Optional[float] = None
     line: int = 0
+
+
+@dataclass
+class PrepareOptions:
+    """What `prepare` does; the command line (`prepare_audioset.py --help`) documents each field."""
+
+    audio_dir: Path
+    csv: Path
+    output: Path
+    class_labels: Optional[Path] = None
+    csv_format: str = "auto"          # "auto", "audioset" or "plain"
+    sample_rate: int = 32000
+    clip_length: float = 10.0
+    cut_segments: bool = False
+    bitrate: Optional[int] = None
+    num_workers: int = 0
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.audio_dir, self.csv, self.output = Path(self.audio_dir), Path(self.csv), Path(self.output)
+        if self.class_labels is not None:
+            self.class_labels = Path(self.class_labels)
 
 
 @dataclass
@@ -241,40 +262,7 @@ def _class_lookup(label_map: LabelMap) -> dict[str, int]:
     return lookup
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="prepare_audioset",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit codes: 0 success, 1 nothing could be written, 2 bad arguments or input files.\n"
-               "Example:\n  python experiments/prepare_audioset.py --audio_dir audioset/balanced "
-               "--csv balanced_train_segments.csv --output balanced_train_segments_mp3.hdf",
-    )
-    parser.add_argument("--audio_dir", required=True, type=Path,
-                        help="folder with the audio files (searched recursively in AudioSet mode)")
-    parser.add_argument("--csv", required=True, type=Path,
-                        help="AudioSet segments CSV or plain 'filename,labels' CSV")
-    parser.add_argument("--output", required=True, type=Path, help="HDF5 file to write (written atomically)")
-    parser.add_argument("--class_labels", type=Path, default=None,
-                        help="class list 'index,mid,display_name' (AudioSet default: the official list, "
-                             "from the download cache or downloaded; plain CSV default: sorted CSV labels)")
-    parser.add_argument("--csv_format", choices=("auto", "audioset", "plain"), default="auto",
-                        help="CSV format (default: auto, detected from the first line)")
-    parser.add_argument("--sample_rate", type=int, default=32000,
-                        help="sample rate of the stored mp3s in Hz (default: %(default)s)")
-    parser.add_argument("--clip_length", type=float, default=10.0,
-                        help="maximum clip length in seconds (default: %(default)s)")
-    parser.add_argument("--cut_segments", action="store_true",
-                        help="AudioSet: files are full recordings; cut [start_seconds, end_seconds) from each")
-    parser.add_argument("--bitrate", type=int, default=None, help="mp3 bitrate in kbit/s (default: encoder's)")
-    parser.add_argument("--num_workers", type=int, default=0,
-                        help="processes decoding/encoding in parallel (0: in this process, the default); order is kept")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser
-
-
-def _check_args(args: argparse.Namespace) -> None:
+def _check_args(args: PrepareOptions) -> None:
     if not args.audio_dir.is_dir():
         raise PrepareError(f"--audio_dir {args.audio_dir}: no such folder")
     if not args.csv.is_file():
@@ -295,7 +283,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise PrepareError(f"--output {args.output} is a folder")
 
 
-def _label_map(args: argparse.Namespace, csv_format: str, rows: Sequence[Row]) -> LabelMap:
+def _label_map(args: PrepareOptions, csv_format: str, rows: Sequence[Row]) -> LabelMap:
     if args.class_labels is not None:
         try:
             return read_class_labels_csv(args.class_labels)
@@ -313,7 +301,7 @@ def _label_map(args: argparse.Namespace, csv_format: str, rows: Sequence[Row]) -
     return LabelMap.from_names(names)
 
 
-def _jobs(args: argparse.Namespace, csv_format: str, rows: Sequence[Row], label_map: LabelMap,
+def _jobs(args: PrepareOptions, csv_format: str, rows: Sequence[Row], label_map: LabelMap,
           report: Report) -> list[tuple[str, Path, np.ndarray, Optional[float], Optional[float]]]:
     lookup = _class_lookup(label_map)
     index = AudioSetFolderIndex(args.audio_dir) if csv_format == "audioset" else None
@@ -346,25 +334,8 @@ def _jobs(args: argparse.Namespace, csv_format: str, rows: Sequence[Row], label_
     return jobs
 
 
-def _print_report(report: Report, output: Path) -> None:
-    def sample(items: Iterable[str]) -> str:
-        items = list(items)
-        return ", ".join(items[:10]) + (f", ... ({len(items) - 10} more)" if len(items) > 10 else "")
-
-    print(f"{report.rows} CSV rows: {report.written} written to {output}", file=sys.stderr)
-    if report.missing:
-        print(f"  {len(report.missing)} missing (no audio file): {sample(report.missing)}", file=sys.stderr)
-    if report.undecodable:
-        print(f"  {len(report.undecodable)} undecodable (skipped): {sample(report.undecodable)}", file=sys.stderr)
-    if report.unknown_label_rows:
-        print(f"  {report.unknown_label_rows} rows with unknown labels (those labels dropped): "
-              f"{sample(sorted(report.unknown_labels))}", file=sys.stderr)
-    if report.duplicates:
-        print(f"  {len(report.duplicates)} duplicate rows (skipped): {sample(report.duplicates)}", file=sys.stderr)
-
-
-def prepare(args: argparse.Namespace) -> Report:
-    """Run the preparation described by parsed arguments; returns the counts."""
+def prepare(args: PrepareOptions) -> Report:
+    """Run the preparation described by `args`; returns the counts (raises PrepareError on bad input)."""
     _check_args(args)
     csv_format = detect_csv_format(args.csv) if args.csv_format == "auto" else args.csv_format
     rows = read_segments_csv(args.csv) if csv_format == "audioset" else read_plain_csv(args.csv)
@@ -408,28 +379,3 @@ def prepare(args: argparse.Namespace) -> Report:
             pool.terminate()
             pool.join()
     return report
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command-line entry point; returns the exit code (0 ok, 1 nothing written, 2 bad arguments)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exit_:  # --help (0) and argparse usage errors (2)
-        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        report = prepare(args)
-    except PrepareError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    _print_report(report, args.output)
-    if report.written == 0:
-        print("error: no clip could be written; nothing was saved", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..frontends import DEFAULT_PREPROCESSING
+
 EFFICIENTAT_RELEASE = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 
-# The 32 kHz mel frontend every EfficientAT student was trained with (AugmentMelSTFT defaults).
-DEFAULT_PREPROCESSING: dict[str, Any] = {"sr": 32000, "n_mels": 128, "win_length": 800, "hopsize": 320, "n_fft": 1024}
 
 
 @dataclass(frozen=True)

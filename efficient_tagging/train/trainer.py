@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..data.augment import gain_augment, mix, mixup, roll_waveforms, wavmix
 from ..data.hdf5 import AudioSetDataset, read_label_map
 from ..data.sampling import DistributedWeightedSampler, class_balanced_weights
-from ..frontend import AugmentMelSTFT
+from ..frontends.mel import AugmentMelSTFT
 from ..labels import LabelMap
 from ..models.factory import create_model, get_model, read_checkpoint, save_checkpoint
 from ..models.layers import forward_spectrogram

@@ -5,7 +5,7 @@ and return the plain mean of their logits (before any sigmoid). Here every membe
 its own frontend and sample rate: the ensemble takes a waveform at ``sample_rate`` and
 resamples it once per distinct member rate.
 
-The ensemble has the tagging interface of :class:`efficient_tagging.inference.AudioTagger`
+The ensemble has the tagging interface of :class:`efficient_tagging.tagging.AudioTagger`
 (``label_map``, ``probabilities``, ``tag_waveform``, ``tag_file``), so evaluation and the
 inference CLI (``--ensemble NAME NAME ...``) use it like a single model.
 """
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..audio import resample
-from ..inference import AudioTagger, TaggingMixin
+from .tagger import AudioTagger, TaggingMixin
 from ..labels import LabelMap
 
 

@@ -33,7 +33,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 from torch import nn
 
-from .complexity import (
+from ..complexity import (
     DEFAULT_BITS_PER_ELEM,
     ComplexityReport,
     complexity_report,
@@ -85,7 +85,7 @@ class Target:
 
 def _catalogue():
     """(CATALOGUE, get_entry) of the model registry (imported lazily: it pulls in the model code)."""
-    from .models.registry import CATALOGUE, get_entry
+    from ..models.registry import CATALOGUE, get_entry
     return CATALOGUE, get_entry
 
 
@@ -112,7 +112,7 @@ def build_model(arch: str, config: dict[str, Any], device: str = "meta") -> nn.M
 
     On the ``meta`` device weight initialisation is skipped (there are no values).
     """
-    from .models import create_model
+    from ..models import create_model
     init_ctx = _skip_weight_init() if device == "meta" else contextlib.nullcontext()
     with init_ctx, torch.device(device):
         return create_model(arch, **dict(config))
@@ -253,7 +253,8 @@ def _check_teacher_flags(args: argparse.Namespace, name: str, arch: str) -> None
 def target_from_args(args: argparse.Namespace) -> Target:
     """Resolve --model / --arch and the overrides into what to build and measure."""
     catalogue, get_entry = _catalogue()
-    from .models.registry import ARCHITECTURE_PRESETS, DEFAULT_PREPROCESSING
+    from ..frontends import DEFAULT_PREPROCESSING
+    from ..models.registry import ARCHITECTURE_PRESETS
 
     if args.model is not None and args.model.strip() in ARCHITECTURE_PRESETS:
         preset = args.model.strip()

@@ -11,7 +11,7 @@ import json
 from dataclasses import fields
 from typing import Any, Optional
 
-from .trainer import TrainConfig
+from ..train.trainer import TrainConfig
 
 # Flags that may be left unset on the command line, so that a job preset can fill them.
 PRESET_FLAGS = ("sample_rate", "batch_size", "num_workers", "epoch_len", "n_epochs", "max_lr", "warm_up_len", "ramp_down_start",

@@ -1,0 +1,203 @@
+"""`ex_audioset.py`: knowledge-distillation training on AudioSet-format data, or evaluation.
+
+- With `--train` and data paths: train the student described by the flags on the given
+  HDF5 files, distilling from `--teacher_preds` (a teacher-logits HDF5).
+- With `--train` and no data paths: the embedded demo. A synthetic AudioSet-format dataset
+  is built once (cached), a small transformer teacher (PaSST) is trained on it and labels it
+  with the package's teacher-labelling code, then the requested student is distilled from
+  those logits.
+- Without `--train`: evaluate a pretrained (`--model_name`) or local (`--model_path`) model
+  on `--eval_hdf5` and print mAP / ROC-AUC.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..complexity import complexity_report, spectrogram_shape
+from ..data.demo import build_demo_dataset, default_demo_root
+from ..data.hdf5 import AudioSetDataset
+from ..labelling import label_hdf5
+from ..models.factory import get_model
+from ..tagging.tagger import AudioTagger, load_tagger
+from ..train.audioset import AUDIOSET_DEFAULTS, DEMO_DEFAULTS, demo_teacher_config
+from ..train.distributed import DistInfo, init_distributed
+from ..train.tracking import RunTracker
+from ..train.trainer import TrainConfig, evaluate, train
+from .train_flags import add_training_arguments, config_from_args
+
+logger = logging.getLogger("efficient_tagging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", action="store_true", help="train (default: evaluate a model)")
+    parser.add_argument("--model_name", default="mn10_as", help="evaluation: catalogue model to evaluate")
+    parser.add_argument("--model_path", default=None, help="evaluation: local checkpoint to evaluate")
+    parser.add_argument("--demo_dir", default=None,
+                        help="where the demo dataset, teacher and logits are cached (default <cache>/demo)")
+    parser.add_argument("--demo_clips", type=int, default=2000,
+                        help="demo training clips (the eval split gets an eighth as many); fewer for a quick smoke run")
+    add_training_arguments(parser)
+    return parser
+
+
+def _write_json(path: Optional[str], payload: dict[str, Any]) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(payload, indent=1, default=str))
+
+
+def _complexity(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
+    shape = spectrogram_shape(config.n_mels, config.hop_size, config.sample_rate, duration=config.clip_length)
+    report = complexity_report(model, shape)
+    return {"params": report.params, "macs": report.macs, "input_shape": list(shape)}
+
+
+def _run_training(config: TrainConfig, args: argparse.Namespace, dist_info: DistInfo,
+                  extra_info: Optional[dict[str, Any]] = None, wandb_default: str = "offline") -> dict[str, Any]:
+    tracker = RunTracker(args.experiment_name or "audioset", args.runs_dir, enabled=dist_info.rank == 0,
+                         wandb_mode=args.wandb or wandb_default)
+
+    def main(run_tracker: RunTracker) -> dict[str, Any]:
+        summary = train(config, run_tracker)
+        if dist_info.rank == 0:
+            run_tracker.add_artifact(summary["checkpoints"]["best"])
+            per_class = Path(config.out_dir) / "per_class_ap.json"
+            per_class.write_text(json.dumps(dict(zip(summary["class_names"] or [], summary["per_class_ap"] or [])),
+                                            indent=1))
+            run_tracker.add_artifact(per_class)
+        return summary
+
+    summary = tracker.run(main, config.to_dict(), info=extra_info)
+    summary["run_dir"] = str(tracker.run_dir) if tracker.run_dir else None
+    return summary
+
+
+def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
+    """Demo pipeline: synthetic data -> trained teacher -> teacher logits -> distilled student."""
+    started = time.time()
+    root = default_demo_root(args.demo_dir)
+    is_main = dist_info.rank == 0
+    sizes = {"num_train": args.demo_clips, "num_eval": max(16, args.demo_clips // 8),
+             "sample_rate": DEMO_DEFAULTS["sample_rate"], "clip_length": DEMO_DEFAULTS["clip_length"]}
+    if is_main:
+        print(f"[demo] no data paths given: using the embedded demo dataset in {root}", flush=True)
+        build_demo_dataset(root, progress=not args.no_progress, **sizes)
+    if dist_info.enabled:
+        torch.distributed.barrier()
+    data = build_demo_dataset(root, progress=False, **sizes)  # built above: only checks the cache
+
+    teacher_config = demo_teacher_config(args, data.train_path, data.eval_path, root)
+    teacher_dir = Path(teacher_config.out_dir)
+    teacher_logits_path = teacher_dir / "teacher_logits.h5"
+    teacher_checkpoint = teacher_dir / "best.pt"
+    teacher_summary: dict[str, Any] = {}
+    if not teacher_checkpoint.is_file():
+        if is_main:
+            print(f"[demo] {'resuming' if teacher_config.resume else 'training'} the teacher "
+                  f"({teacher_config.arch}, {teacher_config.model_kwargs}) on the demo labels", flush=True)
+        teacher_args = argparse.Namespace(**{**vars(args), "experiment_name": "demo_teacher"})
+        teacher_summary = _run_training(teacher_config, teacher_args, dist_info, wandb_default="disabled")
+    if is_main and not teacher_logits_path.is_file():
+        print("[demo] labelling the demo training set with the teacher", flush=True)
+        tagger = AudioTagger(get_model(str(teacher_checkpoint)))
+        label_hdf5(tagger, [data.train_path], teacher_logits_path, clip_length=data.clip_length, batch_size=64,
+                   teacher_names=[f"demo_teacher_{teacher_dir.name}"],
+                   progress=not args.no_progress)
+    if dist_info.enabled:
+        torch.distributed.barrier()
+
+    teacher_model = get_model(str(teacher_checkpoint))
+    student_defaults = dict(DEMO_DEFAULTS, train_hdf5=[str(data.train_path)], eval_hdf5=[str(data.eval_path)],
+                            out_dir=str(root / "student" / f"{args.arch}{str(args.width_mult).replace('.', '')}"))
+    student_args = argparse.Namespace(**{**vars(args), "experiment_name": args.experiment_name or "demo_student"})
+    config = config_from_args(student_args, student_defaults)
+    config.teacher_logits = config.teacher_logits or str(teacher_logits_path)
+    if is_main:
+        print(f"[demo] distilling the student ({config.arch}, width {config.width_mult}) from the teacher logits",
+              flush=True)
+    summary = _run_training(config, student_args, dist_info, wandb_default="disabled")
+    if not is_main:
+        return summary
+
+    # Teacher quality on the same eval split, through its own frontend (from its checkpoint).
+    teacher_tagger = AudioTagger(teacher_model)
+    eval_set = AudioSetDataset([data.eval_path], sample_rate=teacher_tagger.sample_rate,
+                               clip_length=data.clip_length)
+    teacher_metrics = evaluate(teacher_tagger.model, teacher_tagger.frontend, eval_set, torch.device("cpu"),
+                               DistInfo(False, 0, 1, 0, torch.device("cpu")), 64, 0, progress=False)
+    student_model = get_model(summary["checkpoints"]["best"])
+    result = {
+        "demo": True,
+        "data": {"train": str(data.train_path), "eval": str(data.eval_path), "classes": list(data.label_map.names),
+                 "clip_length_s": data.clip_length, "sample_rate": data.sample_rate},
+        "teacher": {"mAP": teacher_metrics["mAP"], "ROC": teacher_metrics["mean_roc_auc"],
+                    "arch": teacher_config.arch, "checkpoint": str(teacher_checkpoint),
+                    "logits": str(teacher_logits_path), **_complexity(teacher_model, teacher_config)},
+        "student": {"arch": config.arch, "mAP": summary["final"].get("mAP"), "best_mAP": summary["best_mAP"],
+                    "ROC": summary["final"].get("ROC"), "checkpoint": summary["checkpoints"]["best"],
+                    **_complexity(student_model, config)},
+        "run_dir": summary["run_dir"],
+        "teacher_run_dir": teacher_summary.get("run_dir"),
+        "skipped_clips": summary["skipped_clips"],
+        "seconds": time.time() - started,
+    }
+    print("\n================ demo summary ================")
+    print(f"classes ({len(data.label_map)}): {', '.join(data.label_map.names)}")
+    for role in ("teacher", "student"):
+        part = result[role]
+        print(f"{role:8s} {part['arch']:6s} mAP {part['mAP']:.3f}   params {part['params'] / 1e6:.2f} M   "
+              f"MACs {part['macs'] / 1e9:.3f} G per {data.clip_length:g} s clip")
+    print(f"run record: {result['run_dir']}")
+    print(f"student checkpoint: {result['student']['checkpoint']}")
+    print(f"total time: {result['seconds']:.0f} s")
+    return result
+
+
+def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.eval_hdf5:
+        raise SystemExit("error: evaluation needs --eval_hdf5 (AudioSet-format eval file); add --train to train")
+    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    tagger = load_tagger(args.model_name, args.model_path).to(device)
+    clip_length = args.clip_length or AUDIOSET_DEFAULTS["clip_length"]
+    dataset = AudioSetDataset(args.eval_hdf5, sample_rate=tagger.sample_rate, clip_length=clip_length)
+    metrics = evaluate(tagger.model, tagger.frontend, dataset, device, DistInfo(False, 0, 1, 0, device),
+                       args.batch_size or 32, args.num_workers or 0, args.precision, not args.no_progress)
+    print(f"Results on {', '.join(args.eval_hdf5)} for {args.model_path or args.model_name}:")
+    print(f"  mAP: {metrics['mAP']:.3f}")
+    print(f"  ROC: {metrics['mean_roc_auc']:.3f}")
+    print(f"  d':  {metrics['d_prime']:.3f}")
+    return {k: v for k, v in metrics.items() if k != "per_class_ap"}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.train:
+        _write_json(args.results_json, run_evaluation(args))
+        return 0
+    dist_info = init_distributed()
+    if not args.train_hdf5:
+        result = run_demo(args, dist_info)
+    else:
+        config = config_from_args(args, AUDIOSET_DEFAULTS)
+        result = _run_training(config, args, dist_info)
+    if dist_info.rank == 0:
+        _write_json(args.results_json, result)
+    if dist_info.enabled:
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

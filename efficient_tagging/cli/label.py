@@ -1,0 +1,148 @@
+"""`ex_teacher_labels.py`: label AudioSet-format HDF5 files with frozen teachers into a teacher-logits HDF5.
+
+Resumable (rerun the same command), sharded under torchrun (rank 0 merges), or split by hand
+with `--num_shards/--shard_index` and merged with `--merge`. The work is `efficient_tagging.labelling`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+from ..data.hdf5 import AudioSetDataset
+from ..data.teacher_logits import find_shards, merge_teacher_logits, shard_path
+from ..labelling import label_hdf5, load_teachers, merge_job, teacher_metrics, teacher_preprocessing
+from ..train.distributed import barrier, cleanup, init_distributed
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Label AudioSet-format HDF5 files with one or more frozen teachers and store their logits "
+                    "(the mean over teachers for an ensemble) in a teacher-logits HDF5 keyed by audio_name, for "
+                    "knowledge distillation (--teacher_logits of ex_audioset.py). Resumable: rerun the same "
+                    "command after an interruption and only the missing clips are labelled. Under torchrun each "
+                    "rank labels every world_size-th clip into <output>.shard-<rank>-of-<world>.h5 and rank 0 "
+                    "merges the shards into --output.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--hdf5", nargs="+", default=None, metavar="FILE",
+                        help="AudioSet-format HDF5 file(s) to label (audio_name, mp3/flac bytes, target); "
+                             "with --merge optional: if given, the merge checks that every clip is covered")
+    parser.add_argument("--output", default="teacher_logits.h5",
+                        help="teacher-logits HDF5 to write (resumed if it exists with the same teacher setup)")
+    parser.add_argument("--teachers", nargs="+", default=None, metavar="NAME_OR_PATH",
+                        help="catalogue names (e.g. passt_s_swa_p16_128_ap476) or checkpoint paths of this "
+                             "project; several: an ensemble whose logits are averaged")
+    parser.add_argument("--batch_size", type=int, default=32, help="clips per forward pass")
+    parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes (decoding)")
+    parser.add_argument("--clip_length", type=float, default=10.0,
+                        help="seconds per clip (longer clips are cut, shorter zero-padded)")
+    parser.add_argument("--precision", choices=("32", "16", "bf16"), default="32",
+                        help="autocast precision of the teacher forward pass (bf16: fast path on CPU/GPU)")
+    parser.add_argument("--cuda", action="store_true",
+                        help="run on the GPU (cuda:LOCAL_RANK under torchrun) if one is available")
+    parser.add_argument("--flush_every", type=int, default=10,
+                        help="commit buffered rows to the file every N batches (a kill loses at most these)")
+    parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                        help="storage dtype of the logits")
+    parser.add_argument("--merge", action="store_true",
+                        help="do not label: merge existing shard files (--shards, default <output>.shard-*-of-*.h5) "
+                             "into --output and exit")
+    parser.add_argument("--shards", nargs="+", default=None, metavar="FILE",
+                        help="with --merge: the shard files (default: found next to --output)")
+    parser.add_argument("--num_shards", type=int, default=None,
+                        help="without torchrun: split the job into N shards (e.g. on different machines) ...")
+    parser.add_argument("--shard_index", type=int, default=None,
+                        help="... and label shard I of them into <output>.shard-I-of-N.h5 (merge with --merge)")
+    parser.add_argument("--keep_shards", action="store_true",
+                        help="keep the shard files after rank 0 merged them (default: delete them)")
+    parser.add_argument("--cache_dir", default=None, help="download cache for catalogue teachers")
+    parser.add_argument("--summary_json", default=None, help="also write the summary to this JSON file")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    parser.add_argument("--crash_after_batches", type=int, default=None, help=argparse.SUPPRESS)  # test hook
+    return parser
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"teacher labels -> {summary['output']}")
+    if "labelled_now" in summary:
+        print(f"  labelled now: {summary['labelled_now']}  before: {summary['labelled_before']}  "
+              f"({summary.get('clips_per_s', 0.0):.1f} clips/s)")
+    if "rows" in summary:
+        print(f"  rows in output: {summary['rows']}  (merged from {len(summary.get('shards', []))} shard(s))")
+    names = summary.get("missing_names", [])
+    print(f"  missing (undecodable): {len(names)}" + (f": {', '.join(names[:20])}" + (" ..." if len(names) > 20
+                                                                                     else "") if names else ""))
+    if "teacher_mAP" in summary:
+        print(f"  teacher mAP: {summary['teacher_mAP']:.4f}  ROC-AUC: {summary['teacher_ROC']:.4f}")
+
+
+def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """The command line's work; returns the summary (rank 0: of the whole job; other ranks: their shard)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    output = Path(args.output)
+    if args.merge:
+        shards = [Path(p) for p in args.shards] if args.shards else find_shards(output)
+        if not shards:
+            parser.error(f"--merge: no shard files {output.name}.shard-*-of-*.h5 next to {output}")
+        expected = None
+        if args.hdf5:
+            from ..data.hdf5 import read_audio_names
+            expected = [name for path in args.hdf5 for name in read_audio_names(path)]
+        summary = merge_teacher_logits(shards, output, expected_names=expected)
+        if args.hdf5:
+            dataset = AudioSetDataset(args.hdf5, replace_undecodable=False)
+            summary.update(teacher_metrics(dataset, output))
+            dataset.close()
+        return summary
+    if not args.hdf5 or not args.teachers:
+        parser.error("--hdf5 and --teachers are required (unless --merge)")
+    if (args.num_shards is None) != (args.shard_index is None):
+        parser.error("--num_shards and --shard_index go together")
+
+    dist_info = init_distributed(timeout_s=7 * 24 * 3600.0)
+    try:
+        if dist_info.enabled:
+            rank, world_size = dist_info.rank, dist_info.world_size
+            device = dist_info.device if args.cuda else torch.device("cpu")
+        else:
+            rank, world_size = (args.shard_index, args.num_shards) if args.num_shards else (0, 1)
+            device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+        target = shard_path(output, rank, world_size) if world_size > 1 else output
+        teacher, names = load_teachers(args.teachers, cache_dir=args.cache_dir)
+        attrs = {"teacher_paths": [str(Path(t).resolve()) if Path(t).is_file() else t for t in args.teachers],
+                 "preprocessing": teacher_preprocessing(teacher)}
+        summary = label_hdf5(teacher, args.hdf5, target, clip_length=args.clip_length, batch_size=args.batch_size,
+                             num_workers=args.num_workers, device=device, precision=args.precision,
+                             teacher_names=names, attrs=attrs, flush_every_batches=args.flush_every,
+                             dtype=args.dtype, progress=not args.no_progress and rank == 0,
+                             shard=(rank, world_size), metrics=world_size == 1,
+                             crash_after_batches=args.crash_after_batches)
+        if dist_info.enabled and world_size > 1:
+            barrier()
+            if rank == 0:
+                summary = merge_job(args.hdf5, output, world_size, keep_shards=args.keep_shards)
+            barrier()
+        return summary
+    finally:
+        cleanup()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    summary_json = build_parser().parse_args(argv).summary_json
+    summary = run(argv)
+    if int(os.environ.get("RANK", 0)) == 0:
+        _print_summary(summary)
+        if summary_json:
+            Path(summary_json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
