@@ -8,15 +8,20 @@ resampler (torchaudio's, as the reference fixtures did), never by dropping sampl
 from __future__ import annotations
 
 import io
+import logging
+import math
 from pathlib import Path
-from typing import Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import av
 import numpy as np
 import torch
 import torchaudio.functional as AF
+from torch import Tensor
 
 AudioSource = Union[str, Path, bytes, bytearray, memoryview, np.ndarray]
+
+logger = logging.getLogger(__name__)
 
 
 class AudioDecodeError(ValueError):
@@ -31,11 +36,57 @@ def _describe(source: AudioSource, name: Optional[str]) -> str:
     return f"<{len(source)} encoded bytes>"
 
 
-def decode_audio(source: AudioSource, name: Optional[str] = None) -> tuple[np.ndarray, int]:
-    """Decode a file path or encoded bytes to float32 mono samples in [-1, 1] at the native rate.
+# A decoded duration this far from the container's stated duration means a truncated file (or a
+# wrong header): max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_FRACTION * stated). mp3 encoder
+# delay/padding (< 0.1 s) stays well inside it.
+DURATION_TOLERANCE_S = 0.5
+DURATION_TOLERANCE_FRACTION = 0.01
+# Native-rate samples gathered from consecutive PyAV frames before a block is handed on (~1.5 s
+# at 44.1 kHz): keeps the per-block Python overhead small and the memory bounded.
+DECODE_BLOCK_SAMPLES = 65536
 
-    Multi-channel audio is averaged to mono. Returns `(samples, sample_rate)`.
-    Raises `AudioDecodeError` naming the source if nothing can be decoded.
+
+def stated_duration(container: "av.container.InputContainer", stream: "av.audio.stream.AudioStream") -> Optional[float]:
+    """Duration in seconds that the container/stream header states (None if it states none)."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return float(container.duration) / av.time_base
+    return None
+
+
+def check_duration(label: str, decoded_seconds: float, stated_seconds: Optional[float]) -> Optional[str]:
+    """A warning text when the decoded duration differs from the stated one beyond the tolerance."""
+    if stated_seconds is None or stated_seconds <= 0:
+        return None
+    tolerance = max(DURATION_TOLERANCE_S, DURATION_TOLERANCE_FRACTION * stated_seconds)
+    if abs(decoded_seconds - stated_seconds) <= tolerance:
+        return None
+    cause = ("the file is probably truncated (an interrupted download or copy?); only the decoded part is used"
+             if decoded_seconds < stated_seconds else "its header states a wrong duration")
+    return (f"{label}: decoded {decoded_seconds:.2f} s of audio but the container states {stated_seconds:.2f} s: "
+            f"{cause}")
+
+
+def _non_finite_error(label: str, samples: np.ndarray, offset: int, sample_rate: int) -> AudioDecodeError:
+    bad = np.flatnonzero(~np.isfinite(samples))
+    first = offset + int(bad[0])
+    return AudioDecodeError(
+        f"{label}: decoded samples contain {bad.size} non-finite values (NaN/Inf) among samples {offset}.."
+        f"{offset + samples.size - 1}, the first at sample {first} ({first / sample_rate:.3f} s); the file is "
+        f"damaged or holds float samples that are not audio")
+
+
+def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
+                      block_samples: int = DECODE_BLOCK_SAMPLES) -> Iterator[tuple[np.ndarray, int]]:
+    """Decode a file path or encoded bytes block by block, never holding the whole file.
+
+    Yields `(samples, sample_rate)`: float32 mono samples in [-1, 1] at the native rate, in
+    blocks of about `block_samples` (consecutive PyAV frames joined; the last block is
+    shorter). Multi-channel audio is averaged to mono. Raises `AudioDecodeError` naming the
+    source if nothing can be decoded or a block holds NaN/Inf; logs a warning (module logger)
+    when the decoded duration differs from the container's stated duration by more than
+    max(0.5 s, 1 %) -- e.g. a truncated mp3 whose header still states the full length.
     """
     label = _describe(source, name)
     if isinstance(source, (str, Path)):
@@ -45,31 +96,69 @@ def decode_audio(source: AudioSource, name: Optional[str] = None) -> tuple[np.nd
     else:
         handle = io.BytesIO(bytes(np.asarray(source, dtype=np.uint8)) if isinstance(source, np.ndarray)
                             else bytes(source))
-    chunks: list[np.ndarray] = []
+    decoded = 0
     try:
         with av.open(handle, mode="r") as container:
             if not container.streams.audio:
                 raise AudioDecodeError(f"{label}: contains no audio stream")
             stream = container.streams.audio[0]
-            sample_rate = stream.codec_context.sample_rate or stream.rate
+            sample_rate = int(stream.codec_context.sample_rate or stream.rate)
             # Convert every frame to planar float32 at the native rate and layout; the
             # channel average happens here (FFmpeg's own downmix would apply mix levels).
             converter = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=sample_rate)
-            for frame in container.decode(stream):
-                for converted in converter.resample(frame):
-                    chunks.append(converted.to_ndarray())
-            for converted in converter.resample(None):
-                chunks.append(converted.to_ndarray())
+            pending: list[np.ndarray] = []
+            pending_samples = 0
+
+            def converted_frames() -> Iterator[np.ndarray]:
+                for frame in container.decode(stream):
+                    for converted in converter.resample(frame):
+                        yield converted.to_ndarray()
+                for converted in converter.resample(None):
+                    yield converted.to_ndarray()
+
+            for planes in converted_frames():
+                if planes.shape[-1] == 0:
+                    continue
+                pending.append(planes.mean(axis=0).astype(np.float32, copy=False))
+                pending_samples += planes.shape[-1]
+                if pending_samples >= block_samples:
+                    block = np.concatenate(pending)
+                    if not np.all(np.isfinite(block)):
+                        raise _non_finite_error(label, block, decoded, sample_rate)
+                    decoded += block.size
+                    pending, pending_samples = [], 0
+                    yield block, sample_rate
+            if pending:
+                block = np.concatenate(pending)
+                if not np.all(np.isfinite(block)):
+                    raise _non_finite_error(label, block, decoded, sample_rate)
+                decoded += block.size
+                yield block, sample_rate
+            stated = stated_duration(container, stream)
     except AudioDecodeError:
         raise
     except (av.FFmpegError, ValueError, OSError, EOFError) as error:
         raise AudioDecodeError(f"{label}: cannot decode audio ({type(error).__name__}: {error})") from error
-    if not chunks or sum(c.shape[-1] for c in chunks) == 0:
+    if decoded == 0:
         raise AudioDecodeError(f"{label}: decoded to zero samples")
-    samples = np.concatenate(chunks, axis=-1).mean(axis=0).astype(np.float32, copy=False)
-    if not np.all(np.isfinite(samples)):
-        raise AudioDecodeError(f"{label}: decoded samples contain NaN or Inf")
-    return samples, int(sample_rate)
+    warning = check_duration(label, decoded / sample_rate, stated)
+    if warning:
+        logger.warning(warning)
+
+
+def decode_audio(source: AudioSource, name: Optional[str] = None) -> tuple[np.ndarray, int]:
+    """Decode a file path or encoded bytes to float32 mono samples in [-1, 1] at the native rate.
+
+    Multi-channel audio is averaged to mono. Returns `(samples, sample_rate)`.
+    Raises `AudioDecodeError` naming the source if nothing can be decoded, and warns (logging)
+    about a decoded duration that differs from the stated one (see `iter_decode_audio`).
+    """
+    blocks: list[np.ndarray] = []
+    sample_rate = 0
+    # one block for the whole file: a NaN/Inf count then covers the whole file
+    for block, sample_rate in iter_decode_audio(source, name, block_samples=1 << 62):
+        blocks.append(block)
+    return (blocks[0] if len(blocks) == 1 else np.concatenate(blocks)), int(sample_rate)
 
 
 def resample(samples: Union[np.ndarray, torch.Tensor], orig_sr: int, target_sr: int) -> torch.Tensor:
@@ -80,6 +169,152 @@ def resample(samples: Union[np.ndarray, torch.Tensor], orig_sr: int, target_sr: 
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
     return AF.resample(waveform, orig_sr, target_sr)
+
+
+def resampler_context(orig_sr: int, target_sr: int) -> int:
+    """Input samples either side of a block that `resample` (torchaudio's windowed sinc) reads.
+
+    torchaudio reduces the rates by their gcd to `orig`/`new` and convolves with a kernel that
+    reaches `width = ceil(6 * orig / (0.99 * min(orig, new)))` input samples beyond each block
+    of `orig` inputs (lowpass_filter_width 6, rolloff 0.99, its defaults). Returned as a
+    multiple of `orig` (so output positions stay integral), at least `width`.
+    """
+    gcd = math.gcd(int(orig_sr), int(target_sr))
+    orig, new = orig_sr // gcd, target_sr // gcd
+    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+    return orig * math.ceil((width + 1) / orig)
+
+
+class StreamingResampler:
+    """`resample` over a stream of blocks, seamlessly: the output equals one `resample` call on the
+    concatenated input (within float rounding), holding only about `step` + 2 contexts of input.
+
+    The input is cut into steps of a multiple of the reduced rate `orig` (each step gives an
+    integral number of outputs); every step is resampled together with `resampler_context`
+    input samples of its neighbours on both sides, and only the outputs of the step itself are
+    kept, so the zero padding of the single call appears only at the true start and end.
+    Nothing is emitted until more than one step of input has arrived: an input of at most one
+    step is resampled in one call at `flush`, bit-identical to `resample`.
+    """
+
+    def __init__(self, orig_sr: int, target_sr: int, step_samples: int = 1 << 20) -> None:
+        if orig_sr <= 0 or target_sr <= 0:
+            raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
+        self.orig_sr, self.target_sr = int(orig_sr), int(target_sr)
+        gcd = math.gcd(self.orig_sr, self.target_sr)
+        self._orig, self._new = self.orig_sr // gcd, self.target_sr // gcd
+        self.context = resampler_context(self.orig_sr, self.target_sr)
+        self.step = self._orig * max(1, math.ceil(step_samples / self._orig))
+        self._pieces: list[Tensor] = []
+        self._buffered = 0  # samples in _pieces
+        self._position = 0  # absolute input index of the next output step (multiple of _orig)
+        self._buffer_start = 0  # absolute input index of _pieces[0][0]
+
+    def _buffer(self) -> Tensor:
+        if len(self._pieces) != 1:
+            self._pieces = [torch.cat(self._pieces)] if self._pieces else [torch.zeros(0)]
+        return self._pieces[0]
+
+    def push(self, samples: Union[np.ndarray, Tensor]) -> Iterator[Tensor]:
+        """Feed input samples; yields every output block that is now final."""
+        block = torch.as_tensor(samples, dtype=torch.float32).reshape(-1)
+        if self.orig_sr == self.target_sr:
+            yield block
+            return
+        self._pieces.append(block)
+        self._buffered += block.numel()
+        end = self._buffer_start + self._buffered
+        while end >= self._position + self.step + self.context:
+            buffer = self._buffer()
+            left = min(self.context, self._position)
+            start = self._position - left - self._buffer_start
+            segment = buffer[start:start + left + self.step + self.context]
+            out = AF.resample(segment, self.orig_sr, self.target_sr)
+            first = left // self._orig * self._new
+            yield out[first:first + self.step // self._orig * self._new]
+            self._position += self.step
+            keep_from = self._position - self.context - self._buffer_start
+            self._pieces = [buffer[keep_from:].clone()]
+            self._buffer_start += keep_from
+            self._buffered -= keep_from
+
+    def flush(self) -> Iterator[Tensor]:
+        """Yields the outputs of the remaining input (the true end: zero padding as `resample`)."""
+        if self.orig_sr == self.target_sr or not self._buffered:
+            return
+        buffer = self._buffer()
+        left = self._position - self._buffer_start
+        if self._buffer_start + self._buffered <= self._position:
+            return
+        out = AF.resample(buffer, self.orig_sr, self.target_sr)
+        self._pieces, self._buffered = [], 0
+        yield out[left // self._orig * self._new:]
+
+
+def resample_blocks(blocks: Iterable[Union[np.ndarray, Tensor]], orig_sr: int, target_sr: int,
+                    step_samples: int = 1 << 20) -> Iterator[Tensor]:
+    """`resample` applied to a stream of blocks (see `StreamingResampler`); one input block alone
+    is resampled in one call, exactly as `resample` does."""
+    iterator = iter(blocks)
+    first = next(iterator, None)
+    if first is None:
+        return
+    second = next(iterator, None)
+    if second is None:
+        yield resample(first, orig_sr, target_sr)
+        return
+    resampler = StreamingResampler(orig_sr, target_sr, step_samples)
+    for block in (first, second):
+        yield from resampler.push(block)
+    for block in iterator:
+        yield from resampler.push(block)
+    yield from resampler.flush()
+
+
+def rebuffer(blocks: Iterable[Tensor], block_samples: int) -> Iterator[Tensor]:
+    """Re-cut a stream of 1-D blocks into blocks of exactly `block_samples` (the last one shorter)."""
+    pending: list[Tensor] = []
+    pending_samples = 0
+    for block in blocks:
+        pending.append(block)
+        pending_samples += block.numel()
+        if pending_samples >= block_samples:
+            joined = torch.cat(pending) if len(pending) > 1 else pending[0]
+            cut = 0
+            while pending_samples - cut >= block_samples:
+                yield joined[cut:cut + block_samples]
+                cut += block_samples
+            pending = [joined[cut:].clone()] if cut < joined.numel() else []
+            pending_samples -= cut
+    if pending_samples:
+        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+
+
+def stream_audio(source: AudioSource, sample_rate: int, block_samples: int, name: Optional[str] = None) -> Iterator[Tensor]:
+    """Decode `source` and resample it to `sample_rate` as 1-D float32 blocks of `block_samples`.
+
+    Memory stays bounded by a few blocks whatever the file length: the file is decoded frame by
+    frame (`iter_decode_audio`) and resampled with `StreamingResampler` (seamless across blocks).
+    The concatenated blocks equal `load_audio(source, sample_rate)` within float rounding; a file
+    of at most `block_samples` output samples comes as a single block identical to `load_audio`.
+    Raises/warns like `decode_audio`.
+    """
+    if block_samples < 1:
+        raise ValueError(f"block_samples must be a positive sample count, got {block_samples}")
+
+    def resampled() -> Iterator[Tensor]:
+        resampler: Optional[StreamingResampler] = None
+        for samples, native_sr in iter_decode_audio(source, name):
+            if resampler is None:
+                # one step gives just more than one output block: a file of one block is
+                # resampled in a single call, like load_audio
+                resampler = StreamingResampler(native_sr, sample_rate,
+                                               math.ceil(block_samples * native_sr / sample_rate) + 1)
+            yield from resampler.push(samples)
+        if resampler is not None:
+            yield from resampler.flush()
+
+    yield from rebuffer(resampled(), block_samples)
 
 
 def pad_or_truncate(waveform: torch.Tensor, length: int) -> torch.Tensor:

@@ -26,9 +26,10 @@ import contextlib
 import dataclasses
 import fnmatch
 import json
+import math
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import torch
 from torch import nn
@@ -62,8 +63,9 @@ class Target:
     config: dict[str, Any]
     preprocessing: dict[str, Any]
     duration: float
-    published_map: Optional[float] = None
+    published_map: Optional[float] = None  # only for exactly a catalogue row's config and preprocessing
     extra: dict[str, Any] = field(default_factory=dict)
+    catalogue_entry: Optional[str] = None  # the catalogue row this exact configuration is, if any
 
     def input_shape(self, use_frontend: bool = True) -> tuple[int, int, int, int]:
         """(1, 1, n_mels, frames) of the frontend output for ``duration`` seconds of audio.
@@ -250,6 +252,52 @@ def _check_teacher_flags(args: argparse.Namespace, name: str, arch: str) -> None
                          "it is measured with its own configuration and frontend")
 
 
+def _constructor_defaults(arch: str) -> dict[str, Any]:
+    """Default constructor arguments of a student family (to compare configs completely)."""
+    import inspect
+    from ..models.dymn import DyMN
+    from ..models.mobilenet import MobileNet
+
+    cls = {"mn": MobileNet, "dymn": DyMN}.get(arch)
+    if cls is None:
+        return {}
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in sorted(value.items())}
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return float(value)
+
+
+def _config_key(arch: str, config: dict[str, Any], preprocessing: dict[str, Any]) -> str:
+    full_config = {**_constructor_defaults(arch), **config}
+    full_config.pop("pretrained_name", None)
+    full_prep = {"frontend": "mel", **preprocessing}
+    return json.dumps([arch, _canonical(full_config), _canonical(full_prep)], sort_keys=True, default=str)
+
+
+def exact_catalogue_entry(arch: str, config: dict[str, Any], preprocessing: dict[str, Any],
+                          preferred: Optional[str] = None):
+    """The catalogue row whose model config and preprocessing are exactly these (None if none).
+
+    Several rows can share one configuration (re-runs such as mn40_as / mn40_as(2)): then
+    ``preferred`` (the --model the user named) wins, else the match must be unique.
+    """
+    catalogue, _ = _catalogue()
+    key = _config_key(arch, config, preprocessing)
+    matches = [e for e in catalogue.values() if e.arch == arch and _config_key(e.arch, e.config, e.preprocessing) == key]
+    for entry in matches:
+        if entry.name == preferred:
+            return entry
+    return matches[0] if len(matches) == 1 else None
+
+
 def target_from_args(args: argparse.Namespace) -> Target:
     """Resolve --model / --arch and the overrides into what to build and measure."""
     catalogue, get_entry = _catalogue()
@@ -284,8 +332,9 @@ def target_from_args(args: argparse.Namespace) -> Target:
 
     overrides: dict[str, Any] = {}
     if args.width_mult is not None:
-        if not args.width_mult > 0:
-            raise UsageError(f"--model_width must be positive, got {args.width_mult}")
+        if not (math.isfinite(args.width_mult) and args.width_mult > 0):
+            raise UsageError(f"--model_width must be a positive finite number (0.4 = mn04, 1.0 = mn10, "
+                             f"4.0 = mn40), got {args.width_mult}")
         overrides["width_mult"] = float(args.width_mult)
     if args.head_type is not None:
         overrides["head_type"] = args.head_type
@@ -311,8 +360,16 @@ def target_from_args(args: argparse.Namespace) -> Target:
         # MobileNet checks the number of mel bins of its input
         config["input_dim_f"] = int(preprocessing["n_mels"])
     config.update(overrides)
-    if args.duration <= 0:
-        raise UsageError(f"--duration must be positive, got {args.duration}")
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        raise UsageError(f"--duration must be a positive finite number of seconds, got {args.duration}")
+
+    # published metadata belongs to a catalogue row only: a changed width, frontend, head ...
+    # is a different model with no published mAP
+    catalogue_entry = None
+    if args.model is None or args.model.strip() not in ARCHITECTURE_PRESETS:  # presets have no weights
+        entry = exact_catalogue_entry(arch, config, preprocessing, preferred=args.model)
+        catalogue_entry = entry.name if entry is not None else None
+        published_map = entry.published_map if entry is not None else None
 
     if args.model is None and args.arch is None and args.width_mult is not None:
         name = f"mn{_width_name(args.width_mult)}"  # EfficientAT's naming of a manual width
@@ -321,7 +378,7 @@ def target_from_args(args: argparse.Namespace) -> Target:
     elif overrides:
         name = f"{name} ({', '.join(f'{k}={v}' for k, v in overrides.items())})"
     return Target(name=name, arch=arch, config=config, preprocessing=preprocessing, duration=float(args.duration),
-                  published_map=published_map)
+                  published_map=published_map, catalogue_entry=catalogue_entry)
 
 
 # --------------------------------------------------------------------------------------
@@ -334,7 +391,7 @@ def _clip(duration: float) -> str:
 def _json_record(target: Target, report: ComplexityReport, layers: Sequence = ()) -> dict[str, Any]:
     data = report.to_dict()
     data.update(model=target.name, arch=target.arch, config=target.config, preprocessing=target.preprocessing,
-                duration=target.duration, published_map=target.published_map)
+                duration=target.duration, published_map=target.published_map, catalogue_entry=target.catalogue_entry)
     if "tokens" in target.extra:
         data.update(tokens=target.extra["tokens"], token_grid=target.extra["grid"],
                     prefix_tokens=target.extra["prefix_tokens"])
@@ -402,7 +459,7 @@ def catalogue_targets(duration: float = 10.0, teachers: bool = False) -> list[Ta
     catalogue, _ = _catalogue()
     archs = ("mn", "dymn", *TEACHER_ARCHS) if teachers else ("mn", "dymn")
     return [Target(name=e.name, arch=e.arch, config=dict(e.config), preprocessing=dict(e.preprocessing),
-                   duration=duration, published_map=e.published_map,
+                   duration=duration, published_map=e.published_map, catalogue_entry=e.name,
                    extra={"dataset": getattr(e, "dataset", None)})
             for e in catalogue.values() if e.arch in archs]
 
@@ -443,40 +500,143 @@ def format_table(rows: Sequence[tuple[Target, ComplexityReport]]) -> str:
     return "\n".join([fmt(header), rule, *(fmt(row) for row in lines)])
 
 
-def write_plot(rows: Sequence[tuple[Target, ComplexityReport]], path: str) -> int:
-    """MACs (log x) vs published mAP scatter of the rows that have a published mAP; returns #points."""
+class ComplexityPlot(NamedTuple):
+    figure: Any
+    axes: Any
+    labels: list  # matplotlib Annotations, one per labelled point
+    points: int  # models plotted
+
+
+def _boxes_overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(ax: Any, anchors: Sequence[tuple[float, float]], texts: Sequence[str], fontsize: float = 7) -> list:
+    """Annotate each anchor (data coordinates) with its text so that no two labels overlap.
+
+    Greedy placement in display space: labels are placed from the most crowded anchor outwards;
+    each tries offsets on rings of growing radius (12 directions per ring) and takes the first
+    whose text box lies inside the axes and intersects neither an already placed label nor a
+    marker. Labels away from their point get a thin leader line. The axes limits and layout must
+    be final before this is called (display coordinates are used).
+    """
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    to_pixels = fig.dpi / 72.0
+    points_px = [tuple(ax.transData.transform(anchor)) for anchor in anchors]
+    frame = ax.get_window_extent(renderer)
+    marker_half = 4.0 * to_pixels  # markers are ~6 pt wide; keep labels just off them
+    markers = [(x - marker_half, y - marker_half, x + marker_half, y + marker_half) for x, y in points_px]
+    gap = 1.5 * to_pixels  # white space kept between boxes
+
+    def crowding(i: int) -> int:
+        x, y = points_px[i]
+        return sum(abs(x - u) < 80 * to_pixels and abs(y - v) < 40 * to_pixels for u, v in points_px)
+
+    order = sorted(range(len(anchors)), key=lambda i: (-crowding(i), points_px[i][0]))
+    rings = [5, 12, 20, 30, 42, 56, 72, 90, 110, 132, 156, 182, 210]
+    directions = [(math.cos(math.radians(a)), math.sin(math.radians(a))) for a in
+                  (20, -20, 160, 200, 60, -60, 120, 240, 90, 270, 0, 180)]
+    placed: list[tuple[float, float, float, float]] = []
+    labels: list = [None] * len(anchors)
+    for i in order:
+        probe = ax.text(0, 0, texts[i], fontsize=fontsize, transform=None)  # only measured
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        width, height = box.width, box.height
+        px, py = points_px[i]
+        best = None
+        for radius in rings:
+            for cx, cy in directions:
+                dx, dy = radius * cx, radius * cy
+                ha = "left" if cx > 0.1 else "right" if cx < -0.1 else "center"
+                va = "bottom" if cy > 0.5 else "top" if cy < -0.5 else "center"
+                x0 = px + dx * to_pixels - (0 if ha == "left" else width if ha == "right" else width / 2)
+                y0 = py + dy * to_pixels - (0 if va == "bottom" else height if va == "top" else height / 2)
+                candidate = (x0 - gap, y0 - gap, x0 + width + gap, y0 + height + gap)
+                inside = (candidate[0] >= frame.x0 and candidate[2] <= frame.x1 and candidate[1] >= frame.y0
+                          and candidate[3] <= frame.y1)
+                if inside and not any(_boxes_overlap(candidate, other) for other in placed) and not any(
+                        _boxes_overlap(candidate, m) for j, m in enumerate(markers) if j != i):
+                    best = (dx, dy, ha, va, candidate)
+                    break
+            if best is not None:
+                break
+        if best is None:  # nowhere free: the far end of the last ring, counted as a failure by the test
+            best = (rings[-1], 0.0, "left", "center", (px, py, px, py))
+        dx, dy, ha, va, candidate = best
+        leader = dict(arrowstyle="-", color="0.6", lw=0.5, shrinkA=1, shrinkB=3) if math.hypot(dx, dy) > 14 else None
+        labels[i] = ax.annotate(texts[i], anchors[i], xytext=(dx, dy), textcoords="offset points", fontsize=fontsize,
+                                ha=ha, va=va, zorder=4, arrowprops=leader)
+        placed.append(candidate)
+    return labels
+
+
+def label_text_extent(label: Any, renderer: Any) -> Any:
+    """Display box of an annotation's text alone (an Annotation's own extent includes its leader line)."""
+    import matplotlib.text as mtext
+    label.update_positions(renderer)
+    return mtext.Text.get_window_extent(label, renderer)
+
+
+def plot_complexity(rows: Sequence[tuple[Target, ComplexityReport]]) -> ComplexityPlot:
+    """MACs (log x) vs published AudioSet mAP of the rows with an AudioSet mAP, labels placed without overlap.
+
+    Rows whose published mAP is on another dataset (the OpenMIC-2008 PaSST models) are left out:
+    they do not belong on the AudioSet axis.
+    """
     import matplotlib
     matplotlib.use("Agg")  # headless: no display needed
     import matplotlib.pyplot as plt
 
-    points = [(t, r) for t, r in rows if t.published_map is not None]
-    fig, ax = plt.subplots(figsize=(9, 6))
+    points = [(t, r) for t, r in rows if t.published_map is not None and t.extra.get("dataset", "audioset") == "audioset"]
+    other = sorted({str(t.extra.get("dataset")) for t, _ in rows
+                    if t.published_map is not None and t.extra.get("dataset", "audioset") != "audioset"})
+    fig, ax = plt.subplots(figsize=(12, 8), dpi=120)
     markers = {"mn": ("o", "tab:blue", "MobileNetV3 (mn)"), "dymn": ("s", "tab:red", "dynamic MobileNet (dymn)"),
                "passt": ("^", "tab:green", "PaSST (teacher)"), "ast": ("D", "tab:purple", "AST (teacher)")}
+    to_label: list[tuple[Target, ComplexityReport]] = []
     for arch, (marker, color, label) in markers.items():
         sel = [(t, r) for t, r in points if t.arch == arch]
         if sel:
-            ax.scatter([r.macs / 1e9 for _, r in sel], [t.published_map for t, _ in sel], marker=marker,
+            ax.scatter([r.macs / 1e9 for _, r in sel], [t.published_map for t, _ in sel], marker=marker, s=28,
                        color=color, label=label, zorder=3)
         # re-runs of one architecture (e.g. mn40_as, mn40_as(2)) share a MACs value: label the best only
         best: dict[int, tuple[Target, ComplexityReport]] = {}
         for t, r in sel:
             if r.macs not in best or t.published_map > best[r.macs][0].published_map:
                 best[r.macs] = (t, r)
-        for t, r in best.values():
-            ax.annotate(t.name, (r.macs / 1e9, t.published_map), textcoords="offset points", xytext=(4, 3),
-                        fontsize=7)
+        to_label.extend(best.values())
     ax.set_xscale("log")
     ax.set_xlabel("MACs per 10-s clip (billions, log scale)")
     ax.set_ylabel("published AudioSet mAP")
-    ax.set_title("Complexity vs. performance of the released models")
+    title = "Complexity vs. performance of the released models"
+    if other:
+        title += f"\n(not shown: models whose published mAP is on another dataset: {', '.join(other)})"
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     if points:
-        ax.legend()
+        macs = [r.macs / 1e9 for _, r in points]
+        maps = [t.published_map for t, _ in points]
+        # room for labels around the outermost points
+        ax.set_xlim(min(macs) / 2.5, max(macs) * 4.0)
+        span = max(maps) - min(maps) or 0.05
+        ax.set_ylim(min(maps) - 0.12 * span, max(maps) + 0.12 * span)
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return len(points)
+    labels = place_labels(ax, [(r.macs / 1e9, t.published_map) for t, r in to_label], [t.name for t, _ in to_label])
+    return ComplexityPlot(fig, ax, labels, len(points))
+
+
+def write_plot(rows: Sequence[tuple[Target, ComplexityReport]], path: str) -> int:
+    """Write :func:`plot_complexity` to ``path`` (PNG); returns the number of plotted models."""
+    import matplotlib.pyplot as plt
+
+    plot = plot_complexity(rows)
+    plot.figure.savefig(path, dpi=plot.figure.dpi)
+    plt.close(plot.figure)
+    return plot.points
 
 
 # --------------------------------------------------------------------------------------
@@ -485,6 +645,8 @@ def write_plot(rows: Sequence[tuple[Target, ComplexityReport]], path: str) -> in
 def _run(args: argparse.Namespace) -> int:
     if args.bits_per_elem < 1:
         raise UsageError(f"--bits_per_elem must be a positive integer, got {args.bits_per_elem}")
+    if not (math.isfinite(args.duration) and args.duration > 0):
+        raise UsageError(f"--duration must be a positive finite number of seconds, got {args.duration}")
     if (args.plot is not None or args.only is not None or args.teachers) and not args.table:
         raise UsageError("--plot, --only and --teachers need --table (for one teacher: --model NAME)")
     if args.table:
@@ -502,7 +664,7 @@ def _run(args: argparse.Namespace) -> int:
                   f"memory at {args.bits_per_elem} bits per element; mAP as published)")
         if args.plot is not None:
             count = write_plot(rows, args.plot)
-            print(f"wrote {args.plot} ({count} models with a published mAP)", file=sys.stderr)
+            print(f"wrote {args.plot} ({count} models with a published AudioSet mAP)", file=sys.stderr)
         return 0
 
     target = target_from_args(args)

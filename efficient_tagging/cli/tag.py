@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from typing import Optional, Sequence
 
@@ -10,6 +11,17 @@ import torch
 
 from ..tagging.ensemble import TeacherEnsemble
 from ..tagging.tagger import load_tagger
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (bad values exit with code 2 and a usage message)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (the number of labels to print), got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ensemble", nargs="+", default=None, metavar="NAME",
                         help="tag with the mean logits of several catalogue models (e.g. PaSST teachers and "
                              "students; each with its own frontend); replaces --model_name/--model_path")
-    parser.add_argument("--top_k", type=int, default=10, help="number of labels to print")
+    parser.add_argument("--top_k", type=positive_int, default=10, help="number of labels to print (at least 1)")
     parser.add_argument("--labels_path", default=None,
                         help="AudioSet class_labels_indices.csv (default: cache, downloaded if missing)")
     parser.add_argument("--cache_dir", default=None, help="download cache (default: $EFFICIENT_TAGGING_CACHE, "
@@ -38,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # library warnings (e.g. a truncated file: decoded vs stated duration) go to stderr
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         if args.ensemble:
             tagger = TeacherEnsemble.from_names(args.ensemble, cache_dir=args.cache_dir, labels_path=args.labels_path)

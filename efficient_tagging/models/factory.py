@@ -17,7 +17,7 @@ import os
 import tempfile
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -241,19 +241,37 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
     return model
 
 
+def as_label_map(labels: Union[LabelMap, Sequence[str]]) -> LabelMap:
+    """A `LabelMap` from a `LabelMap` or a sequence of class names (which are then also the ids)."""
+    if isinstance(labels, LabelMap):
+        return labels
+    if isinstance(labels, (str, bytes)) or not isinstance(labels, Sequence):
+        raise TypeError(f"labels must be a LabelMap or a list of class names, got {type(labels).__name__}")
+    names = list(labels)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise TypeError(f"labels must be class names (str); got {bad[:3]} ({type(bad[0]).__name__})")
+    return LabelMap.from_names(names)
+
+
 def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[str] = None,
                     config: Optional[dict[str, Any]] = None, preprocessing: Optional[dict[str, Any]] = None,
-                    labels: Optional[LabelMap] = None, dataset: Optional[str] = None,
+                    labels: Union[LabelMap, Sequence[str], None] = None, dataset: Optional[str] = None,
                     extra: Optional[dict[str, Any]] = None) -> Path:
     """Write a self-describing checkpoint atomically (temp file + rename).
 
-    Holds only tensors and plain Python values, so `torch.load(weights_only=True)` reads it.
+    `labels`: a `LabelMap` or a plain list of class names (one per logit, in logit order);
+    default: the model's `label_map`. Holds only tensors and plain Python values, so
+    `torch.load(weights_only=True)` reads it.
     """
     path = Path(path)
     arch = arch or getattr(model, "arch", None)
     if arch is None:
         raise ValueError("save_checkpoint needs the architecture name (arch=...)")
-    labels = labels if labels is not None else getattr(model, "label_map", None)
+    labels = as_label_map(labels) if labels is not None else getattr(model, "label_map", None)
+    num_classes = getattr(model, "num_classes", None)
+    if labels is not None and isinstance(num_classes, int) and num_classes and len(labels) != num_classes:
+        raise ValueError(f"save_checkpoint: {len(labels)} labels given but the model outputs {num_classes} classes")
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,

@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from ..audio import resample
-from .tagger import AudioTagger, TaggingMixin
+from ..audio import resample, resample_blocks
+from .tagger import AudioTagger, BlockFactory, TaggingMixin
 from ..labels import LabelMap
 
 
@@ -107,6 +107,21 @@ class TeacherEnsemble(TaggingMixin, nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         return torch.stack(self.member_logits(waveform)).mean(dim=0)
+
+    @torch.no_grad()
+    def stream_logits(self, make_blocks: BlockFactory) -> Tensor:
+        """Mean logits (1, C) of the members over one long waveform given as blocks (bounded memory:
+        each member streams it on its own, resampled block by block to the member's rate)."""
+        logits = []
+        for member in self.members:
+            rate = int(member.sample_rate)
+            factory = make_blocks if rate == self.sample_rate else (
+                lambda rate=rate: resample_blocks(make_blocks(), self.sample_rate, rate))
+            if hasattr(member, "stream_logits"):
+                logits.append(member.stream_logits(factory).float())
+            else:  # a plain waveform-in module: one pass
+                logits.append(member(torch.cat(list(factory())).reshape(1, -1)).float())
+        return torch.stack(logits).mean(dim=0)
 
     def extra_repr(self) -> str:
         return f"names={self.names}, sample_rate={self.sample_rate}, num_classes={self.num_classes}"

@@ -2,21 +2,39 @@
 
 `AudioTagger` bundles a model with the frontend it was trained with and its label map. It
 is the piece the inference scripts, evaluation and (later) windowed tagging share.
+
+Input rules (shared by `AudioTagger` and `TeacherEnsemble`):
+- A waveform with NaN/Inf samples is refused (ValueError naming how many and where).
+- A waveform (or decoded file) shorter than `min_samples` (one STFT window, e.g. 1024 samples =
+  32 ms at 32 kHz) is zero-padded at the end to `min_samples` by `probabilities`, `tag_waveform`
+  and `tag_file` alike, with a logged warning; `forward` (the raw model call) refuses it.
+- Inputs longer than `chunk_seconds` (default 60 s) are tagged in bounded memory: files are
+  decoded and resampled block by block and the spectrogram/model run in overlapping windows
+  (`tagging.windows`, which documents the combination rule and its measured accuracy). Shorter
+  inputs are tagged in one pass, exactly as before.
 """
 from __future__ import annotations
 
+import itertools
+import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from ..audio import AudioSource, load_audio
+from ..audio import AudioSource, stream_audio
 from ..frontends import build_frontend, frontend_sample_rate
 from ..labels import LabelMap, audioset_labels
 from ..models.factory import get_model, read_checkpoint
 from ..models.layers import forward_spectrogram
+from .windows import DEFAULT_CHUNK_SECONDS, WindowPlan, frame_geometry, plan_windows, stream_forward
+
+logger = logging.getLogger(__name__)
+
+BlockFactory = Callable[[], Iterator[Tensor]]
 
 
 @dataclass(frozen=True)
@@ -26,36 +44,127 @@ class Tag:
     probability: float
 
 
+def check_top_k(k: Any) -> int:
+    """`k` as an int >= 1, or a ValueError saying what a top-k count must be."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"top_k must be a positive integer (the number of tags to return), got {k!r}")
+    return k
+
+
+def check_finite_waveform(waveform: Tensor, sample_rate: Optional[int] = None) -> None:
+    """Raise a ValueError naming how many samples are NaN/Inf and where the first ones are."""
+    finite = torch.isfinite(waveform)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero()
+    nan = int(torch.isnan(waveform).sum())
+    count = bad.shape[0]
+    where = []
+    for position in bad[:3].tolist():
+        sample = position[-1]
+        place = f"sample {sample}" + (f" ({sample / sample_rate:.3f} s)" if sample_rate else "")
+        if waveform.dim() > 1:
+            place = f"row {position[0]}, " + place
+        where.append(place)
+    more = f" and {count - len(where)} more" if count > len(where) else ""
+    raise ValueError(
+        f"waveform of shape {tuple(waveform.shape)} contains {count} non-finite samples ({nan} NaN, "
+        f"{count - nan} inf), at {'; '.join(where)}{more}: the tags would be NaN. Fix the source of the audio "
+        f"or replace them (e.g. torch.nan_to_num(waveform, 0.0, 0.0, 0.0))")
+
+
 class TaggingMixin:
     """Tagging on top of `forward(waveform (B, samples)) -> logits (B, C)`.
 
     Shared by `AudioTagger` (one model) and `models.ensemble.TeacherEnsemble` (several).
-    The class needs `sample_rate`, `label_map`, `device` and `min_samples` (shortest useful input).
+    The class needs `sample_rate`, `label_map`, `device`, `min_samples` (shortest useful input),
+    `chunk_seconds` and `stream_logits` (logits of one long waveform given as blocks).
     """
 
     sample_rate: int
     label_map: LabelMap
     min_samples: int = 1024
+    chunk_seconds: float = DEFAULT_CHUNK_SECONDS
+
+    @property
+    def chunk_samples(self) -> int:
+        """Inputs longer than this many samples are tagged in windows (bounded memory)."""
+        return max(1, int(round(self.chunk_seconds * self.sample_rate)))
+
+    def stream_logits(self, make_blocks: BlockFactory) -> Tensor:
+        """Logits (1, C) of one long mono waveform: `make_blocks()` yields its 1-D blocks at
+        `sample_rate` (a fresh iterator per call)."""
+        raise NotImplementedError
+
+    def _prepare_waveform(self, waveform: Tensor) -> Tensor:
+        """(B, samples) float waveform, checked for NaN/Inf, zero-padded to `min_samples`."""
+        if not isinstance(waveform, Tensor):
+            raise TypeError(f"expected a waveform tensor (samples,) or (batch, samples), got {type(waveform).__name__}")
+        if waveform.dim() == 1:
+            waveform = waveform.reshape(1, -1)
+        if waveform.dim() != 2:
+            raise ValueError(f"expected a mono waveform of shape (samples,) or (batch, samples), got shape "
+                             f"{tuple(waveform.shape)} (downmix channels first)")
+        if waveform.shape[-1] == 0 or waveform.shape[0] == 0:
+            raise ValueError(f"empty waveform (shape {tuple(waveform.shape)}): nothing to tag")
+        if not waveform.is_floating_point():
+            raise TypeError(f"expected float samples in [-1, 1], got dtype {waveform.dtype}")
+        check_finite_waveform(waveform, self.sample_rate)
+        length = waveform.shape[-1]
+        if length < self.min_samples:
+            logger.warning("waveform of %d samples (%.1f ms at %d Hz) is shorter than the %d samples (one analysis "
+                           "window) the model needs: zero-padded at the end to %d samples", length,
+                           1000 * length / self.sample_rate, self.sample_rate, self.min_samples, self.min_samples)
+            waveform = torch.nn.functional.pad(waveform, (0, self.min_samples - length))
+        return waveform
 
     @torch.no_grad()
     def probabilities(self, waveform: Tensor) -> Tensor:
-        """Sigmoid class probabilities for a waveform batch (B, samples) at `self.sample_rate`."""
-        return torch.sigmoid(self(waveform)).float().cpu()  # type: ignore[operator]
+        """Sigmoid class probabilities (B, C) for a waveform batch (B, samples) at `self.sample_rate`.
+
+        Waveforms longer than `chunk_seconds` are tagged in overlapping windows (bounded memory).
+        """
+        waveform = self._prepare_waveform(waveform)
+        if waveform.shape[-1] <= self.chunk_samples:
+            return torch.sigmoid(self(waveform)).float().cpu()  # type: ignore[operator]
+        logits = [self.stream_logits(lambda row=row: iter(row.split(self.chunk_samples))) for row in waveform]
+        return torch.sigmoid(torch.cat(logits)).float().cpu()
+
+    @torch.no_grad()
+    def file_probabilities(self, source: AudioSource) -> Tensor:
+        """Sigmoid class probabilities (1, C) of a file (any PyAV-readable format and rate).
+
+        The file is decoded and resampled block by block: memory does not grow with its length.
+        """
+        blocks = stream_audio(source, self.sample_rate, self.chunk_samples)
+        first = next(blocks)
+        second = next(blocks, None)
+        if second is None:  # at most one chunk: one pass, as for a waveform
+            return self.probabilities(first)
+        opened = [itertools.chain([first, second], blocks)]
+
+        def make_blocks() -> Iterator[Tensor]:  # ensembles read the file once per member
+            return opened.pop() if opened else stream_audio(source, self.sample_rate, self.chunk_samples)
+
+        return torch.sigmoid(self.stream_logits(make_blocks)).float().cpu()
 
     def top_k(self, probabilities: Tensor, k: int = 10) -> list[Tag]:
-        values, indices = probabilities.topk(min(k, probabilities.numel()))
+        values, indices = probabilities.topk(min(check_top_k(k), probabilities.numel()))
         return [Tag(self.label_map.names[i], int(i), float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 
     def tag_waveform(self, waveform: Tensor, top_k: int = 10) -> list[Tag]:
-        """Top-k tags of one mono waveform (samples,) at `self.sample_rate`."""
+        """Top-k tags of one mono waveform (samples,) at `self.sample_rate` (short ones zero-padded)."""
+        check_top_k(top_k)
         return self.top_k(self.probabilities(waveform.reshape(1, -1))[0], top_k)
 
     def tag_file(self, source: AudioSource, top_k: int = 10) -> list[Tag]:
-        """Decode any PyAV-readable file (any sample rate; resampled) and return its top-k tags."""
-        waveform = load_audio(source, self.sample_rate)
-        if waveform.numel() < self.min_samples:  # too short for one frame of real content
-            waveform = torch.nn.functional.pad(waveform, (0, self.min_samples - waveform.numel()))
-        return self.tag_waveform(waveform, top_k)
+        """Decode any PyAV-readable file (any sample rate; resampled) and return its top-k tags.
+
+        Files shorter than `min_samples` are zero-padded like waveforms; a file whose decoded
+        duration differs from its header's (e.g. a truncated mp3) is tagged with a logged warning.
+        """
+        check_top_k(top_k)
+        return self.top_k(self.file_probabilities(source)[0], top_k)
 
 
 class AudioTagger(TaggingMixin, nn.Module):
@@ -67,8 +176,14 @@ class AudioTagger(TaggingMixin, nn.Module):
     """
 
     def __init__(self, model: nn.Module, frontend: Optional[nn.Module] = None,
-                 label_map: Optional[LabelMap] = None, sample_rate: Optional[int] = None) -> None:
+                 label_map: Optional[LabelMap] = None, sample_rate: Optional[int] = None,
+                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> None:
         super().__init__()
+        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not (
+                math.isfinite(chunk_seconds) and chunk_seconds > 0):
+            raise ValueError(f"chunk_seconds must be a positive number of seconds, got {chunk_seconds!r}")
+        self.chunk_seconds = float(chunk_seconds)
+        self._window_plan: Optional[WindowPlan] = None
         preprocessing = getattr(model, "preprocessing", None) or {}
         self.model = model.eval()
         self.frontend = (frontend or build_frontend(preprocessing)).eval()
@@ -99,8 +214,46 @@ class AudioTagger(TaggingMixin, nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def chunk_frames(self) -> int:
+        """Spectrogram frames of one chunk: the most frames the model sees at once on long inputs."""
+        num_frames = getattr(self.frontend, "num_frames", None)
+        return int(num_frames(self.chunk_samples)) if num_frames else self.chunk_samples // 320
+
+    def window_plan(self) -> WindowPlan:
+        """How long inputs are cut into model windows (CNN students; see `tagging.windows`)."""
+        if self._window_plan is None:
+            n_mels = int(getattr(self.frontend, "n_mels", None) or getattr(self.frontend, "num_mel_bins", 128))
+            self._window_plan = plan_windows(self.model, self.chunk_frames, n_mels)
+        return self._window_plan
+
     def forward(self, waveform: Tensor) -> Tensor:
+        """Logits (B, C) of a waveform batch (B, samples): one pass over the whole input."""
+        check_finite_waveform(waveform, self.sample_rate)
+        if waveform.shape[-1] < self.min_samples:
+            raise ValueError(
+                f"waveform of shape {tuple(waveform.shape)} is too short: the frontend needs at least "
+                f"{self.min_samples} samples ({1000 * self.min_samples / self.sample_rate:.1f} ms at "
+                f"{self.sample_rate} Hz); tag_waveform / tag_file zero-pad shorter inputs")
         logits, _ = forward_spectrogram(self.model, self.frontend(waveform.to(self.device)))
+        return logits
+
+    @torch.no_grad()
+    def stream_logits(self, make_blocks: BlockFactory) -> Tensor:
+        blocks = make_blocks()
+        first = next(blocks, None)
+        if first is None:
+            raise ValueError("no audio to tag: the waveform is empty")
+        second = next(blocks, None)
+        if second is None and first.numel() <= self.chunk_samples:
+            return self(first.reshape(1, -1))
+        rest = itertools.chain([first] + ([second] if second is not None else []), blocks)
+        if frame_geometry(self.frontend) is None:
+            logger.warning("%s is not a frame-local frontend: tagging the whole input at once (memory grows with "
+                           "its length)", type(self.frontend).__name__)
+            return self(torch.cat(list(rest)).reshape(1, -1))
+        plan = None if hasattr(self.model, "needs_sliding_windows") else self.window_plan()
+        logits, _ = stream_forward(self.frontend, self.model, rest, self.chunk_frames, plan=plan, device=self.device)
         return logits
 
 
