@@ -263,7 +263,7 @@ def test_truncated_mp3_warns_with_decoded_and_stated_duration(tmp_path, caplog):
 
 
 def test_tag_cli_prints_the_truncation_warning(tmp_path):
-    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=[f"tone {i}" for i in range(6)])
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=LabelMap.from_names([f"tone {i}" for i in range(6)]))
     encoded = encode_audio(_tones(6.0), SR, "mp3")
     truncated = tmp_path / "cut.mp3"
     truncated.write_bytes(encoded[:len(encoded) // 2])
@@ -281,7 +281,7 @@ def test_tag_cli_prints_the_truncation_warning(tmp_path):
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_tag_cli_refuses_a_bad_top_k_with_exit_code_2(tmp_path, capsys, value):
     from efficient_tagging.cli import tag
-    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=[f"c{i}" for i in range(6)])
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=LabelMap.from_names([f"c{i}" for i in range(6)]))
     wav = tmp_path / "a.wav"
     wav.write_bytes(encode_audio(_tones(1.0), SR, "wav"))
     with pytest.raises(SystemExit) as exit_:

@@ -137,7 +137,9 @@ class TaggingMixin:
         The file is decoded and resampled block by block: memory does not grow with its length.
         """
         blocks = stream_audio(source, self.sample_rate, self.chunk_samples)
-        first = next(blocks)
+        first = next(blocks, None)  # the decoder raises on files with no samples; this is a safety net
+        if first is None:
+            raise ValueError(f"{source}: decoded to zero samples")
         second = next(blocks, None)
         if second is None:  # at most one chunk: one pass, as for a waveform
             return self.probabilities(first)
