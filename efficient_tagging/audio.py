@@ -185,6 +185,17 @@ def resampler_context(orig_sr: int, target_sr: int) -> int:
     return orig * math.ceil((width + 1) / orig)
 
 
+def concat_samples(pieces: list[Tensor]) -> Tensor:
+    """Join 1-D sample blocks. CPU blocks are joined with numpy: torch.cat of many 1-D CPU tensors
+    with several intra-op threads was measured 50x slower (0.25 s for 30 x 65536 samples on a busy
+    2-core machine)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    if all(p.device.type == "cpu" for p in pieces):
+        return torch.from_numpy(np.concatenate([p.numpy() for p in pieces]))
+    return torch.cat(pieces)
+
+
 class StreamingResampler:
     """`resample` over a stream of blocks, seamlessly: the output equals one `resample` call on the
     concatenated input (within float rounding), holding only about `step` + 2 contexts of input.
@@ -212,7 +223,7 @@ class StreamingResampler:
 
     def _buffer(self) -> Tensor:
         if len(self._pieces) != 1:
-            self._pieces = [torch.cat(self._pieces)] if self._pieces else [torch.zeros(0)]
+            self._pieces = [concat_samples(self._pieces)] if self._pieces else [torch.zeros(0)]
         return self._pieces[0]
 
     def push(self, samples: Union[np.ndarray, Tensor]) -> Iterator[Tensor]:
@@ -279,7 +290,7 @@ def rebuffer(blocks: Iterable[Tensor], block_samples: int) -> Iterator[Tensor]:
         pending.append(block)
         pending_samples += block.numel()
         if pending_samples >= block_samples:
-            joined = torch.cat(pending) if len(pending) > 1 else pending[0]
+            joined = concat_samples(pending)
             cut = 0
             while pending_samples - cut >= block_samples:
                 yield joined[cut:cut + block_samples]
@@ -287,7 +298,7 @@ def rebuffer(blocks: Iterable[Tensor], block_samples: int) -> Iterator[Tensor]:
             pending = [joined[cut:].clone()] if cut < joined.numel() else []
             pending_samples -= cut
     if pending_samples:
-        yield torch.cat(pending) if len(pending) > 1 else pending[0]
+        yield concat_samples(pending)
 
 
 def stream_audio(source: AudioSource, sample_rate: int, block_samples: int, name: Optional[str] = None) -> Iterator[Tensor]:

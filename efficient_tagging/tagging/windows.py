@@ -52,14 +52,18 @@ before (bit-identical).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..audio import concat_samples
 from ..models.layers import forward_spectrogram
 
 logger = logging.getLogger(__name__)
@@ -94,6 +98,35 @@ def frame_geometry(frontend: nn.Module) -> Optional[FrameGeometry]:
     return None
 
 
+def _release_freed_memory() -> None:
+    """Hand memory freed by the last window back to the OS (glibc only; a no-op elsewhere).
+
+    Successive windows allocate and free the same few hundred MB of activations; glibc keeps freed
+    blocks in its heap, fragmented, and the next window grows the heap again: measured on mn10
+    with 60-s chunks, the peak RSS rose by ~110 MB over the first windows without this call.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
+def _cat_frames(pieces: list[Tensor]) -> Tensor:
+    """Join spectrogram pieces along time (numpy for CPU tensors: see `audio.concat_samples`)."""
+    if len(pieces) == 1:
+        return pieces[0]
+    if all(p.device.type == "cpu" for p in pieces):
+        return torch.from_numpy(np.concatenate([p.numpy() for p in pieces], axis=-1))
+    return torch.cat(pieces, dim=-1)
+
+
 def _as_b1ft(spectrogram: Tensor) -> Tensor:
     return spectrogram.unsqueeze(1) if spectrogram.dim() == 3 else spectrogram
 
@@ -126,7 +159,7 @@ class SpectrogramStream:
 
     def _buffer(self) -> Tensor:
         if len(self._pieces) != 1:
-            self._pieces = [torch.cat(self._pieces)]
+            self._pieces = [concat_samples(self._pieces)]
         return self._pieces[0]
 
     def _segment_frames(self, end_sample: Optional[int]) -> Tensor:
@@ -206,7 +239,7 @@ class _FrameBuffer:
         if frame <= self.start:
             return
         if len(self._pieces) > 1:
-            self._pieces = [torch.cat(self._pieces, dim=-1)]
+            self._pieces = [_cat_frames(self._pieces)]
         if self._pieces:
             self._pieces = [self._pieces[0][..., frame - self.start:].clone()]
         self.start = frame
@@ -232,6 +265,7 @@ class _TransformerWindows:
         self.sums = (logits, embedding) if self.sums is None else (self.sums[0] + logits, self.sums[1] + embedding)
         self.count += 1
         self.last_start = start
+        _release_freed_memory()
 
     def consume(self, piece: Tensor) -> None:
         self.frames.append(piece)
@@ -278,6 +312,14 @@ class _OwnedWindows:
         self.weight = 0
 
     def _run(self, last: bool) -> None:
+        self._add_window(last)  # its activations are freed on return
+        self.index += 1
+        _release_freed_memory()
+        # keep one more window's frames: the last window may reach back that far
+        k, m = self.plan.owned, self.plan.margin
+        self.frames.drop_before(max(0, (self.index - 1) * k - m))
+
+    def _add_window(self, last: bool) -> None:
         k, m, s = self.plan.owned, self.plan.margin, self.plan.stride
         own_from = self.index * k
         own_to = self.frames.end if last else own_from + k
@@ -304,9 +346,6 @@ class _OwnedWindows:
             self.weighted = parts if self.weighted is None else (self.weighted[0] + parts[0],
                                                                  self.weighted[1] + parts[1])
             self.weight += weight
-        self.index += 1
-        # keep one more window's frames: the last window may reach back that far
-        self.frames.drop_before(max(0, (self.index - 1) * k - m))
 
     def consume(self, piece: Tensor) -> None:
         self.frames.append(piece)
