@@ -148,8 +148,8 @@ def accuracy(args: argparse.Namespace) -> list[str]:
                 shifted = torch.sigmoid(tagger(torch.roll(waveform, 3 * 32000)[None]))
             chunked = tagger.probabilities(waveform[None])
             delta = (chunked - whole).abs()
-            rows.append(f"| {case} | {args.accuracy_minutes:g} min | {chunk:g} s | {delta.max():.2e} | {delta.mean():.2e} "
-                        f"| {(shifted - whole).abs().max():.2e} |")
+            rows.append(f"| {case} | {args.accuracy_minutes:g} min | {chunk:g} s | {delta.max():.2e} "
+                        f"| {delta.mean():.2e} | {(shifted - whole).abs().max():.2e} |")
     return rows
 
 
@@ -191,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             write_test_file(path, minutes, args.codec)
             files[minutes] = path
-            print(f"# generated {path.name} ({path.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - start:.1f} s",
-                  flush=True)
+            print(f"# generated {path.name} ({path.stat().st_size / 1e6:.1f} MB) in "
+                  f"{time.perf_counter() - start:.1f} s", flush=True)
         baseline = run_child("baseline", files[min(files)], args)
         rows.append(("-", "baseline (tag 1 s)", baseline))
         for minutes in sorted(files):
@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(chunked) > 1:
         ratio = chunked[-1][1]["peak_rss_mb"] / chunked[0][1]["peak_rss_mb"]
         verdict = "within" if ratio <= 1.5 else "NOT within"
-        print(f"\n{chunked[-1][0]:g} min / {chunked[0][0]:g} min chunked peak RSS: {ratio:.2f}x ({verdict} the 1.5x target)")
+        print(f"\n{chunked[-1][0]:g} min / {chunked[0][0]:g} min chunked peak RSS: {ratio:.2f}x "
+              f"({verdict} the 1.5x target)")
     if args.accuracy:
         print("\n| weights | input | chunk | max abs dprob | mean abs dprob | whole-file vs 3-s shifted input |")
         print("| --- | --- | --- | --- | --- | --- |")

@@ -301,7 +301,8 @@ def rebuffer(blocks: Iterable[Tensor], block_samples: int) -> Iterator[Tensor]:
         yield concat_samples(pending)
 
 
-def stream_audio(source: AudioSource, sample_rate: int, block_samples: int, name: Optional[str] = None) -> Iterator[Tensor]:
+def stream_audio(source: AudioSource, sample_rate: int, block_samples: int,
+                 name: Optional[str] = None) -> Iterator[Tensor]:
     """Decode `source` and resample it to `sample_rate` as 1-D float32 blocks of `block_samples`.
 
     Memory stays bounded by a few blocks whatever the file length: the file is decoded frame by

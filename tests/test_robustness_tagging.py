@@ -2,9 +2,7 @@
 argument validation, the complexity tool's catalogue metadata and plot, checkpoint labels."""
 from __future__ import annotations
 
-import io
 import logging
-import math
 import subprocess
 import sys
 
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FIXTURES, LABELS_CSV, METRO_WAV, REPO, float_state_dict, load_fixture, requires_shared
+from conftest import FIXTURES, METRO_WAV, REPO, float_state_dict, load_fixture, requires_shared
 from efficient_tagging import AudioTagger, get_model, save_checkpoint
 from efficient_tagging.audio import (
     AudioDecodeError,
@@ -34,7 +32,8 @@ from efficient_tagging.tagging.windows import SpectrogramStream, WindowPlan, str
 SR = 32000
 
 
-def _student(width: float = 0.1, num_classes: int = 6, seed: int = 0, head_scale: float = 30.0, **config) -> torch.nn.Module:
+def _student(width: float = 0.1, num_classes: int = 6, seed: int = 0, head_scale: float = 30.0,
+             **config) -> torch.nn.Module:
     """A small random mn student with realistic activations and logits spread over several units.
 
     Fresh BatchNorm statistics (mean 0, var 1) make a random network's activations vanish, so
@@ -263,7 +262,8 @@ def test_truncated_mp3_warns_with_decoded_and_stated_duration(tmp_path, caplog):
 
 
 def test_tag_cli_prints_the_truncation_warning(tmp_path):
-    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=LabelMap.from_names([f"tone {i}" for i in range(6)]))
+    labels = LabelMap.from_names([f"tone {i}" for i in range(6)])
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=labels)
     encoded = encode_audio(_tones(6.0), SR, "mp3")
     truncated = tmp_path / "cut.mp3"
     truncated.write_bytes(encoded[:len(encoded) // 2])
@@ -281,7 +281,8 @@ def test_tag_cli_prints_the_truncation_warning(tmp_path):
 @pytest.mark.parametrize("value", ["0", "-1", "two"])
 def test_tag_cli_refuses_a_bad_top_k_with_exit_code_2(tmp_path, capsys, value):
     from efficient_tagging.cli import tag
-    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=LabelMap.from_names([f"c{i}" for i in range(6)]))
+    labels = LabelMap.from_names([f"c{i}" for i in range(6)])
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=labels)
     wav = tmp_path / "a.wav"
     wav.write_bytes(encode_audio(_tones(1.0), SR, "wav"))
     with pytest.raises(SystemExit) as exit_:

@@ -291,7 +291,8 @@ def exact_catalogue_entry(arch: str, config: dict[str, Any], preprocessing: dict
     """
     catalogue, _ = _catalogue()
     key = _config_key(arch, config, preprocessing)
-    matches = [e for e in catalogue.values() if e.arch == arch and _config_key(e.arch, e.config, e.preprocessing) == key]
+    matches = [e for e in catalogue.values()
+               if e.arch == arch and _config_key(e.arch, e.config, e.preprocessing) == key]
     for entry in matches:
         if entry.name == preferred:
             return entry
@@ -590,7 +591,8 @@ def plot_complexity(rows: Sequence[tuple[Target, ComplexityReport]]) -> Complexi
     matplotlib.use("Agg")  # headless: no display needed
     import matplotlib.pyplot as plt
 
-    points = [(t, r) for t, r in rows if t.published_map is not None and t.extra.get("dataset", "audioset") == "audioset"]
+    points = [(t, r) for t, r in rows
+              if t.published_map is not None and t.extra.get("dataset", "audioset") == "audioset"]
     other = sorted({str(t.extra.get("dataset")) for t, _ in rows
                     if t.published_map is not None and t.extra.get("dataset", "audioset") != "audioset"})
     fig, ax = plt.subplots(figsize=(12, 8), dpi=120)

@@ -175,6 +175,10 @@ class AudioTagger(TaggingMixin, nn.Module):
     The frontend comes from the model's `preprocessing` (`build_frontend`): EfficientAT mel,
     PaSST mel or AST fbank. Transformer teachers (PaSST, AST: `needs_sliding_windows`) tag
     inputs longer than their trained length as the mean of the logits of overlapping windows.
+
+    `chunk_seconds` (default 60): `probabilities` / `tag_waveform` / `tag_file` tag longer inputs
+    in windows of at most this length, in memory that does not grow with the input
+    (`tagging.windows` gives the rule and its measured accuracy); `forward` always runs one pass.
     """
 
     def __init__(self, model: nn.Module, frontend: Optional[nn.Module] = None,
