@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where the demo dataset, teacher and logits are cached (default <cache>/demo)")
     parser.add_argument("--demo_clips", type=int, default=2000,
                         help="demo training clips (the eval split gets an eighth as many); fewer for a quick smoke run")
-    add_training_arguments(parser)
+    add_training_arguments(parser, AUDIOSET_DEFAULTS, DEMO_DEFAULTS)
     return parser
 
 
@@ -118,10 +118,11 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
         torch.distributed.barrier()
 
     teacher_model = get_model(str(teacher_checkpoint))
-    student_defaults = dict(DEMO_DEFAULTS, train_hdf5=[str(data.train_path)], eval_hdf5=[str(data.eval_path)],
-                            out_dir=str(root / "student" / f"{args.arch}{str(args.width_mult).replace('.', '')}"))
+    student_defaults = dict(DEMO_DEFAULTS, train_hdf5=[str(data.train_path)], eval_hdf5=[str(data.eval_path)])
     student_args = argparse.Namespace(**{**vars(args), "experiment_name": args.experiment_name or "demo_student"})
     config = config_from_args(student_args, student_defaults)
+    if args.out_dir is None:
+        config.out_dir = str(root / "student" / f"{config.arch}{str(config.width_mult).replace('.', '')}")
     config.teacher_logits = config.teacher_logits or str(teacher_logits_path)
     if is_main:
         print(f"[demo] distilling the student ({config.arch}, width {config.width_mult}) from the teacher logits",
@@ -172,7 +173,7 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     clip_length = args.clip_length or AUDIOSET_DEFAULTS["clip_length"]
     dataset = AudioSetDataset(args.eval_hdf5, sample_rate=tagger.sample_rate, clip_length=clip_length)
     metrics = evaluate(tagger.model, tagger.frontend, dataset, device, DistInfo(False, 0, 1, 0, device),
-                       args.batch_size or 32, args.num_workers or 0, args.precision, not args.no_progress)
+                       args.batch_size or 32, args.num_workers or 0, args.precision or "32", not args.no_progress)
     print(f"Results on {', '.join(args.eval_hdf5)} for {args.model_path or args.model_name}:")
     print(f"  mAP: {metrics['mAP']:.3f}")
     print(f"  ROC: {metrics['mean_roc_auc']:.3f}")

@@ -60,12 +60,13 @@ class DistributedWeightedSampler(Sampler[int]):
     single-process epoch and all get the same number of samples. Call `set_epoch` before
     each epoch. Works without torch.distributed (one replica, rank 0).
 
-    Note: the reference draws AudioSet epochs without replacement (`replacement=False`);
-    the default here is with replacement, which needs no minimum number of non-zero weights.
+    Like the reference (`WeightedRandomSampler(replacement=False)`), an epoch is drawn without
+    replacement by default: no clip repeats within an epoch, so an epoch can hold at most as
+    many clips as have a non-zero weight. `replacement=True` (`--sampler_replacement`) lifts that.
     """
 
     def __init__(self, weights: Union[np.ndarray, torch.Tensor, list], num_samples: int,
-                 num_replicas: Optional[int] = None, rank: Optional[int] = None, replacement: bool = True,
+                 num_replicas: Optional[int] = None, rank: Optional[int] = None, replacement: bool = False,
                  seed: int = 0):
         self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
         if self.weights.ndim != 1 or len(self.weights) == 0:
@@ -80,8 +81,9 @@ class DistributedWeightedSampler(Sampler[int]):
         self.total_size = self.samples_per_rank * self.num_replicas
         nonzero = int((self.weights > 0).sum())
         if not replacement and self.total_size > nonzero:
-            raise ValueError(f"cannot draw {self.total_size} samples without replacement from "
-                             f"{nonzero} clips with non-zero weight")
+            raise ValueError(f"cannot draw an epoch of {self.total_size} clips without replacement from "
+                             f"{nonzero} clips with a non-zero sampling weight: lower --epoch_len to at most "
+                             f"{nonzero}, or pass --sampler_replacement")
         self.replacement = replacement
         self.seed = int(seed)
         self.epoch = 0

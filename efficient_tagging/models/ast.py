@@ -559,9 +559,11 @@ class ASTTagger(ASTModel):
     """:class:`ASTModel` with this project's tagger interface (same constructor, keys and weights).
 
     ``forward(spec)`` takes a ``(B, 1, F, T)`` spectrogram (the layout of the project's
-    frontends; use :class:`efficient_tagging.ast_frontend.ASTFbank` with ``layout="b1ft"``
-    for the reference features) and returns ``(logits (B, label_dim), embedding (B, D))``.
-    ``ASTModel.forward`` on ``spec[:, 0].transpose(1, 2)`` gives the same logits.
+    frontends; use :class:`efficient_tagging.frontends.ASTFbank` with ``layout="b1ft"``
+    for the reference features) or the reference's own ``(B, T, F)`` layout (what
+    ``ASTModel.forward`` and the AST fixtures take), and returns
+    ``(logits (B, label_dim), embedding (B, D))`` like the students. The logits equal
+    ``ASTModel.forward`` on the same features.
     """
 
     @classmethod
@@ -574,23 +576,29 @@ class ASTTagger(ASTModel):
         return tagger
 
     def to_time_major(self, spec: Tensor) -> Tensor:
-        """``(B, 1, F, T)`` -> the reference layout ``(B, T, F)`` (a view)."""
+        """``(B, 1, F, T)`` -> the reference layout ``(B, T, F)`` (a view); ``(B, T, F)`` passes as is."""
+        if isinstance(spec, Tensor) and spec.dim() == 3:
+            if spec.shape[2] != self.input_fdim:
+                raise ValueError(f"ASTTagger was built for input_fdim={self.input_fdim} mel bins, got a rank-3 input "
+                                 f"(the reference layout (B, T, F)) of shape {tuple(spec.shape)}")
+            return spec
         if not isinstance(spec, Tensor) or spec.dim() != 4 or spec.shape[1] != 1:
             shape = tuple(spec.shape) if isinstance(spec, Tensor) else type(spec).__name__
             raise ValueError(f"ASTTagger expects a spectrogram of shape (B, 1, F, T) = (batch, 1, "
-                             f"{self.input_fdim} mel bins, {self.input_tdim} frames), got {shape}")
+                             f"{self.input_fdim} mel bins, {self.input_tdim} frames), or the reference layout "
+                             f"(B, T, F), got {shape}")
         if spec.shape[2] != self.input_fdim:
             raise ValueError(f"ASTTagger was built for input_fdim={self.input_fdim} mel bins, got a spectrogram of "
                              f"shape (B, 1, F, T) = {tuple(spec.shape)}")
         return spec[:, 0].transpose(1, 2)
 
     def forward(self, spec: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        """``(logits, embedding)`` for a ``(B, 1, F, T)`` spectrogram."""
+        """``(logits, embedding)`` for a ``(B, 1, F, T)`` spectrogram or a reference-layout ``(B, T, F)`` input."""
         x = self.to_time_major(spec)
         try:
             embedding = self.forward_features(x)
         except ValueError as error:
-            raise ValueError(f"{error} (ASTTagger input (B, 1, F, T) = {tuple(spec.shape)})") from None
+            raise ValueError(f"{error} (ASTTagger input of shape {tuple(spec.shape)})") from None
         return self.mlp_head(embedding), embedding
 
     # ----------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ final classification layer, and only when the caller asks for a different `num_c
 """
 from __future__ import annotations
 
+import importlib
+import inspect
 import logging
 import os
 import tempfile
@@ -36,35 +38,50 @@ MIRROR_ENV = "EFFICIENT_TAGGING_MIRROR"
 HEAD_PREFIXES = ("classifier.", "head.", "head_dist.", "mlp_head.")
 
 
-def _mobilenet(**config: Any) -> nn.Module:
-    from .mobilenet import MobileNet
-    return MobileNet(**config)
+class _LazyModelClass:
+    """Builder of one family: imports its model class on first use (keeps `import efficient_tagging` light).
+
+    `parameters()` lists the constructor's keyword names, so unknown arguments are refused by
+    name instead of surfacing as a TypeError (or, worse, being dropped).
+    """
+
+    def __init__(self, module: str, class_name: str) -> None:
+        self.module, self.class_name = module, class_name
+
+    def model_class(self) -> type:
+        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.class_name)
+
+    def parameters(self) -> Optional[set[str]]:
+        signature = inspect.signature(self.model_class().__init__)
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            return None
+        return {name for name in signature.parameters if name != "self"}
+
+    def __call__(self, **config: Any) -> nn.Module:
+        return self.model_class()(**config)
 
 
-def _dymn(**config: Any) -> nn.Module:
-    from .dymn import DyMN
-    return DyMN(**config)
-
-
-def _passt(**config: Any) -> nn.Module:
-    from .passt import PaSST
-    return PaSST(**config)
-
-
-def _ast(**config: Any) -> nn.Module:
-    # The tagger form: (B, 1, F, T) spectrogram in, (logits, embedding) out, like the students;
-    # same constructor arguments, keys and weights as the reference's ASTModel.
-    from .ast import ASTTagger
-    return ASTTagger(**config)
-
-
-# arch name -> builder taking the reference's own constructor kwargs.
+# arch name -> builder taking the reference's own constructor kwargs. AST builds the tagger
+# form: (B, 1, F, T) spectrogram in (or the reference's (B, T, F)), (logits, embedding) out,
+# like the students; same constructor arguments, keys and weights as the reference's ASTModel.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "mn": _mobilenet,
-    "dymn": _dymn,
-    "passt": _passt,
-    "ast": _ast,
+    "mn": _LazyModelClass("mobilenet", "MobileNet"),
+    "dymn": _LazyModelClass("dymn", "DyMN"),
+    "passt": _LazyModelClass("passt", "PaSST"),
+    "ast": _LazyModelClass("ast", "ASTTagger"),
 }
+
+
+def check_model_kwargs(arch: str, config: dict[str, Any]) -> None:
+    """Refuse constructor arguments the family does not take, naming them and the accepted ones."""
+    parameters = getattr(ARCHITECTURES.get(arch), "parameters", None)
+    accepted = parameters() if callable(parameters) else None
+    if accepted is None:
+        return
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ValueError(f"unknown argument(s) for arch={arch!r}: {', '.join(unknown)}; accepted: "
+                         f"{', '.join(sorted(accepted))} (plus cache_dir, weights, progress for get_model)")
 
 
 def register_architecture(name: str, builder: Callable[..., nn.Module]) -> None:
@@ -76,11 +93,23 @@ def create_model(arch: str, **config: Any) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     config.pop("pretrained_name", None)
+    check_model_kwargs(arch, config)
     model = ARCHITECTURES[arch](**config)
     model.arch = arch
     if not isinstance(getattr(type(model), "config", None), property):  # models may describe themselves
         model.config = dict(config)
     return model
+
+
+def pretrained_arch(name_or_path: str) -> Optional[str]:
+    """The family a `get_model(name_or_path)` call builds: from the catalogue or the checkpoint's own description.
+
+    None for a plain state_dict, whose family only the caller knows (the `arch` argument).
+    """
+    if _looks_like_path(name_or_path):
+        _, metadata = read_checkpoint(_resolve_file(name_or_path))
+        return metadata.get("arch") if metadata else None
+    return get_entry(name_or_path).arch
 
 
 def _looks_like_path(name: str) -> bool:
@@ -226,11 +255,19 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
     if arch == "ast" and "num_classes" in config:  # one spelling for every family
         config[class_key] = config.pop("num_classes")
     new_head = class_key in config and config[class_key] != base_config.get(class_key, 527)
-    if arch == "dymn" and "T_max" not in config and "T_max" not in base_config:
+    check_model_kwargs(arch, config)
+    if arch == "dymn" and "pretrain_final_temp" in config and "T_max" not in config:
+        # EfficientAT's get_dymn: a DyMN built on pretrained weights starts its attention at
+        # `pretrain_final_temp` (1.0 for released AudioSet weights; its AudioSet recipe passes
+        # 30 and anneals it with the training schedule, e.g. when starting from dymn10_im).
+        config["T_max"] = config["pretrain_final_temp"]
+    elif arch == "dymn" and "T_max" not in config and "T_max" not in base_config:
         # Released DyMNs run at their final training temperature, as the reference does.
-        base_config["T_max"] = config.get("pretrain_final_temp", base_config.get("pretrain_final_temp", 1.0))
+        base_config["T_max"] = base_config.get("pretrain_final_temp", 1.0)
     model = create_model(arch, **{**base_config, **config})
     load_weights(model, state_dict, source=source, allow_new_head=new_head)
+    if arch == "dymn" and "dymn_temperature" in metadata and not {"T_max", "pretrain_final_temp"} & set(config):
+        model.set_temperature(metadata["dymn_temperature"])
 
     preprocessing = dict(entry.preprocessing) if entry else dict(metadata.get("preprocessing") or {})
     model.preprocessing = preprocessing
@@ -264,6 +301,10 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[
         "labels": labels.to_dict() if labels is not None else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if getattr(model, "arch", arch) == "dymn" and hasattr(model, "temperature"):
+        # Training state, not a weight: a DyMN saved mid-schedule (or at its end, 1.0) must be
+        # evaluated at that temperature, not at the T_max its config starts from.
+        payload["dymn_temperature"] = float(model.temperature)
     if extra:
         payload["extra"] = extra
     path.parent.mkdir(parents=True, exist_ok=True)

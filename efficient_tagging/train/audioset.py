@@ -15,7 +15,7 @@ logger = logging.getLogger("efficient_tagging")
 AUDIOSET_DEFAULTS: dict[str, Any] = {
     "sample_rate": 32000, "clip_length": 10.0, "batch_size": 120, "num_workers": 12, "epoch_len": 100_000, "n_epochs": 200,
     "max_lr": 0.0008, "warm_up_len": 8, "ramp_down_start": 80, "ramp_down_len": 95, "last_lr_value": 0.01,
-    "mixup_alpha": 0.3, "kd_lambda": 0.1, "temperature": 1.0, "freqm": 0, "timem": 0, "gain_augment": 0.0,
+    "mixup_alpha": 0.3, "kd_lambda": 0.1, "temperature": 1.0, "freqm": 0, "timem": 0, "gain_augment": 0,
     "n_mels": 128, "hop_size": 320,
 }
 
@@ -29,7 +29,7 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "sample_rate": 16000, "clip_length": 2.0, "batch_size": 32, "num_workers": 0, "epoch_len": 800,
     "n_epochs": 10, "max_lr": 0.003, "warm_up_len": 1, "ramp_down_start": 6, "ramp_down_len": 4,
     "last_lr_value": 0.05, "mixup_alpha": 0.3, "kd_lambda": 0.1, "temperature": 1.0, "freqm": 0, "timem": 0,
-    "gain_augment": 0.0, "n_mels": 64, "hop_size": 320, "eval_batch_size": 64, "bn_momentum": 0.1,
+    "gain_augment": 0, "n_mels": 64, "hop_size": 320, "eval_batch_size": 64, "bn_momentum": 0.1,
 }
 # The demo's teacher is a small PaSST trained from scratch on the demo labels, so the demo is a
 # Transformer-to-CNN distillation like the AudioSet recipe. Its tokens are full-height patches

@@ -36,7 +36,7 @@ from ..data.hdf5 import AudioSetDataset, read_label_map
 from ..data.sampling import DistributedWeightedSampler, class_balanced_weights
 from ..frontends.mel import AugmentMelSTFT
 from ..labels import LabelMap
-from ..models.factory import create_model, get_model, read_checkpoint, save_checkpoint
+from ..models.factory import create_model, get_model, pretrained_arch, read_checkpoint, save_checkpoint
 from ..models.layers import forward_spectrogram
 from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_sum
 from .losses import distillation_loss
@@ -62,6 +62,7 @@ class TrainConfig:
     batch_size: int = 120
     num_workers: int = 4
     epoch_len: int = 100_000  # clips drawn per epoch by the class-balanced sampler
+    sampler_replacement: bool = False  # the reference draws each epoch without replacement
     # --- model -----------------------------------------------------------------------------
     arch: str = "mn"
     model_name: Optional[str] = None  # catalogue name or checkpoint path to start from
@@ -70,6 +71,9 @@ class TrainConfig:
     se_dims: str = "c"
     strides: tuple[int, int, int, int] = (2, 2, 2, 2)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # any further constructor kwargs
+    # DyMN started from pretrained weights: initial attention temperature (EfficientAT's
+    # ex_audioset.py: 30, annealed to 1 by epoch 29; fine-tuning scripts: 1, kept).
+    pretrain_final_temp: float = 30.0
     # BatchNorm momentum during training (None keeps the architecture's: 0.01 for mn/dymn).
     # Short runs need a larger one, or the running statistics used at eval never settle.
     bn_momentum: Optional[float] = None
@@ -87,9 +91,9 @@ class TrainConfig:
     # --- augmentation ----------------------------------------------------------------------
     mixup_alpha: float = 0.3  # 0 disables
     roll: bool = False
-    roll_max_shift: int = 50  # samples, the reference's roll range
+    roll_max_shift: int = 4000  # samples, EfficientAT's roll range (+-4000, i.e. 0.125 s at 32 kHz)
     wavmix: bool = False
-    gain_augment: float = 0.0  # max |gain| in dB, 0 disables
+    gain_augment: int = 0  # whole decibels from [-g, g - 1] like the reference's pydub_augment; 0 disables
     # --- optimisation ----------------------------------------------------------------------
     n_epochs: int = 200
     max_lr: float = 0.0008
@@ -97,8 +101,9 @@ class TrainConfig:
     ramp_down_start: int = 80
     ramp_down_len: int = 95
     last_lr_value: float = 0.01
+    lr_per_step: bool = False  # opt-in: evaluate the schedule at fractional epochs (reference: per epoch)
     adamw: bool = False
-    weight_decay: float = 0.0001
+    weight_decay: float = 0.0  # EfficientAT's ex_audioset.py: Adam without weight decay
     # --- distillation ----------------------------------------------------------------------
     kd_lambda: float = 0.1  # label-loss weight; 0 switches distillation off, as in EfficientAT
     temperature: float = 1.0
@@ -176,7 +181,11 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     kwargs = model_config(config, num_classes)
     if config.model_name:
         # The pretrained entry decides the architecture; only the head size is ours to choose.
-        return get_model(config.model_name, num_classes=num_classes, **config.model_kwargs)
+        extra = dict(config.model_kwargs)
+        if pretrained_arch(config.model_name) == "dymn":
+            # EfficientAT: a DyMN started from pretrained weights begins at pretrain_final_temp.
+            extra.setdefault("pretrain_final_temp", config.pretrain_final_temp)
+        return get_model(config.model_name, num_classes=num_classes, **extra)
     return create_model(config.arch, **kwargs)
 
 
@@ -292,7 +301,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
 
     base_sampler = DistributedWeightedSampler(class_balanced_weights(train_set.targets), config.epoch_len,
                                               num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                              seed=config.seed)
+                                              replacement=config.sampler_replacement, seed=config.seed)
     sampler = ResumableSampler(base_sampler)
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
                         drop_last=True, pin_memory=device.type == "cuda",
@@ -314,7 +323,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     optimizer = optimizer_class(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
     scheduler = make_lr_scheduler(optimizer, exp_warmup_linear_down(config.warm_up_len, config.ramp_down_len,
                                                                     config.ramp_down_start, config.last_lr_value),
-                                  steps_per_epoch)
+                                  steps_per_epoch, per_step=config.lr_per_step)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16")
     augment_generator = torch.Generator().manual_seed(config.seed * 1000 + dist_info.rank)
 
@@ -367,8 +376,10 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     for epoch in range(start_epoch, config.n_epochs):
         base_sampler.set_epoch(epoch)
         sampler.skip = step_in_epoch * config.batch_size
+        temperature = None
         if hasattr(unwrap(model), "update_temperature"):  # DyMN: anneal the attention temperature
-            unwrap(model).update_temperature(epoch)
+            temperature = unwrap(model).update_temperature(epoch)
+        epoch_lr = optimizer.param_groups[0]["lr"]  # the LR of this epoch's first step
         model.train()
         frontend.train()
         epoch_totals.update(resumed_totals or {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0})
@@ -385,7 +396,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
             if config.roll:
                 waveform = roll_waveforms(waveform, config.roll_max_shift, augment_generator)
             if config.gain_augment > 0:
-                waveform = gain_augment(waveform, config.gain_augment, augment_generator)
+                waveform = gain_augment(waveform, config.gain_augment, augment_generator, integer_db=True)
             if config.wavmix:
                 mixed = wavmix(waveform, labels, None, generator=augment_generator)
                 waveform, labels = mixed.waveform, mixed.targets
@@ -437,10 +448,12 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
             "train_loss": epoch_totals["loss"] / steps_done,
             "label_loss": epoch_totals["label_loss"] / steps_done,
             "distillation_loss": epoch_totals["kd_loss"] / steps_done,
-            "learning_rate": scheduler.get_last_lr()[0],
+            "learning_rate": epoch_lr,
             "train_clips_per_s": steps_timed * config.batch_size * dist_info.world_size
             / max(time.time() - epoch_start, 1e-6),
         }
+        if temperature is not None:
+            epoch_record["dymn_temperature"] = temperature
         step_in_epoch = 0
         evaluate_now = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.n_epochs
         improved = False
