@@ -62,12 +62,17 @@ def demo_teacher_config(args: Any, train_path: Path, eval_path: Path, root: Path
         value = getattr(args, name, None)
         if value is not None and value is not False:
             recipe[name] = value
-    key = json.dumps({"arch": DEMO_TEACHER["arch"], "demo_clips": args.demo_clips,
-                      **{k: v for k, v in recipe.items() if k not in ("num_workers", "cuda")}},
+    config = TrainConfig(**recipe, arch=DEMO_TEACHER["arch"], train_hdf5=[str(train_path)],
+                         eval_hdf5=[str(eval_path)], progress=not args.no_progress)
+    # The key holds the whole resolved config (TrainConfig's own defaults too: a changed default
+    # must not reuse a teacher trained under the old one), less what only says where/how to run.
+    runtime_only = ("num_workers", "cuda", "train_hdf5", "eval_hdf5", "out_dir", "progress", "resume",
+                    "crash_after_steps")
+    key = json.dumps({"demo_clips": args.demo_clips,
+                      **{k: v for k, v in config.to_dict().items() if k not in runtime_only}},
                      sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
     out_dir = root / f"teacher_{DEMO_TEACHER['arch']}_e{recipe['n_epochs']}_n{args.demo_clips}_{digest}"
-    # A teacher run that was killed part-way continues from its last checkpoint.
-    return TrainConfig(**recipe, arch=DEMO_TEACHER["arch"], train_hdf5=[str(train_path)],
-                       eval_hdf5=[str(eval_path)], out_dir=str(out_dir), progress=not args.no_progress,
-                       resume=(out_dir / "last.pt").is_file())
+    config.out_dir = str(out_dir)
+    config.resume = (out_dir / "last.pt").is_file()  # a teacher run killed part-way continues
+    return config
