@@ -28,6 +28,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--eval_hdf5", nargs="+", default=None, help="AudioSet-format HDF5 file(s) to evaluate on")
     data.add_argument("--teacher_preds", "--teacher_logits", dest="teacher_logits", default=None,
                       help="teacher-logits HDF5 (joined by audio_name); clips without logits get label loss only")
+    data.add_argument("--allow_no_teacher_coverage", action="store_true",
+                      help="train even if the teacher logits match none of the training clips (distillation "
+                           "then does nothing); without it such a run stops with an error (default: off)")
     data.add_argument("--resample_rate", "--sample_rate", dest="sample_rate", type=int, default=None,
                       help="training sample rate (clips are resampled to it; AudioSet: 32000)")
     data.add_argument("--clip_length", type=float, default=None, help="seconds per clip (pad/cut); AudioSet: 10")
