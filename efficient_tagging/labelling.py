@@ -9,7 +9,9 @@ torchrun every rank labels the clips `i % world_size == rank` into
 The output is written in flushed batches through `TeacherLogitsWriter`, so a killed job
 keeps every flushed row and a restart labels only the clips that are still missing. Clips
 that cannot be decoded are recorded as missing (not as zeros), counted and reported; the
-distillation loss later masks them out.
+distillation loss later masks them out. SIGINT/SIGTERM stop a run cleanly (every finished
+batch committed, `LabellingInterrupted` raised); the output is locked (`<output>.lock`)
+while a run writes it, so a second run on it is refused instead of mixing into it.
 """
 from __future__ import annotations
 

@@ -2,6 +2,11 @@
 
 Resumable (rerun the same command), sharded under torchrun (rank 0 merges), or split by hand
 with `--num_shards/--shard_index` and merged with `--merge`. The work is `efficient_tagging.labelling`.
+
+Exit status: 0 done; 1 an error, printed as one message without a traceback (a teacher that
+cannot be downloaded, an output another process is writing, a teacher of another class
+count); 130 / 143 stopped by Ctrl-C / SIGTERM after saving every finished batch, with the
+command that continues the run printed.
 """
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label AudioSet-format HDF5 files with one or more frozen teachers and store their logits "
                     "(the mean over teachers for an ensemble) in a teacher-logits HDF5 keyed by audio_name, for "
                     "knowledge distillation (--teacher_logits of ex_audioset.py). Resumable: rerun the same "
-                    "command after an interruption and only the missing clips are labelled. Under torchrun each "
+                    "command after an interruption (Ctrl-C / SIGTERM save every finished batch and print that "
+                    "command) and only the missing clips are labelled. One run per output at a time "
+                    "(<output>.lock). Under torchrun each "
                     "rank labels every world_size-th clip into <output>.shard-<rank>-of-<world>.h5 and rank 0 "
                     "merges the shards into --output.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
