@@ -64,6 +64,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(data, "--eval_hdf5", nargs="+", metavar="FILE", help="AudioSet-format HDF5 file(s) to evaluate on")
     flag(data, "--teacher_preds", "--teacher_logits", dest="teacher_logits", metavar="FILE",
          help="teacher-logits HDF5 joined by audio_name; clips without logits get the label loss only")
+    flag(data, "--allow_no_teacher_coverage", action="store_true",
+         help="train even if the teacher logits match none of the training clips (distillation then does nothing); "
+              "without it such a run stops with an error")
     flag(data, "--resample_rate", "--sample_rate", dest="sample_rate", type=int,
          help="training sample rate in Hz; clips are resampled to it")
     flag(data, "--clip_length", type=float, help="seconds per clip (longer clips are cut, shorter zero-padded)")

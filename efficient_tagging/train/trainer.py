@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from ..data.augment import gain_augment, mix, mixup, roll_waveforms, wavmix
 from ..data.hdf5 import AudioSetDataset, read_label_map
-from ..data.sampling import DistributedWeightedSampler, class_balanced_weights
+from ..data.sampling import DistributedWeightedSampler, check_positive_labels, class_balanced_weights
+from ..data.teacher_logits import check_teacher_coverage
 from ..frontends.mel import AugmentMelSTFT
 from ..labels import LabelMap
 from ..models.factory import create_model, get_model, pretrained_arch, read_checkpoint, save_checkpoint
@@ -56,6 +57,7 @@ class TrainConfig:
     train_hdf5: list[str] = field(default_factory=list)
     eval_hdf5: list[str] = field(default_factory=list)
     teacher_logits: Optional[str] = None  # teacher-logits HDF5 (joined by audio_name)
+    allow_no_teacher_coverage: bool = False  # train even if the teacher logits match no training clip
     sample_rate: int = 32000
     clip_length: float = 10.0
     num_classes: Optional[int] = None  # default: from the data files
@@ -291,11 +293,13 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     eval_set = AudioSetDataset(config.eval_hdf5 or config.train_hdf5, sample_rate=config.sample_rate,
                                clip_length=config.clip_length, num_classes=train_set.num_classes)
     num_classes = train_set.num_classes
+    check_positive_labels(train_set.targets, source=", ".join(map(str, config.train_hdf5)))
     label_map: Optional[LabelMap] = read_label_map(config.train_hdf5[0])
-    teacher_found, teacher_missing = train_set.teacher_coverage() if config.teacher_logits else (0, len(train_set))
-    if config.teacher_logits and is_main:
-        logger.info("teacher logits for %d of %d training clips (%d masked out of the distillation loss)",
-                    teacher_found, len(train_set), teacher_missing)
+    # a join that matches no clip is refused (unless allowed), low coverage warns; the numbers go into the summary
+    teacher_coverage = (check_teacher_coverage(train_set.teacher_logits, train_set.audio_names,
+                                               allow_none=config.allow_no_teacher_coverage,
+                                               clips_from=config.train_hdf5, report=is_main)
+                        if config.teacher_logits and config.kd_lambda > 0 else None)
     # As in EfficientAT, kd_lambda == 0 switches distillation off (label loss only).
     use_teacher = config.teacher_logits is not None and config.kd_lambda > 0
 
@@ -489,7 +493,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
         "history": history,
         "skipped_clips": skipped_total,
         "clips_without_teacher": masked_total,
-        "teacher_coverage": {"found": teacher_found, "missing": teacher_missing} if use_teacher else None,
+        "teacher_coverage": teacher_coverage,
         "checkpoints": {"last": str(last_path), "best": str(_training_state_path(out_dir, "best"))},
         "num_classes": num_classes,
         "model": {"arch": arch, "config": _plain(model_kwargs)},

@@ -1,0 +1,119 @@
+"""Exclusive locks on output files, held by a writer for its lifetime.
+
+A lock is a small file next to what it protects (`OUTPUT.lock`) holding the holder's pid,
+locked with `fcntl.flock`. The kernel drops the lock when its holder exits, however it exits
+(kill -9 included), so a stale lock file never blocks a later run; a clean release deletes it.
+
+    with FileLock(lock_path_for(output), what=f"writing {output}"):
+        ...  # a second process gets OutputLockedError("another process is writing OUTPUT (pid N)")
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no advisory locks, writers are not protected against each other
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+__all__ = ["FileLock", "OutputLockedError", "lock_path_for"]
+
+
+class OutputLockedError(RuntimeError):
+    """Another process holds the lock: it is writing the same output right now."""
+
+    def __init__(self, message: str, lock_path: Path, holder_pid: Optional[int]):
+        super().__init__(message)
+        self.lock_path = lock_path
+        self.holder_pid = holder_pid
+
+
+def lock_path_for(path: PathLike) -> Path:
+    """`<path>.lock`: the lock file that guards `path`."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+def _read_pid(fd: int) -> Optional[int]:
+    try:
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        return int(text.split()[0]) if text else None
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class FileLock:
+    """A non-blocking exclusive lock on `lock_path` (see the module docstring).
+
+    `what` completes the refusal message: "another process is {what} (pid N)". Re-acquiring a
+    lock this object already holds is a no-op; locks of other `FileLock` objects on the same
+    path conflict even within one process.
+    """
+
+    def __init__(self, lock_path: PathLike, what: str):
+        self.path = Path(lock_path)
+        self.what = what
+        self._fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "FileLock":
+        if self._fd is not None:
+            return self
+        if fcntl is None:
+            log.warning("no file locking on this platform: %s is not protected against a second writer", self.path)
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                pid = _read_pid(fd)
+                os.close(fd)
+                if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                holder = f"pid {pid}" if pid is not None else "pid unknown"
+                raise OutputLockedError(f"another process is {self.what} ({holder}); wait for it to finish or "
+                                        f"stop it (lock file: {self.path})", self.path, pid) from None
+            # The previous holder may have deleted the lock file between our open and flock: then
+            # we hold a lock on a file nobody else can see. Only the file at the path counts.
+            try:
+                current = os.stat(self.path)
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            mine = os.fstat(fd)
+            if (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev):
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            self._fd = fd
+            return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            # delete while still holding it, so nobody can lock the file we are about to drop
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "FileLock":
+        return self.acquire()
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.release()
