@@ -161,6 +161,20 @@ def test_plain_http_is_refused_before_any_request(tmp_path, monkeypatch):
     assert _files(tmp_path) == []
 
 
+def test_redirect_to_plain_http_is_refused(tmp_path, monkeypatch):
+    class Redirected(io.BytesIO):  # what urlopen returns after following https -> http
+        headers = {"Content-Length": "3"}
+
+        def geturl(self):
+            return "http://downgraded.example.org/model.pt"
+
+    monkeypatch.setattr(hub.urllib.request, "urlopen", lambda url, timeout=None: Redirected(b"abc"))
+    with pytest.raises(hub.DownloadError, match="redirected") as error:
+        hub.cached_file("https://example.org/model.pt", cache=tmp_path)
+    assert "http://downgraded.example.org/model.pt" in str(error.value)
+    assert _files(tmp_path) == []
+
+
 def test_http_mirror_is_refused(tmp_path, monkeypatch):
     attempts = _offline(monkeypatch)
     monkeypatch.delenv(ALLOW_HTTP, raising=False)
