@@ -234,15 +234,14 @@ def test_audioset_init_through_constructor(monkeypatch, tmp_path):
         assert model.mlp_head[1].weight.shape == (case["config"]["label_dim"], 768)
 
 
-def test_offline_errors_are_explained(monkeypatch):
-    import timm
-
+def test_offline_errors_are_explained(monkeypatch, tmp_path):
     from efficient_tagging import hub
 
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(hub.urllib.request, "urlopen", offline)  # the DeiT weights come through the cache
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="imagenet_state_dict") as info:
         ASTModel(model_size="tiny224", input_tdim=128)
     assert "imagenet_pretrain=False" in str(info.value)

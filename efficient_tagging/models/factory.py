@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
-from ..hub import cached_file
+from ..hub import MIRROR_ENV, cached_file
 from ..labels import LabelMap
 from .registry import PretrainedEntry, get_entry
 
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "efficient_tagging.checkpoint"
 CHECKPOINT_VERSION = 1
-MIRROR_ENV = "EFFICIENT_TAGGING_MIRROR"
 # Where each family keeps its classification head (mn/dymn, PaSST, AST): the only tensors a
 # new `num_classes` may replace when loading pretrained weights.
 HEAD_PREFIXES = ("classifier.", "head.", "head_dist.", "mlp_head.")
@@ -212,14 +211,17 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
       local copy of the release file (no download).
 
     Downloads go to `cache_dir` (see `efficient_tagging.hub.cache_dir`); the environment
-    variable `EFFICIENT_TAGGING_MIRROR` replaces the release base URL (an internal mirror,
-    or a `file://` folder).
+    variable `EFFICIENT_TAGGING_MIRROR` replaces the release base URL (an https mirror, or a
+    `file://` folder; plain http is refused). A fresh `arch="ast"` model with the default
+    ImageNet init downloads its DeiT weights into the same cache.
 
     The returned model has attributes `arch`, `config`, `preprocessing` (mel frontend
     settings), `dataset` and `label_map` (a `LabelMap` or None when not known offline).
     """
     config.pop("pretrained_name", None)
     if pretrained_name is None:
+        if arch == "ast" and cache_dir is not None:  # AST's ImageNet init downloads DeiT weights
+            config.setdefault("cache_dir", cache_dir)
         model = create_model(arch, **config)
         model.preprocessing = {}
         model.dataset = None
@@ -248,7 +250,14 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
             if os.environ.get(MIRROR_ENV):
                 url = os.environ[MIRROR_ENV].rstrip("/") + "/" + urllib.parse.quote(entry.filename)
             path = cached_file(url, entry.filename, cache=cache_dir, sha256=entry.sha256, progress=progress)
-        state_dict, metadata = read_checkpoint(path)
+        try:
+            state_dict, metadata = read_checkpoint(path)
+        except ValueError as error:
+            if weights is not None:
+                raise
+            # The cache's own checks are cheap (container, not a full load): a cached file can still fail here.
+            raise ValueError(f"{error}\nIt is the cached download of {entry.name}: delete {path} and run again to "
+                             f"download it again (or put a good copy of {entry.url} there).") from error
         source = f"{path} ({entry.name})"
 
     class_key = "label_dim" if arch == "ast" else "num_classes"
