@@ -25,11 +25,16 @@ AUDIOSET_DEFAULTS: dict[str, Any] = {
 # leave the running statistics used at evaluation unsettled. No DataLoader workers: on a
 # 2-core machine a decoding worker steals a core from the training threads and costs more
 # than it saves (decoding is ~4 ms per clip, the training step ~8 ms).
+# The demo also opts into three things the AudioSet recipe leaves off, because a 10-epoch schedule
+# is too short for the recipe's stairs: the LR schedule evaluated per step (per epoch, epoch 0 runs
+# at 29 % of max_lr and the ramp-down drops in big steps), epochs drawn with replacement, and
+# weight decay 1e-4 (measured without them: student mAP 0.894 after 10 epochs, 0.58 at epoch 8).
 DEMO_DEFAULTS: dict[str, Any] = {
     "sample_rate": 16000, "clip_length": 2.0, "batch_size": 32, "num_workers": 0, "epoch_len": 800,
     "n_epochs": 10, "max_lr": 0.003, "warm_up_len": 1, "ramp_down_start": 6, "ramp_down_len": 4,
     "last_lr_value": 0.05, "mixup_alpha": 0.3, "kd_lambda": 0.1, "temperature": 1.0, "freqm": 0, "timem": 0,
     "gain_augment": 0, "n_mels": 64, "hop_size": 320, "eval_batch_size": 64, "bn_momentum": 0.1,
+    "lr_per_step": True, "sampler_replacement": True, "weight_decay": 0.0001,
 }
 # The demo's teacher is a small PaSST trained from scratch on the demo labels, so the demo is a
 # Transformer-to-CNN distillation like the AudioSet recipe. Its tokens are full-height patches
