@@ -33,6 +33,7 @@ from ..train.reproducibility import portable_cpu_numerics
 from ..train.tracking import RunTracker
 from ..train.trainer import TrainConfig, evaluate, train
 from .train_flags import add_training_arguments, config_from_args
+from .help import HelpFormatter
 
 logger = logging.getLogger("efficient_tagging")
 
@@ -40,7 +41,7 @@ logger = logging.getLogger("efficient_tagging")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--train", action="store_true", help="train (default: evaluate a model)")
     parser.add_argument("--model_name", default="mn10_as", help="evaluation: catalogue model to evaluate")
     parser.add_argument("--model_path", default=None, help="evaluation: local checkpoint to evaluate")

@@ -29,6 +29,7 @@ from ..interrupt import exit_code, signal_name
 from ..labelling import (LabellingInterrupted, label_hdf5, load_teachers, merge_job, teacher_metrics,
                          teacher_preprocessing)
 from ..train.distributed import barrier, cleanup, init_distributed
+from .help import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(<output>.lock). Under torchrun each "
                     "rank labels every world_size-th clip into <output>.shard-<rank>-of-<world>.h5 and rank 0 "
                     "merges the shards into --output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--hdf5", nargs="+", default=None, metavar="FILE",
                         help="AudioSet-format HDF5 file(s) to label (audio_name, mp3/flac bytes, target); "
                              "with --merge optional: if given, the merge checks that every clip is covered")
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="... and label shard I of them into <output>.shard-I-of-N.h5 (merge with --merge)")
     parser.add_argument("--keep_shards", action="store_true",
                         help="keep the shard files after rank 0 merged them (default: delete them)")
-    parser.add_argument("--cache_dir", default=None, help="download cache for catalogue teachers")
+    parser.add_argument("--cache_dir", default=None, help="download cache for catalogue teachers (default: $EFFICIENT_TAGGING_CACHE, the repo's pretrained/ "
+                             "or ~/.cache/efficient_tagging)")
     parser.add_argument("--summary_json", default=None, help="also write the summary to this JSON file")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--crash_after_batches", type=int, default=None, help=argparse.SUPPRESS)  # test hook
