@@ -28,7 +28,6 @@ What may end up in the cache (each rule exists because the opposite happened):
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import logging
@@ -41,14 +40,12 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path, PureWindowsPath
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Optional, Union
 
 from tqdm.auto import tqdm
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; downloads stay atomic, only the one-download-at-a-time lock is lost
-    fcntl = None  # type: ignore[assignment]
+from .locking import FileLock, lock_path_for
+
 
 logger = logging.getLogger(__name__)
 
@@ -252,46 +249,6 @@ def download_url(url: str, destination: Union[str, Path], sha256: Optional[str] 
     return destination
 
 
-@contextlib.contextmanager
-def _file_lock(target: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `<target>.lock` (created, then removed on exit).
-
-    The lock file is removed while still held, so a waiter that acquires it afterwards holds
-    a lock on a file no longer in the directory: it checks the inode and starts over.
-    """
-    if fcntl is None:
-        yield
-        return
-    lock_path = target.with_name(target.name + ".lock")
-    while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                logger.info("waiting for another process downloading %s (lock file %s)", target, lock_path)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                current = os.stat(lock_path)
-                held = os.fstat(fd)
-                if (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
-                    break
-            except FileNotFoundError:
-                pass
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())  # who holds it, for a person looking at a stuck download
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(lock_path)
-        os.close(fd)  # releases the lock
-
-
 def _cached_problem(target: Path, sha256: Optional[str], validate: Optional[Validator]) -> Optional[str]:
     """Why the cached `target` must not be used (cheap checks only), or None."""
     if not target.is_file():
@@ -335,7 +292,7 @@ def cached_file(url: str, filename: Optional[str] = None, cache: Union[str, Path
         return target  # no lock needed to read a file that is only ever renamed into place
     check_url(url)
     directory.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target):
+    with FileLock(lock_path_for(target), what=f"downloading {target}", blocking=True):
         problem = _cached_problem(target, sha256, validate)  # another process may have fetched it meanwhile
         if problem is None:
             return target
@@ -366,7 +323,7 @@ def copy_into_cache(path: Union[str, Path], filename: Optional[str] = None,
         raise ValueError(f"{source} {problem}; not copied into the cache")
     target = directory / name
     directory.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target):
+    with FileLock(lock_path_for(target), what=f"downloading {target}", blocking=True):
         handle, partial = tempfile.mkstemp(prefix=name + ".", suffix=".part", dir=directory)
         os.close(handle)
         try:

@@ -51,16 +51,19 @@ def _read_pid(fd: int) -> Optional[int]:
 
 
 class FileLock:
-    """A non-blocking exclusive lock on `lock_path` (see the module docstring).
+    """An exclusive lock on `lock_path` (see the module docstring).
 
-    `what` completes the refusal message: "another process is {what} (pid N)". Re-acquiring a
-    lock this object already holds is a no-op; locks of other `FileLock` objects on the same
-    path conflict even within one process.
+    `what` completes the refusal message: "another process is {what} (pid N)". By default a
+    held lock is refused at once (a second writer is an error); `blocking=True` waits for the
+    holder instead (e.g. a second downloader of the same file, which then reuses its result).
+    Re-acquiring a lock this object already holds is a no-op; locks of other `FileLock`
+    objects on the same path conflict even within one process.
     """
 
-    def __init__(self, lock_path: PathLike, what: str):
+    def __init__(self, lock_path: PathLike, what: str, blocking: bool = False):
         self.path = Path(lock_path)
         self.what = what
+        self.blocking = blocking
         self._fd: Optional[int] = None
 
     @property
@@ -80,12 +83,20 @@ class FileLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
                 pid = _read_pid(fd)
-                os.close(fd)
                 if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    os.close(fd)
                     raise
                 holder = f"pid {pid}" if pid is not None else "pid unknown"
-                raise OutputLockedError(f"another process is {self.what} ({holder}); wait for it to finish or "
-                                        f"stop it (lock file: {self.path})", self.path, pid) from None
+                if not self.blocking:
+                    os.close(fd)
+                    raise OutputLockedError(f"another process is {self.what} ({holder}); wait for it to finish "
+                                            f"or stop it (lock file: {self.path})", self.path, pid) from None
+                log.info("waiting for another process %s (%s, lock file %s)", self.what, holder, self.path)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                except BaseException:
+                    os.close(fd)
+                    raise
             # The previous holder may have deleted the lock file between our open and flock: then
             # we hold a lock on a file nobody else can see. Only the file at the path counts.
             try:
