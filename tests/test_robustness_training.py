@@ -125,6 +125,9 @@ def test_evaluation_uses_the_clip_length_stored_in_the_checkpoint(finished_run, 
     code, stdout, _ = _run_main(["--model_path", str(last), "--eval_hdf5", str(tiny_data[1]), "--clip_length", "2",
                                  "--no_progress"])
     assert code == 0 and "clip length 2 s (--clip_length; the checkpoint says 1 s)" in stdout
+    # the sample rate belongs to the model's frontend: a contradicting flag is refused, not obeyed silently
+    with pytest.raises(SystemExit, match="--resample_rate 32000 contradicts the model: its frontend takes 16000 Hz"):
+        _run_main(["--model_path", str(last), "--eval_hdf5", str(tiny_data[1]), "--resample_rate", "32000"])
 
 
 def test_tagging_pads_short_files_to_the_stored_clip_length(finished_run, tmp_path):
@@ -158,8 +161,9 @@ def test_second_run_on_the_same_out_dir_is_refused(tiny_data, tmp_path):
     from efficient_tagging.train.run_lock import RunDirectoryBusy, RunDirectoryLock
     out_dir = tmp_path / "ckpt"
     # the other run: a process holding the lock (the module alone, no torch import: fast)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(REPO / "efficient_tagging" / "train" / "run_lock.py"),
-                               str(out_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    lock_module = REPO / "efficient_tagging" / "train" / "run_lock.py"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock_module), str(out_dir)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, _, stderr = _run_main(_train_flags(tiny_data, out_dir))

@@ -97,8 +97,10 @@ def print_training_summary(summary: dict[str, Any], *, title: str = "training su
     final = summary.get("final") or {}
     if evaluated:
         best = max(evaluated, key=lambda record: record["mAP"])
-        final_line = (f"final (epoch {final.get('epoch')}): mAP {final['mAP']:.4f}  ROC {final.get('ROC', float('nan')):.4f}"
-                      f"  d' {final.get('d_prime', float('nan')):.3f}" if final.get("mAP") is not None else "")
+        final_line = ""
+        if final.get("mAP") is not None:
+            final_line = (f"final (epoch {final.get('epoch')}): mAP {final['mAP']:.4f}  "
+                          f"ROC {final.get('ROC', float('nan')):.4f}  d' {final.get('d_prime', float('nan')):.3f}")
         print(f"best mAP {best['mAP']:.4f} (epoch {best['epoch']})   {final_line}".rstrip())
     else:
         print("no evaluation ran")
@@ -288,7 +290,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   flush=True)
         return stopped.exit_code
     except KeyboardInterrupt:
-        print("\ninterrupted before training started: nothing to save", file=sys.stderr)
+        print("\ninterrupted: nothing more was saved (checkpoints written before, e.g. last.pt, are intact)",
+              file=sys.stderr)
         return 130
     except (RunDirectoryBusy, ResumeMismatch, CheckpointWriteError, DeviceUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
