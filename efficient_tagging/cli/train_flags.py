@@ -140,6 +140,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(runtime, "--seed", type=int, help="seed of every random draw (data order, augmentation, initialisation)")
     flag(runtime, "--out_dir", help="where last.pt and best.pt are written")
     flag(runtime, "--resume", action="store_true", help="continue exactly from out_dir/last.pt")
+    flag(runtime, "--resume_override", action="store_true",
+         help="with --resume: accept settings that differ from the checkpoint's run (batch size, epochs, ...; "
+              "printed old -> new); the model's own settings can never change")
     flag(runtime, "--checkpoint_every_steps", type=int,
          help="also write last.pt every N steps inside an epoch, 0 = only after each epoch")
     flag(runtime, "--eval_batch_size", type=int, help="clips per evaluation forward pass; none = --batch_size")

@@ -12,10 +12,12 @@ final classification layer, and only when the caller asks for a different `num_c
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import inspect
 import logging
 import os
+import shutil
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -317,12 +319,73 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[
     if extra:
         payload["extra"] = extra
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err, payload) from err
     os.close(handle)
     try:
         torch.save(payload, temporary)
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as err:
+        if os.path.exists(temporary):
+            os.unlink(temporary)  # free the space first: the free-space check below must see it
+        failure = _write_error(path, err, payload)
+        if failure is None:
+            raise
+        raise failure from err
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the file at `path` is unchanged."""
+
+    def __init__(self, errno_: int, message: str, path: Path) -> None:
+        super().__init__(errno_, message)
+        self.path = path
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _write_error(path: Path, err: BaseException, payload: dict[str, Any]) -> Optional[CheckpointWriteError]:
+    """The clear error for a failed checkpoint write, or None for an error that is not about writing.
+
+    torch does not pass the OS error on: a full disk surfaces as a RuntimeError from its zip
+    writer (`inline_container.cc`: "PytorchStreamWriter failed writing file ..." or "unexpected
+    pos ..."). Whether that was a full disk is judged from the free space left next to the file.
+    """
+    kept = "previous checkpoint kept" if path.exists() else "no checkpoint was written"
+    if isinstance(err, OSError):
+        if err.errno in _NO_SPACE_ERRNOS:
+            return CheckpointWriteError(errno.ENOSPC, f"no space left writing {path}; {kept}", path)
+        return CheckpointWriteError(err.errno or errno.EIO, f"could not write {path} ({err}); {kept}", path)
+    text = str(err)
+    if "inline_container" not in text and "PytorchStreamWriter" not in text:
+        return None  # not a write failure (e.g. an object torch cannot serialise)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = 0
+    if free < _tensor_bytes(payload) + (1 << 20):
+        return CheckpointWriteError(errno.ENOSPC, f"no space left writing {path}; {kept} "
+                                    f"({free / 1e6:.1f} MB free there)", path)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return CheckpointWriteError(errno.EIO, f"could not write {path} (torch: {first_line}); {kept}", path)

@@ -53,8 +53,13 @@ class TaggingMixin:
     def tag_file(self, source: AudioSource, top_k: int = 10) -> list[Tag]:
         """Decode any PyAV-readable file (any sample rate; resampled) and return its top-k tags."""
         waveform = load_audio(source, self.sample_rate)
-        if waveform.numel() < self.min_samples:  # too short for one frame of real content
-            waveform = torch.nn.functional.pad(waveform, (0, self.min_samples - waveform.numel()))
+        # A file shorter than the clips the model was trained on is zero-padded to that length,
+        # as training and evaluation pad them (clip length stored with the checkpoint, if any);
+        # anything shorter than one frame of real content is padded to that.
+        clip_samples = int(round((getattr(self, "clip_length", None) or 0.0) * self.sample_rate))
+        shortest = max(self.min_samples, clip_samples)
+        if waveform.numel() < shortest:
+            waveform = torch.nn.functional.pad(waveform, (0, shortest - waveform.numel()))
         return self.tag_waveform(waveform, top_k)
 
 
@@ -74,6 +79,9 @@ class AudioTagger(TaggingMixin, nn.Module):
         self.frontend = (frontend or build_frontend(preprocessing)).eval()
         self.sample_rate = int(sample_rate or frontend_sample_rate(self.frontend, preprocessing.get("sr", 32000)))
         self.preprocessing = dict(preprocessing)
+        # seconds per clip the model was trained with (this project's checkpoints store it); None if unknown
+        self.clip_length: Optional[float] = (float(preprocessing["clip_length"])
+                                             if preprocessing.get("clip_length") is not None else None)
         num_classes = int(getattr(model, "num_classes", 0) or (len(label_map) if label_map else 0))
         if label_map is not None and num_classes and len(label_map) != num_classes:
             raise ValueError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")

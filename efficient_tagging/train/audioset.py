@@ -72,7 +72,7 @@ def demo_teacher_config(args: Any, train_path: Path, eval_path: Path, root: Path
     # The key holds the whole resolved config (TrainConfig's own defaults too: a changed default
     # must not reuse a teacher trained under the old one), less what only says where/how to run.
     runtime_only = ("num_workers", "cuda", "train_hdf5", "eval_hdf5", "out_dir", "progress", "resume",
-                    "crash_after_steps")
+                    "resume_override", "crash_after_steps")
     key = json.dumps({"demo_clips": args.demo_clips,
                       **{k: v for k, v in config.to_dict().items() if k not in runtime_only}},
                      sort_keys=True, default=str)
