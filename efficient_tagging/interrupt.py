@@ -13,8 +13,12 @@
 The first signal only sets `signum`; the job stops at its next safe point. While the main
 thread is inside `interruptible()` (e.g. blocked waiting for a DataLoader batch, where
 nothing of the job's state is being changed), the signal raises `SignalReceived` right
-away. A second signal raises `SignalReceived(forced=True)` wherever the job is: the caller
-must then treat unflushed state as suspect. Handlers are installed only for the block's
+away. The same signal a second time raises `SignalReceived(forced=True)` wherever the job
+is: the caller must then treat unflushed state as suspect. The other signal is ignored once
+stopping (torchrun answers a Ctrl-C by sending its workers SIGTERM, which must not turn a
+clean stop into an abort). Until `armed` (e.g. while data and models are being opened), a
+signal acts as it did before the block. Signals the process ignores (SIG_IGN, e.g. SIGINT of
+a job started in the background) stay ignored. Handlers are installed only for the block's
 duration and only in the main thread (elsewhere the block does nothing), and the previous
 handlers are restored afterwards. Processes forked inside the block (DataLoader workers)
 inherit the handlers but keep the previous behaviour: only the job's process stops cleanly.
@@ -58,8 +62,9 @@ class SignalReceived(BaseException):
 class StopOnSignal:
     """Context manager: SIGINT/SIGTERM request a stop instead of killing the process (see the module doc)."""
 
-    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)):
+    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM), armed: bool = True):
         self.signals = tuple(signals)
+        self.armed = armed
         self.signum: Optional[int] = None
         self._previous: dict[int, object] = {}
         self._interruptible = False
@@ -71,13 +76,15 @@ class StopOnSignal:
         return self.signum is not None
 
     def _handle(self, signum: int, frame) -> None:
-        if os.getpid() != self._pid:
+        if os.getpid() != self._pid or (not self.armed and self.signum is None):
             # A forked child (e.g. a DataLoader worker) inherited this handler: it is not the job's
             # process, so the signal does there what it did before (Ctrl-C: KeyboardInterrupt,
-            # which torch's workers treat as a quiet exit).
+            # which torch's workers treat as a quiet exit). Likewise before the job is armed.
             self._forward_in_child(signum, frame)
             return
         if self.signum is not None:
+            if signum != self.signum:
+                return  # already stopping: e.g. torchrun's SIGTERM to its workers after a Ctrl-C
             raise SignalReceived(signum, forced=True)
         self.signum = signum
         if self._interruptible:
@@ -106,6 +113,8 @@ class StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._pid = os.getpid()
             for signum in self.signals:
+                if signal.getsignal(signum) is signal.SIG_IGN:
+                    continue
                 self._previous[signum] = signal.signal(signum, self._handle)
             self._active = True
         return self

@@ -10,10 +10,11 @@ locked with `fcntl.flock`. The kernel drops the lock when its holder exits, howe
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 try:
     import fcntl
@@ -30,16 +31,35 @@ __all__ = ["FileLock", "OutputLockedError", "lock_path_for"]
 class OutputLockedError(RuntimeError):
     """Another process holds the lock: it is writing the same output right now."""
 
-    def __init__(self, message: str, lock_path: Path, holder_pid: Optional[int]):
+    def __init__(self, message: str, lock_path: Path, holder_pid: Optional[int], holder: str = ""):
         super().__init__(message)
         self.lock_path = lock_path
         self.holder_pid = holder_pid
+        self.holder = holder  # "pid N on HOST, started T"
 
 
 def lock_path_for(path: PathLike) -> Path:
     """`<path>.lock`: the lock file that guards `path`."""
     path = Path(path)
     return path.with_name(path.name + ".lock")
+
+
+def _read_details(fd: int) -> dict[str, Any]:
+    try:
+        lines = os.pread(fd, 65536, 0).decode("utf-8", "replace").splitlines()
+        return dict(json.loads(lines[1])) if len(lines) > 1 else {}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def describe_holder(pid: Optional[int], details: dict[str, Any]) -> str:
+    """"pid N on HOST, started T" from what a lock file says about its holder."""
+    who = f"pid {pid}" if pid is not None else "pid unknown"
+    if details.get("host"):
+        who += f" on {details['host']}"
+    if details.get("started"):
+        who += f", started {details['started']}"
+    return who
 
 
 def _read_pid(fd: int) -> Optional[int]:
@@ -60,10 +80,12 @@ class FileLock:
     objects on the same path conflict even within one process.
     """
 
-    def __init__(self, lock_path: PathLike, what: str, blocking: bool = False):
+    def __init__(self, lock_path: PathLike, what: str, blocking: bool = False,
+                 details: Optional[dict[str, Any]] = None):
         self.path = Path(lock_path)
         self.what = what
         self.blocking = blocking
+        self.details = dict(details or {})  # written after the pid (JSON) for whoever collides with us
         self._fd: Optional[int] = None
 
     @property
@@ -86,11 +108,11 @@ class FileLock:
                 if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     os.close(fd)
                     raise
-                holder = f"pid {pid}" if pid is not None else "pid unknown"
+                holder = describe_holder(pid, _read_details(fd))
                 if not self.blocking:
                     os.close(fd)
                     raise OutputLockedError(f"another process is {self.what} ({holder}); wait for it to finish "
-                                            f"or stop it (lock file: {self.path})", self.path, pid) from None
+                                            f"or stop it (lock file: {self.path})", self.path, pid, holder) from None
                 log.info("waiting for another process %s (%s, lock file %s)", self.what, holder, self.path)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -109,7 +131,8 @@ class FileLock:
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            content = f"{os.getpid()}\n" + (json.dumps(self.details) + "\n" if self.details else "")
+            os.pwrite(fd, content.encode("utf-8"), 0)
             self._fd = fd
             return self
 

@@ -148,9 +148,8 @@ def test_tagging_pads_short_files_to_the_stored_clip_length(finished_run, tmp_pa
 
 # --- item 2: one run per out_dir --------------------------------------------------------------------
 HOLD_LOCK = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("run_lock", sys.argv[1])
-run_lock = importlib.util.module_from_spec(spec); spec.loader.exec_module(run_lock)
+import sys
+from efficient_tagging.train import run_lock
 with run_lock.RunDirectoryLock(sys.argv[2]):
     print("locked", flush=True)
     sys.stdin.readline()  # hold until the test says so
@@ -160,7 +159,7 @@ with run_lock.RunDirectoryLock(sys.argv[2]):
 def test_second_run_on_the_same_out_dir_is_refused(tiny_data, tmp_path):
     from efficient_tagging.train.run_lock import RunDirectoryBusy, RunDirectoryLock
     out_dir = tmp_path / "ckpt"
-    # the other run: a process holding the lock (the module alone, no torch import: fast)
+    # the other run: a process holding the lock
     lock_module = REPO / "efficient_tagging" / "train" / "run_lock.py"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock_module), str(out_dir)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -26,6 +26,7 @@ import torch
 from ..complexity import complexity_report, spectrogram_shape
 from ..data.demo import build_demo_dataset, default_demo_root
 from ..data.hdf5 import AudioSetDataset
+from ..interrupt import SignalReceived, exit_code
 from ..labelling import label_hdf5
 from ..models.factory import CheckpointWriteError, get_model
 from ..tagging.tagger import AudioTagger, load_tagger
@@ -302,10 +303,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"\n{stopped}\nto continue exactly from there, run:\n  {resume_command(argv)}", file=sys.stderr,
                   flush=True)
         return stopped.exit_code
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SignalReceived) as stopped:
         print("\ninterrupted: nothing more was saved (checkpoints written before, e.g. last.pt, are intact)",
               file=sys.stderr)
-        return 130
+        return exit_code(stopped.signum) if isinstance(stopped, SignalReceived) else 130
     except (RunDirectoryBusy, ResumeMismatch, CheckpointWriteError, DeviceUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import random
-import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,7 +40,8 @@ from ..labels import LabelMap
 from ..models.factory import create_model, get_model, pretrained_arch, read_checkpoint, save_checkpoint
 from ..models.layers import forward_spectrogram
 from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_max, reduce_sum, select_device
-from .interrupt import GracefulStop, TrainingInterrupted
+from ..interrupt import StopOnSignal, signal_name
+from .interrupt import TrainingInterrupted
 from .run_lock import RunDirectoryBusy, RunDirectoryLock
 from .losses import distillation_loss
 from .metrics import evaluate_predictions
@@ -389,18 +389,18 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     """
     dist_info = init_distributed()
     device = select_device(config.cuda, dist_info)
-    with _locked_run_directory(Path(config.out_dir), dist_info), GracefulStop() as stop:
+    with _locked_run_directory(Path(config.out_dir), dist_info), StopOnSignal(armed=False) as stop:
         return _train(config, tracker, dist_info, device, stop)
 
 
-def _stop_signal(stop: GracefulStop, dist_info: DistInfo) -> int:
+def _stop_signal(stop: StopOnSignal, dist_info: DistInfo) -> int:
     """The stop signal any rank received (0 for none): all ranks stop at the same step, or none does."""
-    local = stop.requested or 0
+    local = stop.signum or 0
     return int(reduce_max(float(local))) if dist_info.enabled else local
 
 
 def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, device: torch.device,
-           stop: GracefulStop) -> dict[str, Any]:
+           stop: StopOnSignal) -> dict[str, Any]:
     is_main = dist_info.rank == 0
     show_progress = config.progress and is_main
     seed_everything(config.seed + dist_info.rank)
@@ -588,7 +588,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
             # evaluates), so --resume continues exactly where this run stopped.
             if is_main:
                 logger.warning("%s received: stopping after step %d of epoch %d, writing %s",
-                               _signal_name(stop_signal), step_in_epoch, epoch + 1, last_path)
+                               signal_name(stop_signal), step_in_epoch, epoch + 1, last_path)
             save_training_state("last", epoch, step_in_epoch)
             barrier()
             raise TrainingInterrupted(stop_signal, last_path, epoch, step_in_epoch)
@@ -632,7 +632,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         stop_signal = _stop_signal(stop, dist_info)  # e.g. received during the evaluation
         if stop_signal and epoch + 1 < config.n_epochs:
             if is_main:
-                logger.warning("%s received: stopping after epoch %d (%s is current)", _signal_name(stop_signal),
+                logger.warning("%s received: stopping after epoch %d (%s is current)", signal_name(stop_signal),
                                epoch + 1, last_path)
             barrier()
             raise TrainingInterrupted(stop_signal, last_path, epoch + 1, 0)
@@ -656,10 +656,6 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         logger.warning("%d undecodable clips were skipped and replaced during training", skipped_total)
     barrier()
     return summary
-
-
-def _signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
 
 
 def _gather_objects(obj: Any, dist_info: DistInfo) -> list[Any]:
