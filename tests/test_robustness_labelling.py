@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_tiny_audioset
+from conftest import REPO, corrupt_clip, labelling_args, make_tiny_audioset, save_tiny_teacher
 from efficient_tagging.data.teacher_logits import TeacherLogits, TeacherLogitsWriter, find_shards
 from efficient_tagging.locking import OutputLockedError, lock_path_for
 
@@ -30,28 +30,15 @@ CORRUPT = "Ytiny_0005.flac"  # in the second batch of 4
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from efficient_tagging import get_model, save_checkpoint
-    from efficient_tagging.labels import LabelMap
-
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("robust_labels")
     data = make_tiny_audioset(root / "train.h5", num_clips=NUM_CLIPS)
-    with h5py.File(data, "r+") as handle:  # one clip with undecodable bytes
-        names = [n.decode() for n in handle["audio_name"][()]]
-        handle["mp3"][names.index(CORRUPT)] = np.frombuffer(np.random.default_rng(0).bytes(600), dtype=np.uint8)
-    teachers = {}
-    for num_classes in (4, 5):
-        torch.manual_seed(0)
-        model = get_model(arch="mn", width_mult=0.1, num_classes=num_classes, input_dim_f=32)
-        teachers[num_classes] = save_checkpoint(
-            root / f"teacher{num_classes}.pt", model, preprocessing={"sr": 16000, "n_mels": 32, "hopsize": 320},
-            labels=LabelMap.from_names([f"tone_{i}" for i in range(num_classes)]))
+    corrupt_clip(data, CORRUPT)
+    teachers = {n: save_tiny_teacher(root / f"teacher{n}.pt", num_classes=n) for n in (4, 5)}
     return root, data, teachers
 
 
-def _args(data, output, teacher, *extra):
-    return ["--hdf5", str(data), "--output", str(output), "--teachers", str(teacher), "--clip_length", "1",
-            "--batch_size", "4", "--num_workers", "0", "--flush_every", "2", "--no_progress", *extra]
+_args = labelling_args
 
 
 def _rows(path):
