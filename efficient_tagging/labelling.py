@@ -9,7 +9,9 @@ torchrun every rank labels the clips `i % world_size == rank` into
 The output is written in flushed batches through `TeacherLogitsWriter`, so a killed job
 keeps every flushed row and a restart labels only the clips that are still missing. Clips
 that cannot be decoded are recorded as missing (not as zeros), counted and reported; the
-distillation loss later masks them out.
+distillation loss later masks them out. SIGINT/SIGTERM stop a run cleanly (every finished
+batch committed, `LabellingInterrupted` raised); the output is locked (`<output>.lock`)
+while a run writes it, so a second run on it is refused instead of mixing into it.
 """
 from __future__ import annotations
 
@@ -33,13 +35,15 @@ from .data.hdf5 import AudioSetDataset
 from .tagging.ensemble import TeacherEnsemble
 from .data.teacher_logits import (TeacherLogits, TeacherLogitsWriter, merge_teacher_logits,
                                    shard_path)
+from .interrupt import SignalReceived, StopOnSignal, signal_name
 from .train.metrics import evaluate_predictions
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
-__all__ = ["cast_model_weights", "label_hdf5", "load_teachers", "merge_job", "teacher_metrics", "teacher_preprocessing"]
+__all__ = ["LabellingInterrupted", "cast_model_weights", "label_hdf5", "load_teachers", "merge_job", "teacher_metrics",
+           "teacher_num_classes", "teacher_preprocessing"]
 
 
 def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -70,7 +74,7 @@ def _crash(batch_index: int) -> None:
 
 def teacher_metrics(dataset: AudioSetDataset, logits_path: PathLike) -> dict[str, float]:
     """Teacher mAP / ROC-AUC over the clips of `dataset` that `logits_path` labels ({} without labels)."""
-    stored = TeacherLogits(logits_path)
+    stored = TeacherLogits(logits_path, check_finite=False)  # written by TeacherLogitsWriter, which refuses NaN/inf
     try:
         rows = [(i, stored.lookup(name)) for i, name in enumerate(dataset.audio_names)]
     finally:
@@ -103,18 +107,65 @@ def cast_model_weights(teacher: nn.Module, precision: str) -> nn.Module:
     return teacher
 
 
+class LabellingInterrupted(KeyboardInterrupt):
+    """`label_hdf5` was stopped by SIGINT/SIGTERM; every finished batch is committed to the output.
+
+    Rerunning the same labelling continues with the clips still missing. `signum` is the
+    signal, `summary` the partial summary (output, clips, labelled_now, labelled_before, ...).
+    A KeyboardInterrupt, so code that handles Ctrl-C keeps working and `except Exception`
+    does not swallow it.
+    """
+
+    def __init__(self, signum: int, summary: dict[str, Any]):
+        self.signum = int(signum)
+        self.summary = summary
+        done = summary["labelled_before"] + summary["labelled_now"] + summary["missing_undecodable"]
+        super().__init__(f"labelling into {summary['output']} stopped by {signal_name(signum)}: {done} of "
+                         f"{summary['clips']} clips are done and saved; run the same labelling again to continue")
+
+
+def teacher_num_classes(teacher: nn.Module) -> Optional[int]:
+    """Classes the teacher outputs, from its attributes (None if it does not say)."""
+    for source in (teacher, getattr(teacher, "model", None)):
+        value = getattr(source, "num_classes", None) if source is not None else None
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _describe_teacher(teacher: nn.Module, teacher_names: Sequence[str]) -> str:
+    names = list(teacher_names) or list(getattr(teacher, "names", [])) or [type(teacher).__name__]
+    return ("teacher " if len(names) == 1 else "teacher ensemble ") + ", ".join(map(str, names))
+
+
+def _remove_if_empty(path: Path, writer: Optional[TeacherLogitsWriter]) -> None:
+    """A teacher-logits file this run created and never put a row into is debris: remove it."""
+    if writer is not None and len(writer) == 0 and not writer.missing_names() and path.is_file():
+        path.unlink()
+        logger.info("removed %s: the run stopped before labelling any clip", path)
+
+
 @torch.no_grad()
 def label_hdf5(teacher: nn.Module, hdf5_paths: Union[PathLike, Sequence[PathLike]], output_path: PathLike, *,
                clip_length: float = 10.0, batch_size: int = 32, num_workers: int = 0,
                device: Union[str, torch.device] = "cpu", precision: str = "32", teacher_names: Sequence[str] = (),
                attrs: Optional[dict[str, Any]] = None, flush_every_batches: int = 10, dtype: str = "float32",
                progress: bool = True, shard: tuple[int, int] = (0, 1), metrics: bool = True,
-               crash_after_batches: Optional[int] = None) -> dict[str, Any]:
+               crash_after_batches: Optional[int] = None,
+               signal_after_batches: Optional[tuple[int, int]] = None) -> dict[str, Any]:
     """Label every clip of `hdf5_paths` with `teacher` into `output_path` (resuming if it exists).
 
     `shard=(rank, world_size)` labels only the clips `i % world_size == rank` (the caller picks
     the shard's file name, see `shard_path`). Undecodable clips are recorded as missing in the
     output (`missing_audio_name`), never as zero logits.
+
+    A teacher whose class count differs from the data's fails before anything is written.
+    SIGINT/SIGTERM (in the main thread) stop the job cleanly: the current batch is finished (or
+    the wait for the next one abandoned), everything labelled is committed, the handlers that
+    were there before are restored and `LabellingInterrupted` is raised; rerun to continue. A
+    run that fails or stops before labelling a single clip leaves no output file behind. The
+    output is locked for the run's lifetime (a second run on it fails with `OutputLockedError`).
+    `crash_after_batches` / `signal_after_batches=(signum, n)` are test hooks.
 
     Returns a summary: clips labelled now / before, missing (undecodable) clips with names,
     clips/s and, when the data has labels (and `metrics`), the teacher's mAP on the labelled clips.
@@ -124,12 +175,20 @@ def label_hdf5(teacher: nn.Module, hdf5_paths: Union[PathLike, Sequence[PathLike
         raise ValueError(f"shard rank {rank} is not in [0, {world_size})")
     if flush_every_batches < 1:
         raise ValueError(f"flush_every_batches must be >= 1, got {flush_every_batches}")
+    output_path = Path(output_path)
     device = torch.device(device)
     autocast = _autocast(device, precision)
-    teacher = cast_model_weights(teacher.to(device).eval(), precision)
     sample_rate = int(getattr(teacher, "sample_rate", 32000))
     dataset = AudioSetDataset(hdf5_paths, sample_rate=sample_rate, clip_length=clip_length,
                               replace_undecodable=False)
+    teacher_classes = teacher_num_classes(teacher)
+    if teacher_classes is not None and teacher_classes != dataset.num_classes:
+        dataset.close()
+        raise ValueError(f"{_describe_teacher(teacher, teacher_names)} outputs {teacher_classes} classes, but "
+                         f"{', '.join(map(str, dataset.paths))} have {dataset.num_classes}: teacher logits must have "
+                         f"one column per class of the data. Use a teacher trained on these classes (AudioSet: "
+                         f"527); nothing was written")
+    teacher = cast_model_weights(teacher.to(device).eval(), precision)
     info = {
         "teachers": list(teacher_names) or list(getattr(teacher, "names", [type(teacher).__name__])),
         "ensemble_rule": "mean of logits",
@@ -142,50 +201,90 @@ def label_hdf5(teacher: nn.Module, hdf5_paths: Union[PathLike, Sequence[PathLike
     }
     if world_size > 1:
         info["shard"] = [rank, world_size]
-    writer = TeacherLogitsWriter(output_path, num_classes=dataset.num_classes, attrs=info, dtype=dtype, resume=True)
-    done = writer.existing_names()
-    missing_before = len(writer.missing_names())
+    created = not output_path.exists()
     mine = [i for i, name in enumerate(dataset.audio_names) if i % world_size == rank]
-    todo = [i for i in mine if dataset.audio_names[i] not in done]
-    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate)
     missing: list[str] = []
     labelled = 0
+    done: set[str] = set()
+    missing_before = 0
+    completed = False
+    writer: Optional[TeacherLogitsWriter] = None
+    stop = StopOnSignal()
     start = time.time()
-    bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="teacher labelling", unit="clip",
-               disable=not progress, dynamic_ncols=True, smoothing=0.1)
     try:
-        for batch_index, batch in enumerate(loader):
-            ok = batch["decoded"]
-            names = [n for n, good in zip(batch["audio_name"], ok.tolist()) if good]
-            bad = [n for n, good in zip(batch["audio_name"], ok.tolist()) if not good]
-            if bad:
-                missing.extend(bad)
-                writer.write_missing(bad)
-            if names:
-                with autocast:
-                    logits = teacher(batch["waveform"][ok].to(device))
-                writer.write(names, logits.float().cpu().numpy())
-                labelled += len(names)
-            if (batch_index + 1) % flush_every_batches == 0:
-                writer.flush()
-            if crash_after_batches is not None and batch_index + 1 >= crash_after_batches:
-                _crash(batch_index)
-            bar.update(len(batch["audio_name"]))
-            bar.set_postfix(missing=len(missing) + missing_before, refresh=False)
-        writer.flush()
-        all_missing = writer.missing_names()
+        # Handlers go in before the output is opened: from the moment the file is locked, a signal
+        # means a clean stop.
+        with stop:
+            writer = TeacherLogitsWriter(output_path, num_classes=dataset.num_classes, attrs=info, dtype=dtype,
+                                         resume=True)
+            done = writer.existing_names()
+            missing_before = len(writer.missing_names())
+            todo = [i for i in mine if dataset.audio_names[i] not in done]
+            loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
+                                collate_fn=_collate)
+            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="teacher labelling", unit="clip",
+                       disable=not progress, dynamic_ncols=True, smoothing=0.1)
+            batches = None
+            try:
+                with stop.interruptible():  # starting workers changes nothing of ours
+                    batches = iter(loader)
+                batch_index = 0
+                while not stop.requested:
+                    # waiting for the next batch: a signal may end the run right here
+                    with stop.interruptible():
+                        batch = next(batches, None)
+                    if batch is None:
+                        completed = True
+                        break
+                    ok = batch["decoded"]
+                    names = [n for n, good in zip(batch["audio_name"], ok.tolist()) if good]
+                    bad = [n for n, good in zip(batch["audio_name"], ok.tolist()) if not good]
+                    if bad:
+                        missing.extend(bad)
+                        writer.write_missing(bad)
+                    if names:
+                        with autocast:
+                            logits = teacher(batch["waveform"][ok].to(device))
+                        writer.write(names, logits.float().cpu().numpy())
+                        labelled += len(names)
+                    if (batch_index + 1) % flush_every_batches == 0:
+                        writer.flush()
+                    if crash_after_batches is not None and batch_index + 1 >= crash_after_batches:
+                        _crash(batch_index)
+                    bar.update(len(batch["audio_name"]))
+                    bar.set_postfix(missing=len(missing) + missing_before, refresh=False)
+                    if signal_after_batches is not None and batch_index + 1 == signal_after_batches[1]:
+                        os.kill(os.getpid(), signal_after_batches[0])
+                    batch_index += 1
+            except SignalReceived as received:
+                if received.forced:
+                    # a second signal may have landed inside a write: keep only what was committed
+                    dropped = writer.discard_buffer()
+                    labelled -= dropped
+                    logger.warning("second %s: stopping at once, %d unflushed clip(s) dropped",
+                                   signal_name(received.signum), dropped)
+            finally:
+                bar.close()
+                del batches  # shuts DataLoader workers down now
+                writer.close()  # commits every finished batch
+    except SignalReceived:
+        pass  # a second signal while closing: the file keeps what was committed
     finally:
-        bar.close()
-        writer.close()
+        if not completed:
+            if created:
+                _remove_if_empty(output_path, writer)
+            dataset.close()
     elapsed = max(time.time() - start, 1e-6)
+    summary: dict[str, Any] = {"output": str(output_path), "shard": [rank, world_size], "clips": len(mine),
+                               "labelled_now": labelled, "labelled_before": len(done) - missing_before,
+                               "missing_undecodable": len(writer.missing_names()) if writer is not None else 0,
+                               "missing_names": writer.missing_names() if writer is not None else [],
+                               "clips_per_s": labelled / elapsed, "seconds": elapsed}
+    if not completed:
+        raise LabellingInterrupted(stop.signum if stop.signum is not None else signal.SIGINT, summary)
     if missing:
         logger.warning("%d clips could not be decoded and have no teacher logits (first: %s)",
                        len(missing), ", ".join(missing[:5]))
-
-    summary: dict[str, Any] = {"output": str(output_path), "shard": [rank, world_size], "clips": len(mine),
-                               "labelled_now": labelled, "labelled_before": len(done) - missing_before,
-                               "missing_undecodable": len(all_missing), "missing_names": all_missing,
-                               "clips_per_s": labelled / elapsed, "seconds": elapsed}
     if metrics:
         summary.update(teacher_metrics(dataset, output_path))
     dataset.close()

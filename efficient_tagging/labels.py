@@ -1,7 +1,8 @@
 """Class label maps: AudioSet ontology names/ids, and the label maps stored in checkpoints.
 
 The official AudioSet list (`class_labels_indices.csv`: index, mid, display_name) is read
-from a given path, from the download cache, or downloaded from Google's AudioSet storage.
+from a given path, from the download cache, or downloaded (over https) from Google's AudioSet
+storage; a download, or a cached copy, that is not a 527-class label list is never used.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Optional, Sequence, Union
 
 from .hub import cached_file
 
-AUDIOSET_LABELS_URL = "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
+AUDIOSET_LABELS_URL = "https://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
 AUDIOSET_LABELS_FILENAME = "class_labels_indices.csv"
 AUDIOSET_NUM_CLASSES = 527
 
@@ -77,12 +78,20 @@ def read_class_labels_csv(path: Union[str, Path]) -> LabelMap:
     return LabelMap(tuple(names), tuple(ids))
 
 
+def _check_audioset_csv(path: Path) -> None:
+    """Validator for the download cache: the file must be the full AudioSet label list."""
+    labels = read_class_labels_csv(path)
+    if len(labels) != AUDIOSET_NUM_CLASSES:
+        raise ValueError(f"{path}: expected {AUDIOSET_NUM_CLASSES} AudioSet classes, found {len(labels)}")
+
+
 def audioset_labels(path: Union[str, Path, None] = None, cache: Union[str, Path, None] = None,
                     download: bool = True) -> LabelMap:
     """The 527 AudioSet classes: from `path`, else the cache, else downloaded (if `download`)."""
     if path is None:
         if download:
-            path = cached_file(AUDIOSET_LABELS_URL, AUDIOSET_LABELS_FILENAME, cache=cache, progress=False)
+            path = cached_file(AUDIOSET_LABELS_URL, AUDIOSET_LABELS_FILENAME, cache=cache, progress=False,
+                               validate=_check_audioset_csv)
         else:
             from .hub import cache_dir
             path = cache_dir(cache) / AUDIOSET_LABELS_FILENAME

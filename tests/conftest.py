@@ -58,3 +58,31 @@ def make_tiny_audioset(path: Path, num_clips: int = 24, num_classes: int = 4, sa
                 wave += 0.2 * np.sin(2 * np.pi * 300 * (c + 1) * t)
             writer.add(f"Ytiny_{i:04d}.{codec}", encode_audio(wave.astype(np.float32), sample_rate, codec), target)
     return path
+
+
+def corrupt_clip(path: Path, audio_name: str) -> None:
+    """Replace one clip's encoded bytes in an AudioSet-format HDF5 by noise that no decoder reads."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r+") as handle:
+        names = [n.decode() for n in handle["audio_name"][()]]
+        handle["mp3"][names.index(audio_name)] = np.frombuffer(np.random.default_rng(0).bytes(600), dtype=np.uint8)
+
+
+def save_tiny_teacher(path: Path, num_classes: int = 4, seed: int = 0) -> Path:
+    """A tiny mn checkpoint (width 0.1, 32 mels at 16 kHz) that tags `make_tiny_audioset` data."""
+    from efficient_tagging import get_model, save_checkpoint
+    from efficient_tagging.labels import LabelMap
+
+    torch.manual_seed(seed)
+    model = get_model(arch="mn", width_mult=0.1, num_classes=num_classes, input_dim_f=32)
+    return save_checkpoint(path, model, preprocessing={"sr": 16000, "n_mels": 32, "hopsize": 320},
+                           labels=LabelMap.from_names([f"tone_{i}" for i in range(num_classes)]))
+
+
+def labelling_args(data: Path, output: Path, teachers, *extra: str) -> list[str]:
+    """ex_teacher_labels.py flags for the tiny data: 1 s clips, batches of 4, flushed every 2 batches."""
+    teachers = [teachers] if isinstance(teachers, (str, Path)) else teachers
+    return ["--hdf5", str(data), "--output", str(output), "--teachers", *map(str, teachers), "--clip_length", "1",
+            "--batch_size", "4", "--num_workers", "0", "--flush_every", "2", "--no_progress", *extra]

@@ -99,6 +99,27 @@ def test_reference_logits(path):
 
 
 @requires_shared
+@pytest.mark.parametrize("path", MODEL_CASES, ids=lambda p: p.stem)
+def test_fixture_through_get_model_with_the_fixture_layout(path):
+    """The design's contract: get_model(arch=kind, **fixture config) reproduces the fixture on its own input."""
+    from efficient_tagging import get_model
+
+    case = _load_case(path)
+    assert case["input"].dim() == 3  # the reference's (B, T, F)
+    model = get_model(arch="ast", **case["config"]).eval()
+    model.load_state_dict(case["state_dict"], strict=True)
+    atol = float(case["meta"].get("atol", FP32_ATOL))
+    with torch.no_grad():
+        logits, embedding = model(case["input"])
+        logits4, _ = model(case["input"].transpose(1, 2).unsqueeze(1))  # the project's (B, 1, F, T)
+    diff = (logits - case["logits"]).abs().max().item()
+    assert diff <= atol, f"max |logits - reference| = {diff:.3g} > {atol}"
+    assert torch.equal(logits, logits4) and embedding.shape == (len(logits), model.embedding_dim)
+    with pytest.raises(ValueError, match="input_fdim"):
+        model(case["input"][..., :-1])
+
+
+@requires_shared
 def test_tagger_matches_model():
     path = min(MODEL_CASES, key=lambda p: p.stat().st_size)
     case = _load_case(path)
@@ -213,15 +234,14 @@ def test_audioset_init_through_constructor(monkeypatch, tmp_path):
         assert model.mlp_head[1].weight.shape == (case["config"]["label_dim"], 768)
 
 
-def test_offline_errors_are_explained(monkeypatch):
-    import timm
-
+def test_offline_errors_are_explained(monkeypatch, tmp_path):
     from efficient_tagging import hub
 
     def offline(*args, **kwargs):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(timm, "create_model", offline)
+    monkeypatch.setattr(hub.urllib.request, "urlopen", offline)  # the DeiT weights come through the cache
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path))
     with pytest.raises(RuntimeError, match="imagenet_state_dict") as info:
         ASTModel(model_size="tiny224", input_tdim=128)
     assert "imagenet_pretrain=False" in str(info.value)
@@ -260,8 +280,10 @@ def test_constructor_and_input_validation():
     with torch.no_grad():
         assert model(torch.zeros(2, 105, 128)).shape == (2, 3)  # frames past the last full patch are dropped
     tagger = ASTTagger.from_model(model)
+    with torch.no_grad():  # the reference layout (B, T, F) is accepted too (the design's fixture contract)
+        assert torch.equal(tagger(torch.ones(2, 105, 128))[0], model(torch.ones(2, 105, 128)))
     with pytest.raises(ValueError, match=r"\(B, 1, F, T\)"):
-        tagger(torch.zeros(2, 100, 128))
+        tagger(torch.zeros(100, 128))
     with pytest.raises(ValueError, match=r"\(2, 1, 128, 300\)"):
         tagger(torch.zeros(2, 1, 128, 300))
 

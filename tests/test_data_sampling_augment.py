@@ -58,7 +58,8 @@ def test_sampler_splits_one_epoch_across_ranks():
 
 def test_sampler_follows_the_weights_and_respects_replacement():
     weights = np.array([0.0, 1.0, 3.0])
-    draws = np.bincount(list(DistributedWeightedSampler(weights, num_samples=4000, seed=1)), minlength=3)
+    draws = np.bincount(list(DistributedWeightedSampler(weights, num_samples=4000, replacement=True, seed=1)),
+                        minlength=3)
     assert draws[0] == 0 and 2.5 < draws[2] / draws[1] < 3.5
     without = DistributedWeightedSampler(weights, num_samples=2, replacement=False)
     assert sorted(without) == [1, 2]

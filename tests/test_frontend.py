@@ -88,3 +88,44 @@ def test_bad_waveform_rank_is_rejected(shape):
 def test_invalid_frequency_range_is_rejected():
     with pytest.raises(ValueError, match="fmin"):
         AugmentMelSTFT(fmin=16000, fmax=15000)
+
+
+@pytest.mark.parametrize("axis,max_width", [(1, 48), (2, 192), (1, 7), (2, 1)])
+def test_iid_masks_equal_torchaudio_for_the_same_random_draws(axis, max_width):
+    """Band placement and widths equal torchaudio's iid masking (what EfficientAT runs) draw for draw."""
+    import torchaudio
+
+    from efficient_tagging.frontends.mel import _iid_mask
+
+    spec = torch.randn(512, 128, 250) + 3.0  # no exact zeros: every masked cell is visible
+    masker = (torchaudio.transforms.FrequencyMasking(max_width, iid_masks=True) if axis == 1
+              else torchaudio.transforms.TimeMasking(max_width, iid_masks=True))
+    for seed in range(5):
+        torch.manual_seed(seed)
+        ours = _iid_mask(spec, max_width, axis=axis)
+        torch.manual_seed(seed)
+        reference = masker(spec)
+        assert torch.equal(ours == 0, reference == 0)
+    # the width distribution: floor(U * m), so 0 .. m - 1 and never m
+    torch.manual_seed(0)
+    masked = _iid_mask(spec, max_width, axis=axis) == 0
+    widths = masked.any(dim=3 - axis).sum(dim=1)
+    assert int(widths.max()) <= max_width - 1
+    assert abs(widths.float().mean().item() - (max_width - 1) / 2) < 0.1 * max_width + 0.2
+
+
+def test_train_mode_masks_follow_torchaudio_frequency_then_time():
+    """AugmentMelSTFT's train-mode masks: frequency mask first, then time mask, same draws as torchaudio."""
+    import torchaudio
+
+    mel = AugmentMelSTFT(freqm=20, timem=40, fmin_aug_range=1, fmax_aug_range=1).train()
+    waveform = torch.randn(16, 32000)
+    torch.manual_seed(3)
+    ours = mel(waveform)
+    plain = AugmentMelSTFT(freqm=0, timem=0, fmin_aug_range=1, fmax_aug_range=1).train()
+    log_mel = plain(waveform) * 5.0 - 4.5  # undo the normalisation: masks act on the log-mel
+    torch.manual_seed(3)
+    log_mel = torchaudio.transforms.FrequencyMasking(20, iid_masks=True)(log_mel)
+    log_mel = torchaudio.transforms.TimeMasking(40, iid_masks=True)(log_mel)
+    masked_value = (0.0 + 4.5) / 5.0
+    assert torch.equal(ours == masked_value, log_mel == 0)

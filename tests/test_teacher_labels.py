@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_tiny_audioset
+from conftest import REPO, corrupt_clip, labelling_args, make_tiny_audioset, save_tiny_teacher
 from efficient_tagging.data.teacher_logits import TeacherLogits, find_shards
 
 SCRIPT = str(REPO / "experiments" / "ex_teacher_labels.py")
@@ -19,29 +19,15 @@ CORRUPT = "Ytiny_0005.flac"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from efficient_tagging import get_model, save_checkpoint
-    from efficient_tagging.labels import LabelMap
-
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("teacher_labels")
     data = make_tiny_audioset(root / "train.h5", num_clips=NUM_CLIPS)
-    with h5py.File(data, "r+") as handle:  # one clip with undecodable bytes
-        names = [n.decode() for n in handle["audio_name"][()]]
-        row = names.index(CORRUPT)
-        handle["mp3"][row] = np.frombuffer(np.random.default_rng(0).bytes(600), dtype=np.uint8)
-    teachers = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        model = get_model(arch="mn", width_mult=0.1, num_classes=4, input_dim_f=32)
-        teachers.append(save_checkpoint(root / f"teacher{seed}.pt", model,
-                                        preprocessing={"sr": 16000, "n_mels": 32, "hopsize": 320},
-                                        labels=LabelMap.from_names([f"tone_{i}" for i in range(4)])))
+    corrupt_clip(data, CORRUPT)
+    teachers = [save_tiny_teacher(root / f"teacher{seed}.pt", seed=seed) for seed in (0, 1)]
     return root, data, teachers
 
 
-def _args(data, output, teachers, *extra):
-    return ["--hdf5", str(data), "--output", str(output), "--teachers", *map(str, teachers), "--clip_length", "1",
-            "--batch_size", "4", "--num_workers", "0", "--flush_every", "2", "--no_progress", *extra]
+_args = labelling_args
 
 
 def _label_in_process(data, output, teachers, *extra):

@@ -117,11 +117,32 @@ def test_exp_warmup_linear_down_matches_reference():
         assert fn(epoch) == pytest.approx(_reference_multiplier(epoch, *args), rel=1e-12)
 
 
+def test_lr_is_stepped_per_epoch_by_default_like_the_reference():
+    """Default: every step of epoch e runs at max_lr * f(e), f the reference's exp_warmup_linear_down."""
+    args = (8, 95, 80, 0.01)  # EfficientAT's ex_audioset.py defaults
+    fn = exp_warmup_linear_down(*args)
+    steps_per_epoch, max_lr = 5, 0.0008
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
+    sched = make_lr_scheduler(opt, fn, steps_per_epoch)
+    reference_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
+    reference = torch.optim.lr_scheduler.LambdaLR(reference_opt, fn)  # ex_audioset.py: scheduler.step() per epoch
+    for epoch in range(200):
+        for _ in range(steps_per_epoch):
+            assert opt.param_groups[0]["lr"] == pytest.approx(max_lr * _reference_multiplier(epoch, *args), rel=1e-12)
+            assert opt.param_groups[0]["lr"] == reference_opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+        reference_opt.step()
+        reference.step()
+    from efficient_tagging.train.trainer import TrainConfig
+    assert TrainConfig().lr_per_step is False
+
+
 def test_per_step_lambda_lr_follows_schedule():
     fn = exp_warmup_linear_down(3, 4, 5, 0.1)
     steps_per_epoch, max_lr = 7, 0.5
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
-    sched = make_lr_scheduler(opt, fn, steps_per_epoch)
+    sched = make_lr_scheduler(opt, fn, steps_per_epoch, per_step=True)
     per_epoch_opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=max_lr)
     per_epoch = torch.optim.lr_scheduler.LambdaLR(per_epoch_opt, fn)  # the reference's usage
     for step in range(12 * steps_per_epoch):

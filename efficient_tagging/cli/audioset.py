@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,14 +26,19 @@ import torch
 from ..complexity import complexity_report, spectrogram_shape
 from ..data.demo import build_demo_dataset, default_demo_root
 from ..data.hdf5 import AudioSetDataset
+from ..interrupt import SignalReceived, exit_code
 from ..labelling import label_hdf5
-from ..models.factory import get_model
+from ..models.factory import CheckpointWriteError, get_model
 from ..tagging.tagger import AudioTagger, load_tagger
 from ..train.audioset import AUDIOSET_DEFAULTS, DEMO_DEFAULTS, demo_teacher_config
-from ..train.distributed import DistInfo, init_distributed
+from ..train.distributed import DeviceUnavailable, DistInfo, init_distributed, select_device
+from ..train.interrupt import TrainingInterrupted
+from ..train.reproducibility import portable_cpu_numerics
+from ..train.run_lock import RunDirectoryBusy
 from ..train.tracking import RunTracker
-from ..train.trainer import TrainConfig, evaluate, train
+from ..train.trainer import ResumeMismatch, TrainConfig, cap_num_workers, evaluate, train
 from .train_flags import add_training_arguments, config_from_args
+from .help import HelpFormatter
 
 logger = logging.getLogger("efficient_tagging")
 
@@ -39,15 +46,20 @@ logger = logging.getLogger("efficient_tagging")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--train", action="store_true", help="train (default: evaluate a model)")
     parser.add_argument("--model_name", default="mn10_as", help="evaluation: catalogue model to evaluate")
     parser.add_argument("--model_path", default=None, help="evaluation: local checkpoint to evaluate")
     parser.add_argument("--demo_dir", default=None,
                         help="where the demo dataset, teacher and logits are cached (default <cache>/demo)")
     parser.add_argument("--demo_clips", type=int, default=2000,
-                        help="demo training clips (the eval split gets an eighth as many); fewer for a quick smoke run")
-    add_training_arguments(parser)
+                        help="demo training clips (the eval split gets an eighth as many); fewer for a quick smoke "
+                             "run (default: 2000)")
+    parser.add_argument("--demo_native_cpu", action="store_true",
+                        help="demo: use this CPU's fastest kernels and all its threads instead of portable numerics "
+                             "(AVX2 kernels, 2 threads), which make the demo's numbers the same on any x86-64 "
+                             "machine (default: off)")
+    add_training_arguments(parser, AUDIOSET_DEFAULTS, DEMO_DEFAULTS)
     return parser
 
 
@@ -83,11 +95,49 @@ def _run_training(config: TrainConfig, args: argparse.Namespace, dist_info: Dist
     return summary
 
 
+def print_training_summary(summary: dict[str, Any], *, title: str = "training summary",
+                           header_lines: Sequence[str] = (), seconds: Optional[float] = None) -> None:
+    """The end-of-run report of every training run (the demo adds its teacher/student lines on top)."""
+    print(f"\n================ {title} ================")
+    for line in header_lines:
+        print(line)
+    evaluated = [record for record in summary.get("history") or [] if record.get("mAP") is not None]
+    final = summary.get("final") or {}
+    if evaluated:
+        best = max(evaluated, key=lambda record: record["mAP"])
+        final_line = ""
+        if final.get("mAP") is not None:
+            final_line = (f"final (epoch {final.get('epoch')}): mAP {final['mAP']:.4f}  "
+                          f"ROC {final.get('ROC', float('nan')):.4f}  d' {final.get('d_prime', float('nan')):.3f}")
+        print(f"best mAP {best['mAP']:.4f} (epoch {best['epoch']})   {final_line}".rstrip())
+    else:
+        print("no evaluation ran")
+    if final.get("train_loss") is not None:
+        print(f"final train loss {final['train_loss']:.4f} after {final.get('epoch')} epochs")
+    checkpoints = summary.get("checkpoints") or {}
+    print(f"checkpoints: best {checkpoints.get('best')}   last {checkpoints.get('last')}")
+    print(f"run record: {summary.get('run_dir') or 'none'}")
+    print(f"clips skipped (undecodable, replaced by others): {summary.get('skipped_clips', 0)}")
+    coverage = summary.get("teacher_coverage")
+    if coverage:
+        found, missing = int(coverage.get("found", 0)), int(coverage.get("missing", 0))
+        total = found + missing
+        print(f"teacher logits: {found} of {total} training clips ({100.0 * found / max(total, 1):.1f}%); "
+              f"{summary.get('clips_without_teacher', 0)} drawn clips trained on the label loss only")
+    if seconds is not None:
+        print(f"total time: {seconds:.0f} s")
+
+
 def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
     """Demo pipeline: synthetic data -> trained teacher -> teacher logits -> distilled student."""
     started = time.time()
     root = default_demo_root(args.demo_dir)
     is_main = dist_info.rank == 0
+    numerics = {"native": True} if args.demo_native_cpu else portable_cpu_numerics(threads=2)
+    if is_main and not args.demo_native_cpu:
+        print(f"[demo] portable CPU numerics ({numerics.get('aten_capability')} kernels, {numerics['threads']} "
+              "threads): the same numbers on any x86-64 machine; --demo_native_cpu for this CPU's fastest kernels",
+              flush=True)
     sizes = {"num_train": args.demo_clips, "num_eval": max(16, args.demo_clips // 8),
              "sample_rate": DEMO_DEFAULTS["sample_rate"], "clip_length": DEMO_DEFAULTS["clip_length"]}
     if is_main:
@@ -118,10 +168,11 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
         torch.distributed.barrier()
 
     teacher_model = get_model(str(teacher_checkpoint))
-    student_defaults = dict(DEMO_DEFAULTS, train_hdf5=[str(data.train_path)], eval_hdf5=[str(data.eval_path)],
-                            out_dir=str(root / "student" / f"{args.arch}{str(args.width_mult).replace('.', '')}"))
+    student_defaults = dict(DEMO_DEFAULTS, train_hdf5=[str(data.train_path)], eval_hdf5=[str(data.eval_path)])
     student_args = argparse.Namespace(**{**vars(args), "experiment_name": args.experiment_name or "demo_student"})
     config = config_from_args(student_args, student_defaults)
+    if args.out_dir is None:
+        config.out_dir = str(root / "student" / f"{config.arch}{str(config.width_mult).replace('.', '')}")
     config.teacher_logits = config.teacher_logits or str(teacher_logits_path)
     if is_main:
         print(f"[demo] distilling the student ({config.arch}, width {config.width_mult}) from the teacher logits",
@@ -150,29 +201,60 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
         "run_dir": summary["run_dir"],
         "teacher_run_dir": teacher_summary.get("run_dir"),
         "skipped_clips": summary["skipped_clips"],
+        "cpu_numerics": numerics,
         "seconds": time.time() - started,
     }
-    print("\n================ demo summary ================")
-    print(f"classes ({len(data.label_map)}): {', '.join(data.label_map.names)}")
+    header = [f"classes ({len(data.label_map)}): {' | '.join(data.label_map.names)}"]
     for role in ("teacher", "student"):
         part = result[role]
-        print(f"{role:8s} {part['arch']:6s} mAP {part['mAP']:.3f}   params {part['params'] / 1e6:.2f} M   "
-              f"MACs {part['macs'] / 1e9:.3f} G per {data.clip_length:g} s clip")
-    print(f"run record: {result['run_dir']}")
-    print(f"student checkpoint: {result['student']['checkpoint']}")
-    print(f"total time: {result['seconds']:.0f} s")
+        header.append(f"{role:8s} {part['arch']:6s} mAP {part['mAP']:.3f}   params {part['params'] / 1e6:.2f} M   "
+                      f"MACs {part['macs'] / 1e9:.3f} G per {data.clip_length:g} s clip")
+    header.append("student run:")
+    print_training_summary(summary, title="demo summary", header_lines=header, seconds=result["seconds"])
     return result
+
+
+def evaluation_data_settings(args: argparse.Namespace, tagger: AudioTagger) -> dict[str, Any]:
+    """Sample rate and clip length of an evaluation, each with where it came from.
+
+    The clip length is the flag's, else the one stored with the checkpoint (what the model was
+    trained and evaluated with), else the AudioSet recipe's 10 s. The sample rate is the model
+    frontend's: a flag cannot change it, and one that contradicts it is refused.
+    """
+    stored = getattr(tagger, "preprocessing", None) or {}
+    stored_clip = stored.get("clip_length")
+    if args.clip_length is not None:
+        clip_length = float(args.clip_length)
+        clip_source = "--clip_length" + (f"; the checkpoint says {float(stored_clip):g} s"
+                                         if stored_clip is not None and float(stored_clip) != clip_length else "")
+    elif stored_clip is not None:
+        clip_length, clip_source = float(stored_clip), "stored in the checkpoint; --clip_length overrides"
+    else:
+        clip_length = float(AUDIOSET_DEFAULTS["clip_length"])
+        clip_source = "the AudioSet default: the model stores none; --clip_length overrides"
+    sample_rate = int(tagger.sample_rate)
+    if args.sample_rate is not None and int(args.sample_rate) != sample_rate:
+        raise SystemExit(f"error: --resample_rate {args.sample_rate} contradicts the model: its frontend takes "
+                         f"{sample_rate} Hz audio (from its {'checkpoint' if stored.get('sr') else 'settings'}); "
+                         "drop --resample_rate")
+    sample_source = "the model's frontend" + (", stored in the checkpoint" if stored.get("sr") else "")
+    return {"clip_length": clip_length, "clip_length_source": clip_source, "sample_rate": sample_rate,
+            "sample_rate_source": sample_source}
 
 
 def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     if not args.eval_hdf5:
         raise SystemExit("error: evaluation needs --eval_hdf5 (AudioSet-format eval file); add --train to train")
-    device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
+    device = select_device(bool(args.cuda))
     tagger = load_tagger(args.model_name, args.model_path).to(device)
-    clip_length = args.clip_length or AUDIOSET_DEFAULTS["clip_length"]
-    dataset = AudioSetDataset(args.eval_hdf5, sample_rate=tagger.sample_rate, clip_length=clip_length)
+    settings = evaluation_data_settings(args, tagger)
+    print(f"clip length {settings['clip_length']:g} s ({settings['clip_length_source']}); "
+          f"sample rate {settings['sample_rate']} Hz ({settings['sample_rate_source']})", flush=True)
+    dataset = AudioSetDataset(args.eval_hdf5, sample_rate=settings["sample_rate"], clip_length=settings["clip_length"])
     metrics = evaluate(tagger.model, tagger.frontend, dataset, device, DistInfo(False, 0, 1, 0, device),
-                       args.batch_size or 32, args.num_workers or 0, args.precision, not args.no_progress)
+                       args.batch_size or 32, cap_num_workers(args.num_workers or 0), args.precision or "32",
+                       not args.no_progress)
+    metrics.update(settings)
     print(f"Results on {', '.join(args.eval_hdf5)} for {args.model_path or args.model_name}:")
     print(f"  mAP: {metrics['mAP']:.3f}")
     print(f"  ROC: {metrics['mean_roc_auc']:.3f}")
@@ -180,23 +262,57 @@ def run_evaluation(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if k != "per_class_ap"}
 
 
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that continues an interrupted run: this one's arguments plus --resume."""
+    args = list(argv) + ([] if "--resume" in argv else ["--resume"])
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith(".py") else None
+    prefix = [sys.executable, script] if script else [sys.executable, "-m", "efficient_tagging.cli.audioset"]
+    if "WORLD_SIZE" in os.environ:  # under torchrun: its own flags are not ours to know
+        return "torchrun <your torchrun flags> " + shlex.join([script or "-m efficient_tagging.cli.audioset", *args])
+    return shlex.join([*prefix, *args])
+
+
+def _train_command(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
+    started = time.time()
+    if not args.train_hdf5:
+        return run_demo(args, dist_info)
+    config = config_from_args(args, AUDIOSET_DEFAULTS)
+    result = _run_training(config, args, dist_info)
+    result["seconds"] = time.time() - started
+    if dist_info.rank == 0:
+        print_training_summary(result, seconds=result["seconds"])
+    return result
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not args.train:
-        _write_json(args.results_json, run_evaluation(args))
+    dist_info: Optional[DistInfo] = None
+    try:
+        if not args.train:
+            _write_json(args.results_json, run_evaluation(args))
+            return 0
+        dist_info = init_distributed()
+        result = _train_command(args, dist_info)
+        if dist_info.rank == 0:
+            _write_json(args.results_json, result)
         return 0
-    dist_info = init_distributed()
-    if not args.train_hdf5:
-        result = run_demo(args, dist_info)
-    else:
-        config = config_from_args(args, AUDIOSET_DEFAULTS)
-        result = _run_training(config, args, dist_info)
-    if dist_info.rank == 0:
-        _write_json(args.results_json, result)
-    if dist_info.enabled:
-        torch.distributed.destroy_process_group()
-    return 0
+    except TrainingInterrupted as stopped:
+        if dist_info is None or dist_info.rank == 0:
+            print(f"\n{stopped}\nto continue exactly from there, run:\n  {resume_command(argv)}", file=sys.stderr,
+                  flush=True)
+        return stopped.exit_code
+    except (KeyboardInterrupt, SignalReceived) as stopped:
+        print("\ninterrupted: nothing more was saved (checkpoints written before, e.g. last.pt, are intact)",
+              file=sys.stderr)
+        return exit_code(stopped.signum) if isinstance(stopped, SignalReceived) else 130
+    except (RunDirectoryBusy, ResumeMismatch, CheckpointWriteError, DeviceUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if dist_info is not None and dist_info.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from ..data.hdf5 import AudioSetDataset
 from ..frontends.kaldi_fbank import SAMPLE_RATE, compute_fbank_stats
+from .help import HelpFormatter
 
 
 def _dataset_waveforms(dataset: Any, max_clips: Optional[int], skipped: list) -> Iterable[Tensor]:
@@ -24,6 +25,7 @@ def _dataset_waveforms(dataset: Any, max_clips: Optional[int], skipped: list) ->
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m efficient_tagging.cli.fbank_stats --hdf5 data.h5 [...]``: print the fbank mean/std of a dataset."""
     parser = argparse.ArgumentParser(
+        formatter_class=HelpFormatter,
         prog="python -m efficient_tagging.cli.fbank_stats",
         description="Compute the AST input normalisation statistics (fbank mean and std) of AudioSet-format HDF5 "
                     "files; the audio is resampled to 16 kHz. Use the results as ASTFbank(norm_mean=..., "
@@ -33,7 +35,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--target-length", type=int, default=1024,
                         help="pad/cut every clip to this many frames before counting, as the reference recipe "
                              "does (default 1024; 0 = natural frames only)")
-    parser.add_argument("--num-mel-bins", type=int, default=128)
+    parser.add_argument("--num-mel-bins", type=int, default=128, help="mel bins of the fbank")
     parser.add_argument("--max-clips", type=int, default=None, help="use only the first N clips")
     args = parser.parse_args(argv)
 

@@ -2,6 +2,11 @@
 
 Resumable (rerun the same command), sharded under torchrun (rank 0 merges), or split by hand
 with `--num_shards/--shard_index` and merged with `--merge`. The work is `efficient_tagging.labelling`.
+
+Exit status: 0 done; 1 an error, printed as one message without a traceback (a teacher that
+cannot be downloaded, an output another process is writing, a teacher of another class
+count); 130 / 143 stopped by Ctrl-C / SIGTERM after saving every finished batch, with the
+command that continues the run printed.
 """
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ import argparse
 import json
 import logging
 import os
+import shlex
+import shutil
+import signal
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -16,8 +25,11 @@ import torch
 
 from ..data.hdf5 import AudioSetDataset
 from ..data.teacher_logits import find_shards, merge_teacher_logits, shard_path
-from ..labelling import label_hdf5, load_teachers, merge_job, teacher_metrics, teacher_preprocessing
+from ..interrupt import exit_code, signal_name
+from ..labelling import (LabellingInterrupted, label_hdf5, load_teachers, merge_job, teacher_metrics,
+                         teacher_preprocessing)
 from ..train.distributed import barrier, cleanup, init_distributed
+from .help import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,10 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Label AudioSet-format HDF5 files with one or more frozen teachers and store their logits "
                     "(the mean over teachers for an ensemble) in a teacher-logits HDF5 keyed by audio_name, for "
                     "knowledge distillation (--teacher_logits of ex_audioset.py). Resumable: rerun the same "
-                    "command after an interruption and only the missing clips are labelled. Under torchrun each "
+                    "command after an interruption (Ctrl-C / SIGTERM save every finished batch and print that "
+                    "command) and only the missing clips are labelled. One run per output at a time "
+                    "(<output>.lock). Under torchrun each "
                     "rank labels every world_size-th clip into <output>.shard-<rank>-of-<world>.h5 and rank 0 "
                     "merges the shards into --output.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--hdf5", nargs="+", default=None, metavar="FILE",
                         help="AudioSet-format HDF5 file(s) to label (audio_name, mp3/flac bytes, target); "
                              "with --merge optional: if given, the merge checks that every clip is covered")
@@ -60,11 +74,54 @@ def build_parser() -> argparse.ArgumentParser:
                         help="... and label shard I of them into <output>.shard-I-of-N.h5 (merge with --merge)")
     parser.add_argument("--keep_shards", action="store_true",
                         help="keep the shard files after rank 0 merged them (default: delete them)")
-    parser.add_argument("--cache_dir", default=None, help="download cache for catalogue teachers")
+    parser.add_argument("--cache_dir", default=None, help="download cache for catalogue teachers (default: $EFFICIENT_TAGGING_CACHE, the repo's pretrained/ "
+                             "or ~/.cache/efficient_tagging)")
     parser.add_argument("--summary_json", default=None, help="also write the summary to this JSON file")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--crash_after_batches", type=int, default=None, help=argparse.SUPPRESS)  # test hook
+    # test hook: SIG:N sends the process signal SIG (INT, TERM) after N batches, like a user's Ctrl-C / kill
+    parser.add_argument("--signal_after_batches", type=_signal_after, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+_TEST_HOOKS = ("--crash_after_batches", "--signal_after_batches")
+
+
+def _signal_after(text: str) -> tuple[int, int]:
+    name, _, count = text.partition(":")
+    try:
+        return int(getattr(signal, "SIG" + name.upper().removeprefix("SIG"))), int(count)
+    except (AttributeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected SIGNAL:BATCHES such as TERM:3, got {text!r}") from None
+
+
+def continue_command(argv: Optional[Sequence[str]] = None) -> str:
+    """The command line that continues this run: the same command, without test hooks."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in _TEST_HOOKS:
+            skip = True
+            continue
+        if arg.split("=", 1)[0] in _TEST_HOOKS:
+            continue
+        kept.append(arg)
+    on_path = shutil.which("python")
+    python = "python" if on_path and Path(on_path).resolve() == Path(sys.executable).resolve() else sys.executable
+    script = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if script and Path(script).resolve() == Path(__file__).resolve():
+        prefix = [python, "-m", __name__]
+    elif script.endswith(".py"):
+        prefix = [python, script]
+    elif script and script != "-c":
+        prefix = [script]  # a console entry point
+    else:
+        prefix = [python, "-m", __name__]
+    return shlex.join(prefix + kept)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -122,7 +179,8 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                              teacher_names=names, attrs=attrs, flush_every_batches=args.flush_every,
                              dtype=args.dtype, progress=not args.no_progress and rank == 0,
                              shard=(rank, world_size), metrics=world_size == 1,
-                             crash_after_batches=args.crash_after_batches)
+                             crash_after_batches=args.crash_after_batches,
+                             signal_after_batches=args.signal_after_batches)
         if dist_info.enabled and world_size > 1:
             barrier()
             if rank == 0:
@@ -134,9 +192,29 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; exit status 0, 1 on an error (message only, no traceback), 130/143 on SIGINT/SIGTERM."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     summary_json = build_parser().parse_args(argv).summary_json
-    summary = run(argv)
+    try:
+        summary = run(argv)
+    except LabellingInterrupted as stopped:
+        if int(os.environ.get("RANK", 0)) == 0:
+            partial = stopped.summary
+            done = partial["labelled_before"] + partial["labelled_now"] + partial["missing_undecodable"]
+            print(f"interrupted by {signal_name(stopped.signum)}: {done} of {partial['clips']} clips are labelled and "
+                  f"saved in {partial['output']}", file=sys.stderr)
+            under = " (under the same torchrun launch)" if "LOCAL_RANK" in os.environ else ""
+            print(f"to continue{under}, run:\n  {continue_command(argv)}", file=sys.stderr, flush=True)
+        return exit_code(stopped.signum)
+    except KeyboardInterrupt:  # Ctrl-C before labelling started (e.g. while loading the teachers)
+        print("interrupted before labelling started; nothing was written", file=sys.stderr)
+        return exit_code(signal.SIGINT)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        # clear messages (a download that failed, a locked output, a teacher of the wrong class count):
+        # the message says what to do; a traceback would only bury it
+        logging.getLogger(__name__).debug("labelling failed", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if int(os.environ.get("RANK", 0)) == 0:
         _print_summary(summary)
         if summary_json:

@@ -9,13 +9,14 @@ from typing import Iterable, Optional, Sequence
 
 from ..data import prepare as preparation
 from ..data.prepare import PrepareError, PrepareOptions, Report, prepare
+from .help import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prepare_audioset",
         description=preparation.__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="Exit codes: 0 success, 1 nothing could be written, 2 bad arguments or input files.\n"
                "Example:\n  python experiments/prepare_audioset.py --audio_dir audioset/balanced "
                "--csv balanced_train_segments.csv --output balanced_train_segments_mp3.hdf",

@@ -11,6 +11,7 @@ import torch
 
 from ..tagging.ensemble import TeacherEnsemble
 from ..tagging.tagger import load_tagger
+from .help import HelpFormatter
 
 
 def positive_int(text: str) -> int:
@@ -27,7 +28,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Tag an audio file with a pretrained or local model and print the top-k AudioSet labels.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--audio_path", required=True, help="audio file in any format FFmpeg/PyAV decodes")
     parser.add_argument("--model_name", default="mn10_as",
                         help="catalogue name (see `python complexity/complexity.py --table`); with --model_path "

@@ -1,133 +1,177 @@
 """Command-line flags of the training scripts, shared by every `experiments/ex_*.py`.
 
 Flag names follow EfficientAT's scripts (`--batch_size`, `--n_epochs`, `--kd_lambda`, ...).
-Flags whose default depends on the job (the embedded demo uses a much shorter schedule than
-AudioSet) default to None here and are filled in by `config_from_args(args, defaults)`.
+Every flag that maps to a `TrainConfig` field defaults to None on the command line, so that
+a job preset (the AudioSet recipe, the embedded demo) can fill what the user left unset:
+`config_from_args(args, preset)` takes the flag, else the preset, else TrainConfig's default.
+The help of each flag prints the default that really applies (and the demo's, where different),
+read from the same presets, so `--help` cannot drift from the code.
 """
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import fields
-from typing import Any, Optional
+from dataclasses import MISSING, fields
+from typing import Any, Mapping, Optional
 
 from ..train.trainer import TrainConfig
 
-# Flags that may be left unset on the command line, so that a job preset can fill them.
-PRESET_FLAGS = ("sample_rate", "batch_size", "num_workers", "epoch_len", "n_epochs", "max_lr", "warm_up_len", "ramp_down_start",
-                "ramp_down_len", "last_lr_value", "mixup_alpha", "clip_length", "kd_lambda", "temperature",
-                "freqm", "timem", "roll", "gain_augment", "wavmix", "n_mels", "hop_size", "eval_batch_size",
-                "bn_momentum", "eval_every_epochs")
+
+def _config_defaults() -> dict[str, Any]:
+    values = {}
+    for f in fields(TrainConfig):
+        if f.default is not MISSING:
+            values[f.name] = f.default
+        elif f.default_factory is not MISSING:  # type: ignore[misc]
+            values[f.name] = f.default_factory()  # type: ignore[misc]
+    return values
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model, data, augmentation, optimisation, distillation and runtime flags."""
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple, dict)) and not value:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[Mapping[str, Any]] = None,
+                           demo_defaults: Optional[Mapping[str, Any]] = None) -> None:
+    """Model, data, augmentation, optimisation, distillation and runtime flags.
+
+    `defaults` is the preset the command applies to unset flags (TrainConfig's own defaults
+    beneath it); `demo_defaults` the embedded demo's, shown where it differs.
+    """
+    base = {**_config_defaults(), **(defaults or {})}
+    demo = {**base, **(demo_defaults or {})} if demo_defaults is not None else None
+
+    def flag(group: Any, *names: str, help: str, dest: Optional[str] = None, **kwargs: Any) -> None:
+        dest = dest or names[0].lstrip("-")
+        if dest in base:
+            shown = f"default: {_show(base[dest])}"
+            if demo is not None and demo.get(dest) != base[dest]:
+                shown += f"; demo: {_show(demo[dest])}"
+            help = f"{help} ({shown})"
+            kwargs.setdefault("default", None)
+        group.add_argument(*names, dest=dest, help=help, **kwargs)
+
     data = parser.add_argument_group("data")
-    data.add_argument("--train_hdf5", nargs="+", default=None,
-                      help="AudioSet-format HDF5 file(s) to train on (e.g. balanced_train.h5 unbalanced_train.h5)")
-    data.add_argument("--eval_hdf5", nargs="+", default=None, help="AudioSet-format HDF5 file(s) to evaluate on")
-    data.add_argument("--teacher_preds", "--teacher_logits", dest="teacher_logits", default=None,
-                      help="teacher-logits HDF5 (joined by audio_name); clips without logits get label loss only")
-    data.add_argument("--resample_rate", "--sample_rate", dest="sample_rate", type=int, default=None,
-                      help="training sample rate (clips are resampled to it; AudioSet: 32000)")
-    data.add_argument("--clip_length", type=float, default=None, help="seconds per clip (pad/cut); AudioSet: 10")
-    data.add_argument("--num_classes", type=int, default=None, help="default: from the data files")
-    data.add_argument("--batch_size", type=int, default=None, help="clips per step and process (AudioSet: 120)")
-    data.add_argument("--num_workers", type=int, default=None, help="DataLoader workers decoding audio")
-    data.add_argument("--epoch_len", type=int, default=None,
-                      help="clips drawn per epoch by the class-balanced sampler (AudioSet: 100000)")
+    flag(data, "--train_hdf5", nargs="+", metavar="FILE",
+         help="AudioSet-format HDF5 file(s) to train on, e.g. balanced_train.h5 unbalanced_train.h5; "
+              "none = the embedded demo")
+    flag(data, "--eval_hdf5", nargs="+", metavar="FILE", help="AudioSet-format HDF5 file(s) to evaluate on")
+    flag(data, "--teacher_preds", "--teacher_logits", dest="teacher_logits", metavar="FILE",
+         help="teacher-logits HDF5 joined by audio_name; clips without logits get the label loss only")
+    flag(data, "--allow_no_teacher_coverage", action="store_true",
+         help="train even if the teacher logits match none of the training clips (distillation then does nothing); "
+              "without it such a run stops with an error")
+    flag(data, "--resample_rate", "--sample_rate", dest="sample_rate", type=int,
+         help="training sample rate in Hz; clips are resampled to it")
+    flag(data, "--clip_length", type=float, help="seconds per clip (longer clips are cut, shorter zero-padded)")
+    flag(data, "--num_classes", type=int, help="classes of the model head; none = from the data files")
+    flag(data, "--batch_size", type=int, help="clips per optimizer step and process")
+    flag(data, "--num_workers", type=int, help="DataLoader worker processes decoding audio")
+    flag(data, "--epoch_len", type=int, help="clips drawn per epoch by the class-balanced sampler")
+    flag(data, "--sampler_replacement", action="store_true",
+         help="draw each epoch with replacement (opt-in; the reference draws without, so an epoch holds at most "
+              "as many clips as the data)")
 
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="mn", choices=["mn", "dymn", "passt", "ast"],
-                       help="model family: mn/dymn students, passt/ast transformer teachers")
-    model.add_argument("--model_kwargs", type=json.loads, default=None,
-                       help='further constructor arguments as JSON, e.g. \'{"embed_dim": 192, "depth": 4}\' '
-                            "(reference argument names)")
-    model.add_argument("--width_mult", "--model_width", dest="width_mult", type=float, default=1.0,
-                       help="width multiplier (mn10 = 1.0, mn04 = 0.4, mn40 = 4.0)")
-    model.add_argument("--pretrained", "--pretrained_name", dest="pretrained", default=None,
-                       help="start from a catalogue model (e.g. mn10_im, mn10_as) or a checkpoint path")
-    model.add_argument("--head_type", default="mlp",
-                       choices=["mlp", "fully_convolutional", "multihead_attention_pooling"])
-    model.add_argument("--se_dims", default="c", help="squeeze-excitation dimensions: letters of c, f, t, or none")
-    model.add_argument("--strides", type=int, nargs=4, default=[2, 2, 2, 2], help="strides of the 4 down-sampling blocks")
-    model.add_argument("--bn_momentum", type=float, default=None,
-                       help="BatchNorm momentum while training (default: the architecture's 0.01)")
+    flag(model, "--arch", choices=["mn", "dymn", "passt", "ast"],
+         help="model family: mn/dymn students, passt/ast transformer teachers")
+    flag(model, "--model_kwargs", type=json.loads, metavar="JSON",
+         help='further constructor arguments with the reference\'s names, e.g. \'{"embed_dim": 192, "depth": 4}\'')
+    flag(model, "--width_mult", "--model_width", dest="width_mult", type=float,
+         help="width multiplier: mn10 = 1.0, mn04 = 0.4, mn40 = 4.0")
+    flag(model, "--pretrained", "--pretrained_name", dest="pretrained", metavar="NAME_OR_PATH",
+         help="start from a catalogue model (e.g. mn10_im, dymn10_im, mn10_as) or a checkpoint; its architecture "
+              "replaces --arch/--width_mult/--strides/--head_type/--se_dims (default: none, a fresh model)")
+    flag(model, "--pretrain_final_temp", type=float,
+         help="DyMN started from --pretrained weights: initial attention temperature, annealed by 1 per epoch "
+              "down to 1 (EfficientAT's ex_audioset.py)")
+    flag(model, "--head_type", choices=["mlp", "fully_convolutional", "multihead_attention_pooling"],
+         help="mn classification head")
+    flag(model, "--se_dims", help="mn squeeze-excitation dimensions: letters of c, f, t")
+    flag(model, "--strides", type=int, nargs=4, help="strides of the 4 down-sampling blocks")
+    flag(model, "--bn_momentum", type=float, help="BatchNorm momentum while training; none = the architecture's 0.01")
 
     frontend = parser.add_argument_group("mel frontend")
-    frontend.add_argument("--n_mels", type=int, default=None, help="mel bins (default 128)")
-    frontend.add_argument("--window_size", type=int, default=800, help="STFT window (samples)")
-    frontend.add_argument("--hop_size", type=int, default=None, help="STFT hop (samples, default 320 = 10 ms)")
-    frontend.add_argument("--n_fft", type=int, default=1024)
-    frontend.add_argument("--freqm", type=int, default=None, help="max frequency-mask width (bins), 0 = off")
-    frontend.add_argument("--timem", type=int, default=None, help="max time-mask width (frames), 0 = off")
-    frontend.add_argument("--fmin", type=float, default=0.0)
-    frontend.add_argument("--fmax", type=float, default=None, help="default sr/2 - fmax_aug_range/2")
-    frontend.add_argument("--fmin_aug_range", type=int, default=10, help="random fmin shift range (Hz)")
-    frontend.add_argument("--fmax_aug_range", type=int, default=2000, help="random fmax shift range (Hz)")
+    flag(frontend, "--n_mels", type=int, help="mel bins")
+    flag(frontend, "--window_size", type=int, help="STFT window in samples")
+    flag(frontend, "--hop_size", type=int, help="STFT hop in samples")
+    flag(frontend, "--n_fft", type=int, help="FFT size in samples")
+    flag(frontend, "--freqm", type=int, help="SpecAugment: maximum frequency-mask width in mel bins, 0 = off")
+    flag(frontend, "--timem", type=int, help="SpecAugment: maximum time-mask width in frames, 0 = off")
+    flag(frontend, "--fmin", type=float, help="lowest mel filter frequency in Hz")
+    flag(frontend, "--fmax", type=float, help="highest mel filter frequency in Hz; none = sr/2 - fmax_aug_range/2")
+    flag(frontend, "--fmin_aug_range", type=int, help="training: fmin moves up by a random [0, N) Hz per batch")
+    flag(frontend, "--fmax_aug_range", type=int, help="training: fmax moves by a random +-N/2 Hz per batch")
 
     augment = parser.add_argument_group("augmentation")
-    augment.add_argument("--mixup_alpha", type=float, default=None, help="mixup Beta(alpha, alpha); 0 = off (0.3)")
-    augment.add_argument("--roll", action="store_true", default=None, help="random circular time shift")
-    augment.add_argument("--wavmix", action="store_true", default=None, help="mix raw waveforms (before the frontend)")
-    augment.add_argument("--gain_augment", type=float, default=None, help="random gain up to +-N dB; 0 = off")
+    flag(augment, "--mixup_alpha", type=float, help="mixup of spectrograms with Beta(alpha, alpha) weights, 0 = off")
+    flag(augment, "--roll", action="store_true", help="random circular time shift of each waveform")
+    flag(augment, "--roll_max_shift", type=int, help="with --roll: largest shift in samples")
+    flag(augment, "--wavmix", action="store_true", help="mix raw waveforms of two clips (before the frontend)")
+    flag(augment, "--gain_augment", type=int, help="random gain of whole dB in [-N, N-1], 0 = off")
 
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--n_epochs", type=int, default=None, help="epochs (AudioSet: 200)")
-    optim.add_argument("--max_lr", type=float, default=None, help="peak learning rate (AudioSet: 0.0008)")
-    optim.add_argument("--warm_up_len", type=int, default=None, help="epochs of exponential warm-up (8)")
-    optim.add_argument("--ramp_down_start", type=int, default=None, help="epoch the linear ramp-down starts (80)")
-    optim.add_argument("--ramp_down_len", type=int, default=None, help="epochs of linear ramp-down (95)")
-    optim.add_argument("--last_lr_value", type=float, default=None, help="final LR as a fraction of max_lr (0.01)")
-    optim.add_argument("--adamw", action="store_true", help="AdamW instead of Adam")
-    optim.add_argument("--weight_decay", type=float, default=0.0001)
+    flag(optim, "--n_epochs", type=int, help="epochs")
+    flag(optim, "--max_lr", type=float, help="peak learning rate")
+    flag(optim, "--warm_up_len", type=int, help="epochs of exponential warm-up")
+    flag(optim, "--ramp_down_start", type=int, help="epoch the linear ramp-down starts")
+    flag(optim, "--ramp_down_len", type=int, help="epochs of linear ramp-down")
+    flag(optim, "--last_lr_value", type=float, help="final learning rate as a fraction of max_lr")
+    flag(optim, "--lr_per_step", action="store_true",
+         help="evaluate the LR schedule at every step (fractional epochs) instead of once per epoch (opt-in)")
+    flag(optim, "--adamw", action="store_true", help="AdamW instead of Adam")
+    flag(optim, "--weight_decay", type=float, help="weight decay of Adam/AdamW")
 
     kd = parser.add_argument_group("knowledge distillation")
-    kd.add_argument("--kd_lambda", type=float, default=None,
-                    help="weight of the label loss; 1 - kd_lambda weighs the distillation loss (0.1)")
-    kd.add_argument("--temperature", type=float, default=None, help="teacher logits are divided by this (1)")
+    flag(kd, "--kd_lambda", type=float,
+         help="weight of the label loss; 1 - kd_lambda weighs the distillation loss; 0 = no distillation")
+    flag(kd, "--temperature", type=float, help="teacher logits are divided by this before the sigmoid")
 
     runtime = parser.add_argument_group("runtime")
-    runtime.add_argument("--cuda", action="store_true", help="train on the GPU (per-rank GPU under torchrun)")
-    runtime.add_argument("--precision", default="32", choices=["32", "16", "bf16"],
-                         help="autocast precision (16 uses a gradient scaler)")
-    runtime.add_argument("--seed", type=int, default=0)
-    runtime.add_argument("--out_dir", default=None, help="checkpoints go here (last.pt, best.pt)")
-    runtime.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt exactly")
-    runtime.add_argument("--checkpoint_every_steps", type=int, default=500,
-                         help="also write last.pt every N steps inside an epoch (0 = only after each epoch)")
-    runtime.add_argument("--eval_batch_size", type=int, default=None)
-    runtime.add_argument("--eval_every_epochs", type=int, default=None,
-                         help="evaluate (and update best.pt) every N epochs and after the last (1)")
-    runtime.add_argument("--experiment_name", default=None, help="name of the run record (runs/<name>/<id>)")
-    runtime.add_argument("--runs_dir", default="runs", help="where sacred run records are written")
+    flag(runtime, "--cuda", action="store_true", help="train on the GPU (cuda:LOCAL_RANK under torchrun)")
+    flag(runtime, "--precision", choices=["32", "16", "bf16"],
+         help="autocast precision; 16 uses a gradient scaler")
+    flag(runtime, "--seed", type=int, help="seed of every random draw (data order, augmentation, initialisation)")
+    flag(runtime, "--out_dir", help="where last.pt and best.pt are written")
+    flag(runtime, "--resume", action="store_true", help="continue exactly from out_dir/last.pt")
+    flag(runtime, "--resume_override", action="store_true",
+         help="with --resume: accept settings that differ from the checkpoint's run (batch size, epochs, ...; "
+              "printed old -> new); the model's own settings can never change")
+    flag(runtime, "--checkpoint_every_steps", type=int,
+         help="also write last.pt every N steps inside an epoch, 0 = only after each epoch")
+    flag(runtime, "--eval_batch_size", type=int, help="clips per evaluation forward pass; none = --batch_size")
+    flag(runtime, "--eval_every_epochs", type=int, help="evaluate (and update best.pt) every N epochs and after the last")
+    runtime.add_argument("--experiment_name", default=None,
+                         help="name of the run record runs/<name>/<id> (default: audioset; demo: demo_student)")
+    runtime.add_argument("--runs_dir", default="runs", help="where sacred run records are written (default: runs)")
     runtime.add_argument("--wandb", default=None, choices=["disabled", "offline", "online"],
-                         help="Weights & Biases logging, never required: 'offline' (default for real training: "
-                              "a local W&B run under the run record, sync later), 'online', or 'disabled' "
-                              "(the demo's default)")
-    runtime.add_argument("--results_json", default=None, help="write the run summary / final metrics here")
-    runtime.add_argument("--no_progress", action="store_true", help="no progress bars")
+                         help="Weights & Biases logging, never required (default: offline for real training, a "
+                              "local W&B run to sync later; demo: disabled)")
+    runtime.add_argument("--results_json", default=None, help="also write the run summary as JSON to this file")
+    runtime.add_argument("--no_progress", action="store_true", help="no progress bars (default: shown)")
     runtime.add_argument("--crash_after_steps", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def config_from_args(args: argparse.Namespace, defaults: Optional[dict[str, Any]] = None) -> TrainConfig:
-    """A TrainConfig from parsed flags; unset preset flags come from `defaults`, then TrainConfig's own."""
+    """A TrainConfig from parsed flags; unset flags come from `defaults`, then TrainConfig's own."""
     defaults = dict(defaults or {})
     values: dict[str, Any] = {}
-    names = {f.name for f in fields(TrainConfig)}
-    for name in names:
-        if hasattr(args, name):
-            value = getattr(args, name)
-            if value is None and name in defaults:
-                value = defaults[name]
-            if value is not None:
-                values[name] = value
-        elif name in defaults:
-            values[name] = defaults[name]
-    values["train_hdf5"] = args.train_hdf5 or defaults.get("train_hdf5", [])
-    values["eval_hdf5"] = args.eval_hdf5 or defaults.get("eval_hdf5", [])
-    values["model_name"] = args.pretrained or defaults.get("model_name")
+    for f in fields(TrainConfig):
+        # `--model_name` of ex_audioset.py names the model to *evaluate*; training starts from --pretrained.
+        value = getattr(args, f.name, None) if f.name != "model_name" else None
+        if value is None:
+            value = defaults.get(f.name)
+        if value is not None:
+            values[f.name] = value
+    if getattr(args, "pretrained", None):
+        values["model_name"] = args.pretrained
     values["progress"] = not args.no_progress
-    if args.out_dir is None:
-        values["out_dir"] = defaults.get("out_dir", "runs/checkpoints")
+    if getattr(args, "crash_after_steps", None) is not None:
+        values["crash_after_steps"] = args.crash_after_steps
     return TrainConfig(**values)

@@ -20,6 +20,7 @@ atomically, refusing duplicated names and incompatible teacher setups.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 
 import h5py
 import numpy as np
+
+from ..locking import FileLock, OutputLockedError, lock_path_for
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +87,15 @@ def _committed_missing(handle: h5py.File) -> list[str]:
 class TeacherLogits:
     """Read-only access to a teacher-logits HDF5 file, by clip name.
 
-    The name -> row index is built once (on first use) from the `audio_name` column; logits
-    are read per lookup. HDF5 handles are opened lazily per process, so the object can be
-    passed to DataLoader workers (forked or spawned).
+    Opening checks the file: a name that appears in two rows is refused (which row would a
+    clip get?), and with `check_finite` (the default) every committed logits row is scanned,
+    `chunk_rows` rows at a time (bounded memory on AudioSet-sized files), and NaN or inf
+    logits are refused, naming the file and the first offending clips. The name -> row index
+    is built on open; logits are read per lookup. HDF5 handles are opened lazily per process,
+    so the object can be passed to DataLoader workers (forked or spawned).
     """
 
-    def __init__(self, path: PathLike):
+    def __init__(self, path: PathLike, *, check_finite: bool = True, chunk_rows: int = 65536):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"teacher-logits file not found: {self.path}")
@@ -109,9 +115,47 @@ class TeacherLogits:
             self.attrs: dict[str, Any] = {key: _decode_attr(value) for key, value in handle.attrs.items()}
             #: clips the labelling job could not decode (no logits; `lookup` returns None for them)
             self.missing: list[str] = _committed_missing(handle)
-        self._index: Optional[dict[str, int]] = None
+            self._index: Optional[dict[str, int]] = self._build_index(handle)
+            if check_finite:
+                self._check_finite(handle, chunk_rows)
         self._handle: Optional[h5py.File] = None
         self._pid: Optional[int] = None
+
+    def _build_index(self, handle: h5py.File) -> dict[str, int]:
+        """audio_name -> row of the committed rows; a name in two rows is an error."""
+        index: dict[str, int] = {}
+        duplicates: dict[str, list[int]] = {}
+        for row, raw in enumerate(handle["audio_name"][: self.num_rows]):
+            name = _decode_name(raw)
+            first = index.setdefault(name, row)
+            if first != row:
+                duplicates.setdefault(name, [first]).append(row)
+        if duplicates:
+            shown = "; ".join(f"{name!r} (rows {', '.join(map(str, rows))})"
+                              for name, rows in list(duplicates.items())[:5])
+            raise ValueError(f"{self.path}: {len(duplicates)} audio_name(s) appear in more than one row, so a clip's "
+                             f"teacher logits are ambiguous (first: {shown}); relabel into a new file, or merge "
+                             f"shards with merge_teacher_logits, which refuses duplicates")
+        return index
+
+    def _check_finite(self, handle: h5py.File, chunk_rows: int) -> None:
+        """Refuse NaN/inf logits, scanning `chunk_rows` rows at a time (never the whole matrix at once)."""
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        logits = handle["logits"]
+        bad_rows: list[int] = []
+        bad_count = 0
+        for start in range(0, self.num_rows, chunk_rows):
+            block = logits[start:min(self.num_rows, start + chunk_rows)]
+            bad = np.flatnonzero(~np.isfinite(block).all(axis=1))
+            bad_count += len(bad)
+            bad_rows.extend(int(start + row) for row in bad[: max(0, 5 - len(bad_rows))])
+        if bad_count:
+            names = handle["audio_name"]
+            shown = ", ".join(f"{_decode_name(names[row])!r} (row {row})" for row in bad_rows)
+            raise ValueError(f"{self.path}: {bad_count} of {self.num_rows} teacher-logits rows hold NaN or inf "
+                             f"(first: {shown}); distilling from them would poison training. Relabel these clips "
+                             f"(or the whole file) with ex_teacher_labels.py")
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -129,10 +173,9 @@ class TeacherLogits:
 
     @property
     def index(self) -> dict[str, int]:
-        """audio_name -> row (later rows win if a name repeats)."""
+        """audio_name -> row (names are unique: checked on open)."""
         if self._index is None:
-            names = self._file()["audio_name"][: self.num_rows]
-            self._index = {_decode_name(name): row for row, name in enumerate(names)}
+            self._index = self._build_index(self._file())
         return self._index
 
     def __len__(self) -> int:
@@ -168,6 +211,42 @@ class TeacherLogits:
         self._handle = None
 
 
+#: below this fraction of training clips with teacher logits, opening the join warns loudly
+COVERAGE_WARN_BELOW = 0.9
+
+
+def check_teacher_coverage(teacher: TeacherLogits, audio_names: Sequence[str], *, allow_none: bool = False,
+                           warn_below: float = COVERAGE_WARN_BELOW, clips_from: Sequence[PathLike] = (),
+                           report: bool = True) -> dict[str, Any]:
+    """How many of `audio_names` (the training clips) have teacher logits; refuse a join that matches nothing.
+
+    A file whose names match no clip (another dataset, another naming such as "--4gqARaEJE"
+    vs "Y--4gqARaEJE.mp3") would silently train without distillation: that is a ValueError
+    unless `allow_none`. Coverage below `warn_below` logs a warning with the numbers (when
+    `report`). Returns {"found", "missing", "total", "fraction", "file"} for the run summary.
+    """
+    names = list(audio_names)
+    found, missing = teacher.coverage(names)
+    total = len(names)
+    fraction = found / total if total else 0.0
+    where = f" of {', '.join(map(str, clips_from))}" if clips_from else ""
+    if total and found == 0 and not allow_none:
+        theirs = teacher.names()[:3]
+        raise ValueError(f"teacher logits {teacher.path} match none of the {total} training clips{where} "
+                         f"(clip names look like {names[:3]}, the teacher file's like {theirs}): wrong file or "
+                         f"another naming? To train without distillation anyway, pass --allow_no_teacher_coverage "
+                         f"(TrainConfig.allow_no_teacher_coverage=True)")
+    if report:
+        if fraction < warn_below:
+            log.warning("ONLY %.1f%% OF THE TRAINING CLIPS HAVE TEACHER LOGITS: %d of %d clips%s are in %s; the "
+                        "other %d get the label loss only (masked out of the distillation loss)",
+                        100.0 * fraction, found, total, where, teacher.path, missing)
+        else:
+            log.info("teacher logits for %d of %d training clips (%.1f%%; %d masked out of the distillation loss)",
+                     found, total, 100.0 * fraction, missing)
+    return {"found": found, "missing": missing, "total": total, "fraction": fraction, "file": str(teacher.path)}
+
+
 class TeacherLogitsWriter:
     """Append teacher logits to an HDF5 file, resumably and crash-safely.
 
@@ -177,6 +256,13 @@ class TeacherLogitsWriter:
     kill -9) loses at most the rows written since the last flush and leaves a readable
     file. Reopening with `resume=True` trims anything past the committed count and carries
     on; `existing_names()` tells the caller which clips to skip.
+
+    The writer holds an exclusive lock on `<path>.lock` (pid inside) from construction to
+    `close()`: a second writer on the same path fails at once with `OutputLockedError`
+    ("another process is writing PATH (pid N)"), and so does one on a file another process
+    has open through HDF5. Only a file that cannot be opened as HDF5 at all is moved aside
+    (`<path>.unreadable-<time>`) and started afresh; a file without a single committed row
+    (left by a failed first run) is started afresh even if its teacher setup differs.
 
         with TeacherLogitsWriter("teacher.h5", 527, {"teachers": ["passt_s_swa_p16_128_ap476"]}) as out:
             todo = [n for n in names if n not in out.existing_names()]
@@ -207,22 +293,39 @@ class TeacherLogitsWriter:
         self._file: Optional[h5py.File] = None
 
         encoded = {key: json.dumps(value) for key, value in attrs.items()}
+        # One writer per output: a second labelling run must not touch a file that is being written.
+        self._lock = FileLock(lock_path_for(self.path), what=f"writing {self.path}").acquire()
+        try:
+            self._open(encoded, resume)
+        except BaseException:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            self._lock.release()
+            raise
+
+    def _open(self, encoded: dict[str, str], resume: bool) -> None:
         if resume and self.path.is_file():
             try:
                 self._file = h5py.File(self.path, "r+")
             except OSError as error:
+                self._check_unopenable(error)
                 # HDF5 is not journaled: a kill in the middle of a flush can (rarely) leave a file
                 # h5py cannot open. Keep it aside for inspection and start again.
                 aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
-                log.warning("%s cannot be opened (%s); moving it to %s and starting a new file",
+                log.warning("%s cannot be opened as HDF5 (%s); moving it to %s and starting a new file",
                             self.path, error, aside)
                 os.replace(self.path, aside)
                 resume = False
             else:
-                self._open_existing(encoded)
+                resume = self._open_existing(encoded)
         if not (resume and self._file is not None):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = h5py.File(self.path, "w")
+            try:
+                self._file = h5py.File(self.path, "w")
+            except OSError as error:
+                self._raise_if_hdf5_locked(error)
+                raise
             self._file.create_dataset("audio_name", shape=(0,), maxshape=(None,), chunks=(1024,),
                                       dtype=h5py.string_dtype("utf-8"))
             self._file.create_dataset("logits", shape=(0, self.num_classes), maxshape=(None, self.num_classes),
@@ -236,11 +339,47 @@ class TeacherLogitsWriter:
                 self._file.attrs[key] = value
             self._file.flush()
 
-    def _open_existing(self, encoded: dict[str, str]) -> None:
+    def _raise_if_hdf5_locked(self, error: OSError) -> None:
+        text = str(error).lower()
+        if getattr(error, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK) or "unable to lock file" in text \
+                or "resource temporarily unavailable" in text:
+            raise OutputLockedError(f"another process has {self.path} open (HDF5 file lock: {error}); finish or stop "
+                                    f"that process (a labelling run, or a training run reading the file) and rerun",
+                                    self._lock.path, None) from error
+
+    def _check_unopenable(self, error: OSError) -> None:
+        """Raise unless `error` (from opening the existing file for writing) means the file is corrupt.
+
+        HDF5's own file lock (errno 11 / "unable to lock file") means another process has the
+        file open, e.g. a training run reading it or a writer of an older version: that file is
+        live, never corrupt. Permission problems are not corruption either. Only a file that also
+        fails to open read-only (without HDF5 locking) may be moved aside.
+        """
+        self._raise_if_hdf5_locked(error)
+        if isinstance(error, PermissionError) or getattr(error, "errno", None) == errno.EACCES:
+            raise PermissionError(f"{self.path}: no permission to write the teacher-logits file ({error})") from error
+        try:
+            with h5py.File(self.path, "r", locking=False):
+                pass
+        except OSError:
+            return  # really unreadable as HDF5
+        raise OSError(f"{self.path} is a readable HDF5 file but cannot be opened for writing ({error}); "
+                      f"it was left as it is") from error
+
+    def _open_existing(self, encoded: dict[str, str]) -> bool:
+        """Continue the opened file; False if it holds nothing and is to be started afresh."""
         handle = self._file
         problem = self._resume_problem(handle, encoded)
         if problem:
+            empty = ("audio_name" in handle and "logits" in handle and _committed_rows(handle) == 0
+                     and not _committed_missing(handle))
             handle.close()
+            self._file = None
+            if empty:
+                # A teacher-logits file without a single committed row (a failed or interrupted first
+                # run) holds no work: it must not block a run with another setup.
+                log.info("%s holds no labelled clips yet (%s); starting it afresh", self.path, problem)
+                return False
             raise ValueError(f"{self.path}: {problem}")
         logits = handle["logits"]
         committed = _committed_rows(handle)
@@ -261,6 +400,7 @@ class TeacherLogitsWriter:
         handle.flush()
         self._names = [_decode_name(name) for name in handle["audio_name"][()]]
         self._name_set = set(self._names) | set(self._missing)
+        return True
 
     def _resume_problem(self, handle: h5py.File, encoded: dict[str, str]) -> Optional[str]:
         """Why the existing file cannot be continued with these settings (None if it can)."""
@@ -319,9 +459,13 @@ class TeacherLogitsWriter:
         if logits.shape != (len(names), self.num_classes):
             raise ValueError(f"{self.path}: logits have shape {logits.shape}, expected "
                              f"({len(names)}, {self.num_classes}) for {len(names)} names")
-        finite = np.isfinite(logits).all(axis=1)
+        # checked in the storage dtype: float16 turns |logits| > 65504 into inf
+        with np.errstate(over="ignore"):
+            stored = logits.astype(self.dtype)
+        finite = np.isfinite(stored).all(axis=1)
         if not finite.all():
-            raise ValueError(f"{self.path}: non-finite logits for {names[int(np.argmin(finite))]!r}")
+            raise ValueError(f"{self.path}: non-finite logits (NaN/inf, or too large for {self.dtype}) for "
+                             f"{names[int(np.argmin(finite))]!r}")
         keep = []
         for row, name in enumerate(names):
             if not name:
@@ -333,7 +477,7 @@ class TeacherLogitsWriter:
             keep.append(row)
         if keep:
             self._buffer_names.extend(names[row] for row in keep)
-            self._buffer_logits.append(logits[keep].astype(self.dtype))
+            self._buffer_logits.append(stored[keep])
         return len(keep)
 
     def flush(self) -> None:
@@ -375,15 +519,25 @@ class TeacherLogitsWriter:
         self._missing.extend(self._buffer_missing)
         self._buffer_missing = []
 
+    def discard_buffer(self) -> int:
+        """Drop the rows and missing names not flushed yet (after a forced stop); returns rows dropped."""
+        dropped = len(self._buffer_names)
+        self._name_set -= set(self._buffer_names) | set(self._buffer_missing)
+        self._buffer_names, self._buffer_logits, self._buffer_missing = [], [], []
+        return dropped
+
     def close(self) -> None:
-        """Flush and close."""
+        """Flush, close and release the output's lock."""
         if self._file is None:
             return
         try:
             self.flush()
         finally:
-            self._file.close()
-            self._file = None
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+                self._lock.release()
 
     def __enter__(self) -> "TeacherLogitsWriter":
         return self
@@ -478,6 +632,8 @@ def merge_teacher_logits(shard_paths: Sequence[PathLike], output: PathLike, *,
     attrs = dict(setup or {})
     attrs.pop("num_classes", None)
     attrs["merged_from"] = [p.name for p in shard_paths]
+    # the output may be a live file of a running labelling job: never replace it under that job
+    output_lock = FileLock(lock_path_for(output), what=f"writing {output}").acquire()
     try:
         sources = [h5py.File(p, "r") for p in shard_paths]
         try:
@@ -502,6 +658,7 @@ def merge_teacher_logits(shard_paths: Sequence[PathLike], output: PathLike, *,
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        output_lock.release()
     log.info("merged %d shard(s) into %s: %d rows, %d missing", len(shard_paths), output, len(where),
              len(missing_order))
     return {"output": str(output), "shards": [str(p) for p in shard_paths], "rows": len(where),

@@ -55,11 +55,17 @@ def kaldi_mel_filterbank(n_mels: int, n_fft: int, sample_rate: float, fmin: floa
 
 
 def _iid_mask(spec: Tensor, max_width: int, axis: int, generator: Optional[torch.Generator] = None) -> Tensor:
-    """Zero one random band of width U(0, max_width) along `axis` (1 = mel, 2 = time), per example."""
+    """Zero one random band along `axis` (1 = mel, 2 = time), drawn independently per example.
+
+    The distribution and the random draws are torchaudio's iid masking (`mask_along_axis_iid`,
+    which EfficientAT's `FrequencyMasking/TimeMasking(iid_masks=True)` run): per example
+    `value = U * max_width`, `start = U' * (size - value)`, and the band is
+    `[floor(start), floor(start) + floor(value))` - so widths are 0 .. max_width - 1.
+    """
     batch, size = spec.shape[0], spec.shape[axis]
-    width = torch.rand(batch, device=spec.device, generator=generator) * max_width
-    start = torch.rand(batch, device=spec.device, generator=generator) * (size - width)
-    start, end = start.floor(), (start + width).floor()
+    value = torch.rand(batch, device=spec.device, dtype=spec.dtype, generator=generator) * max_width
+    start = torch.rand(batch, device=spec.device, dtype=spec.dtype, generator=generator) * (size - value)
+    start, end = start.long(), start.long() + value.long()  # truncation == floor: both are >= 0
     positions = torch.arange(size, device=spec.device).view(1, -1)
     masked = (positions >= start.view(-1, 1)) & (positions < end.view(-1, 1))  # (B, size)
     masked = masked.unsqueeze(2) if axis == 1 else masked.unsqueeze(1)

@@ -27,10 +27,12 @@ Differences from the reference (none changes results in float32 on CPU):
 * Nothing is printed: ``verbose=True`` (the reference default) logs the summary through
   :mod:`logging` at INFO level.
 * Pretrained weights are never fetched behind the caller's back from fixed relative
-  paths: ImageNet (DeiT) weights come from an ``imagenet_state_dict`` argument or
-  ``timm.create_model(..., pretrained=True)``; the AudioSet checkpoint from an
-  ``audioset_state_dict`` argument (a state dict, a file path or a URL) or the project's
-  download cache. Offline failures raise an error that says what to pass instead.
+  paths: ImageNet (DeiT) weights come from an ``imagenet_state_dict`` argument or the DeiT
+  release file (:data:`DEIT_CHECKPOINT_URLS`, the file timm's ``fb_in1k`` weights come from)
+  fetched into the project's download cache; the AudioSet checkpoint from an
+  ``audioset_state_dict`` argument (a state dict, a file path or a URL) or the same cache.
+  Nothing goes through timm's or Hugging Face's hub. Offline, the error comes at once and
+  says which file to download, where to put it, and what to pass instead.
 * ``audioset_pretrain=True`` with a stride other than 10 is rejected in the constructor;
   the reference accepts it and then fails in ``forward`` (its loaded patch conv keeps
   stride 10 while the position embedding is sized for the requested strides).
@@ -69,6 +71,17 @@ AUDIOSET_CHECKPOINT_URL = "https://www.dropbox.com/s/cv4knew8mvbrnvq/audioset_0.
 AUDIOSET_CHECKPOINT_FILENAME = "audioset_10_10_0.4593.pth"
 # Patch grid (frequency, time) of that checkpoint: 128 mel bins x 1024 frames at stride 10.
 AUDIOSET_CHECKPOINT_GRID = (12, 101)
+
+# The DeiT-distilled ImageNet release files (facebookresearch/deit; the URLs timm's `.fb_in1k`
+# weights name) the ImageNet initialisation starts from, by timm model name. Each holds
+# {"model": state_dict} in timm's DeiT layout; cached under the URL's file name.
+_DEIT_RELEASE = "https://dl.fbaipublicfiles.com/deit/"
+DEIT_CHECKPOINT_URLS: dict[str, str] = {
+    "deit_tiny_distilled_patch16_224": _DEIT_RELEASE + "deit_tiny_distilled_patch16_224-b40b3cf7.pth",
+    "deit_small_distilled_patch16_224": _DEIT_RELEASE + "deit_small_distilled_patch16_224-649709d9.pth",
+    "deit_base_distilled_patch16_224": _DEIT_RELEASE + "deit_base_distilled_patch16_224-df68dfff.pth",
+    "deit_base_distilled_patch16_384": _DEIT_RELEASE + "deit_base_distilled_patch16_384-d0272ac0.pth",
+}
 
 StateDictSource = Union[Mapping[str, Tensor], str, os.PathLike]
 
@@ -230,25 +243,35 @@ def strip_module_prefix(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _read_state_dict(source: StateDictSource, what: str, default_filename: Optional[str] = None,
-                     argument: str = "the state dict") -> dict[str, Tensor]:
-    """A state dict given as a mapping, a local file or an http(s)/file URL (downloaded into the cache)."""
+                     argument: str = "the state dict", cache: Union[str, os.PathLike, None] = None,
+                     alternatives: str = "") -> dict[str, Tensor]:
+    """A state dict given as a mapping, a local file or an https/file URL (downloaded into the cache)."""
     if isinstance(source, Mapping):
         return dict(source)
     text = os.fspath(source)
-    if "://" in text:
-        from ..hub import DownloadError, cached_file
+    downloaded = "://" in text
+    if downloaded:
+        from ..hub import DownloadError, cached_file  # late: tests replace hub.cached_file
         try:
-            path = cached_file(text, default_filename)
+            path = cached_file(text, default_filename, cache=cache, progress=False)
         except DownloadError as error:
             raise DownloadError(f"{error}\nAlternatively pass {argument} yourself: a state dict or a local "
-                                f"file path of the {what} checkpoint.") from error
+                                f"file path of the {what} checkpoint{alternatives}.") from error
     else:
         path = Path(text).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"{what} checkpoint not found: {path}")
-    content = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(content, Mapping) and "state_dict" in content and isinstance(content["state_dict"], Mapping):
-        content = content["state_dict"]  # this project's self-describing checkpoint files
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for damaged or non-torch files
+        advice = f"; it is the cached download of {text}: delete {path} and run again to download it again" \
+            if downloaded else ""
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint of the {what} weights "
+                         f"({type(error).__name__}: {error}){advice}") from error
+    for wrapper in ("state_dict", "model"):  # this project's checkpoint files; the DeiT release files
+        if isinstance(content, Mapping) and isinstance(content.get(wrapper), Mapping):
+            content = content[wrapper]
+            break
     if not isinstance(content, Mapping):
         raise ValueError(f"{path} does not hold a state dict (got {type(content).__name__})")
     return dict(content)
@@ -369,7 +392,9 @@ class ASTModel(nn.Module):
         imagenet_pretrain: initialise from the DeiT ImageNet model of ``model_size``
             (patch conv summed over RGB, position embedding cut/interpolated to the patch
             grid). The weights come from ``imagenet_state_dict`` or, when that is None, from
-            ``timm.create_model(<deit name>, pretrained=True)`` (needs network or timm's cache).
+            the DeiT release file of :data:`DEIT_CHECKPOINT_URLS`, downloaded once into the
+            project cache (:func:`efficient_tagging.hub.cached_file`, ``cache_dir``); offline
+            with no cached copy the error names the URL and the cache path.
         audioset_pretrain: initialise the transformer from the official AudioSet checkpoint
             (base384, stride 10 only; needs ``imagenet_pretrain=True`` like the reference;
             ``mlp_head`` is new). The checkpoint comes from ``audioset_state_dict`` (a state
@@ -382,6 +407,8 @@ class ASTModel(nn.Module):
             ``head*``), used when ``imagenet_pretrain=True``.
         audioset_state_dict: official AudioSet checkpoint (with or without ``module.``),
             used when ``audioset_pretrain=True``.
+        cache_dir: download cache for the DeiT / AudioSet files (default:
+            :func:`efficient_tagging.hub.cache_dir`).
 
     ``forward(x)``: ``x`` is ``(B, T, F)`` = (batch, frames, mel bins), as produced by
     :class:`efficient_tagging.ast_frontend.ASTFbank`; returns raw logits ``(B, label_dim)``.
@@ -393,7 +420,8 @@ class ASTModel(nn.Module):
                  input_tdim: int = 1024, imagenet_pretrain: bool = True, audioset_pretrain: bool = False,
                  model_size: str = "base384", verbose: bool = True, *,
                  imagenet_state_dict: Optional[StateDictSource] = None,
-                 audioset_state_dict: Optional[StateDictSource] = None) -> None:
+                 audioset_state_dict: Optional[StateDictSource] = None,
+                 cache_dir: Union[str, os.PathLike, None] = None) -> None:
         super().__init__()
         if model_size not in MODEL_SIZES:
             raise ValueError(f"model_size must be one of {', '.join(MODEL_SIZES)}, got {model_size!r}")
@@ -422,6 +450,7 @@ class ASTModel(nn.Module):
         self.imagenet_pretrain = bool(imagenet_pretrain)
         self.audioset_pretrain = bool(audioset_pretrain)
         self.f_dim, self.t_dim = grid
+        self._cache_dir = cache_dir
 
         # Fetch and adapt pretrained weights before building anything (fails fast when offline).
         pretrained: Optional[dict[str, Tensor]] = None
@@ -445,19 +474,15 @@ class ASTModel(nn.Module):
     def _imagenet_weights(self, size: ASTSize, source: Optional[StateDictSource]) -> dict[str, Tensor]:
         """The DeiT state dict adapted to this model's ``v`` (patch conv summed over RGB, pos-embed fitted)."""
         if source is None:
-            try:
-                import timm
-                deit = timm.create_model(size.timm_name, pretrained=True)
-            except Exception as error:  # offline, no cache, hub errors of any kind
-                raise RuntimeError(
-                    f"could not get the ImageNet DeiT weights for AST {self.model_size} "
-                    f"(timm.create_model({size.timm_name!r}, pretrained=True) failed: {error}).\n"
-                    f"Pass them yourself: ASTModel(..., imagenet_state_dict=<state dict or file of timm's "
-                    f"{size.timm_name}>), or build a randomly initialised model with imagenet_pretrain=False "
-                    f"(e.g. to load a full AST checkpoint afterwards).") from error
-            state = deit.state_dict()
-        else:
-            state = _read_state_dict(source, "ImageNet DeiT", argument="ASTModel(..., imagenet_state_dict=...)")
+            if size.timm_name not in DEIT_CHECKPOINT_URLS:
+                raise ValueError(f"no DeiT release file is known for {size.timm_name} (model_size="
+                                 f"{self.model_size!r}): pass imagenet_state_dict=... or imagenet_pretrain=False")
+            source = DEIT_CHECKPOINT_URLS[size.timm_name]
+        state = _read_state_dict(
+            source, f"ImageNet DeiT ({size.timm_name})", argument="ASTModel(..., imagenet_state_dict=...)",
+            cache=self._cache_dir,
+            alternatives=(", or build a randomly initialised model with imagenet_pretrain=False (e.g. to load a "
+                          "full AST checkpoint afterwards)"))
         state = {key[2:] if key.startswith("v.") else key: value for key, value in strip_module_prefix(state).items()}
         needed = ("pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias")
         missing = [key for key in needed if key not in state]
@@ -479,7 +504,7 @@ class ASTModel(nn.Module):
         if source is None:
             source = AUDIOSET_CHECKPOINT_URL
         state = strip_module_prefix(_read_state_dict(source, "official AST AudioSet", AUDIOSET_CHECKPOINT_FILENAME,
-                                                     "ASTModel(..., audioset_state_dict=...)"))
+                                                     "ASTModel(..., audioset_state_dict=...)", cache=self._cache_dir))
         state = {key[2:]: value for key, value in state.items() if key.startswith("v.")}
         if "pos_embed" not in state:
             raise KeyError("audioset_state_dict has no v.pos_embed: expected the official AST AudioSet checkpoint")
@@ -559,9 +584,11 @@ class ASTTagger(ASTModel):
     """:class:`ASTModel` with this project's tagger interface (same constructor, keys and weights).
 
     ``forward(spec)`` takes a ``(B, 1, F, T)`` spectrogram (the layout of the project's
-    frontends; use :class:`efficient_tagging.ast_frontend.ASTFbank` with ``layout="b1ft"``
-    for the reference features) and returns ``(logits (B, label_dim), embedding (B, D))``.
-    ``ASTModel.forward`` on ``spec[:, 0].transpose(1, 2)`` gives the same logits.
+    frontends; use :class:`efficient_tagging.frontends.ASTFbank` with ``layout="b1ft"``
+    for the reference features) or the reference's own ``(B, T, F)`` layout (what
+    ``ASTModel.forward`` and the AST fixtures take), and returns
+    ``(logits (B, label_dim), embedding (B, D))`` like the students. The logits equal
+    ``ASTModel.forward`` on the same features.
     """
 
     @classmethod
@@ -574,23 +601,29 @@ class ASTTagger(ASTModel):
         return tagger
 
     def to_time_major(self, spec: Tensor) -> Tensor:
-        """``(B, 1, F, T)`` -> the reference layout ``(B, T, F)`` (a view)."""
+        """``(B, 1, F, T)`` -> the reference layout ``(B, T, F)`` (a view); ``(B, T, F)`` passes as is."""
+        if isinstance(spec, Tensor) and spec.dim() == 3:
+            if spec.shape[2] != self.input_fdim:
+                raise ValueError(f"ASTTagger was built for input_fdim={self.input_fdim} mel bins, got a rank-3 input "
+                                 f"(the reference layout (B, T, F)) of shape {tuple(spec.shape)}")
+            return spec
         if not isinstance(spec, Tensor) or spec.dim() != 4 or spec.shape[1] != 1:
             shape = tuple(spec.shape) if isinstance(spec, Tensor) else type(spec).__name__
             raise ValueError(f"ASTTagger expects a spectrogram of shape (B, 1, F, T) = (batch, 1, "
-                             f"{self.input_fdim} mel bins, {self.input_tdim} frames), got {shape}")
+                             f"{self.input_fdim} mel bins, {self.input_tdim} frames), or the reference layout "
+                             f"(B, T, F), got {shape}")
         if spec.shape[2] != self.input_fdim:
             raise ValueError(f"ASTTagger was built for input_fdim={self.input_fdim} mel bins, got a spectrogram of "
                              f"shape (B, 1, F, T) = {tuple(spec.shape)}")
         return spec[:, 0].transpose(1, 2)
 
     def forward(self, spec: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        """``(logits, embedding)`` for a ``(B, 1, F, T)`` spectrogram."""
+        """``(logits, embedding)`` for a ``(B, 1, F, T)`` spectrogram or a reference-layout ``(B, T, F)`` input."""
         x = self.to_time_major(spec)
         try:
             embedding = self.forward_features(x)
         except ValueError as error:
-            raise ValueError(f"{error} (ASTTagger input (B, 1, F, T) = {tuple(spec.shape)})") from None
+            raise ValueError(f"{error} (ASTTagger input of shape {tuple(spec.shape)})") from None
         return self.mlp_head(embedding), embedding
 
     # ----------------------------------------------------------------------------------

@@ -12,8 +12,12 @@ final classification layer, and only when the caller asks for a different `num_c
 """
 from __future__ import annotations
 
+import errno
+import importlib
+import inspect
 import logging
 import os
+import shutil
 import tempfile
 import urllib.parse
 from pathlib import Path
@@ -22,7 +26,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..hub import cached_file
+from ..hub import MIRROR_ENV, cached_file
 from ..labels import LabelMap
 from .registry import PretrainedEntry, get_entry
 
@@ -30,41 +34,55 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "efficient_tagging.checkpoint"
 CHECKPOINT_VERSION = 1
-MIRROR_ENV = "EFFICIENT_TAGGING_MIRROR"
 # Where each family keeps its classification head (mn/dymn, PaSST, AST): the only tensors a
 # new `num_classes` may replace when loading pretrained weights.
 HEAD_PREFIXES = ("classifier.", "head.", "head_dist.", "mlp_head.")
 
 
-def _mobilenet(**config: Any) -> nn.Module:
-    from .mobilenet import MobileNet
-    return MobileNet(**config)
+class _LazyModelClass:
+    """Builder of one family: imports its model class on first use (keeps `import efficient_tagging` light).
+
+    `parameters()` lists the constructor's keyword names, so unknown arguments are refused by
+    name instead of surfacing as a TypeError (or, worse, being dropped).
+    """
+
+    def __init__(self, module: str, class_name: str) -> None:
+        self.module, self.class_name = module, class_name
+
+    def model_class(self) -> type:
+        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.class_name)
+
+    def parameters(self) -> Optional[set[str]]:
+        signature = inspect.signature(self.model_class().__init__)
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+            return None
+        return {name for name in signature.parameters if name != "self"}
+
+    def __call__(self, **config: Any) -> nn.Module:
+        return self.model_class()(**config)
 
 
-def _dymn(**config: Any) -> nn.Module:
-    from .dymn import DyMN
-    return DyMN(**config)
-
-
-def _passt(**config: Any) -> nn.Module:
-    from .passt import PaSST
-    return PaSST(**config)
-
-
-def _ast(**config: Any) -> nn.Module:
-    # The tagger form: (B, 1, F, T) spectrogram in, (logits, embedding) out, like the students;
-    # same constructor arguments, keys and weights as the reference's ASTModel.
-    from .ast import ASTTagger
-    return ASTTagger(**config)
-
-
-# arch name -> builder taking the reference's own constructor kwargs.
+# arch name -> builder taking the reference's own constructor kwargs. AST builds the tagger
+# form: (B, 1, F, T) spectrogram in (or the reference's (B, T, F)), (logits, embedding) out,
+# like the students; same constructor arguments, keys and weights as the reference's ASTModel.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "mn": _mobilenet,
-    "dymn": _dymn,
-    "passt": _passt,
-    "ast": _ast,
+    "mn": _LazyModelClass("mobilenet", "MobileNet"),
+    "dymn": _LazyModelClass("dymn", "DyMN"),
+    "passt": _LazyModelClass("passt", "PaSST"),
+    "ast": _LazyModelClass("ast", "ASTTagger"),
 }
+
+
+def check_model_kwargs(arch: str, config: dict[str, Any]) -> None:
+    """Refuse constructor arguments the family does not take, naming them and the accepted ones."""
+    parameters = getattr(ARCHITECTURES.get(arch), "parameters", None)
+    accepted = parameters() if callable(parameters) else None
+    if accepted is None:
+        return
+    unknown = sorted(set(config) - accepted)
+    if unknown:
+        raise ValueError(f"unknown argument(s) for arch={arch!r}: {', '.join(unknown)}; accepted: "
+                         f"{', '.join(sorted(accepted))} (plus cache_dir, weights, progress for get_model)")
 
 
 def register_architecture(name: str, builder: Callable[..., nn.Module]) -> None:
@@ -76,11 +94,23 @@ def create_model(arch: str, **config: Any) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     config.pop("pretrained_name", None)
+    check_model_kwargs(arch, config)
     model = ARCHITECTURES[arch](**config)
     model.arch = arch
     if not isinstance(getattr(type(model), "config", None), property):  # models may describe themselves
         model.config = dict(config)
     return model
+
+
+def pretrained_arch(name_or_path: str) -> Optional[str]:
+    """The family a `get_model(name_or_path)` call builds: from the catalogue or the checkpoint's own description.
+
+    None for a plain state_dict, whose family only the caller knows (the `arch` argument).
+    """
+    if _looks_like_path(name_or_path):
+        _, metadata = read_checkpoint(_resolve_file(name_or_path))
+        return metadata.get("arch") if metadata else None
+    return get_entry(name_or_path).arch
 
 
 def _looks_like_path(name: str) -> bool:
@@ -183,14 +213,17 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
       local copy of the release file (no download).
 
     Downloads go to `cache_dir` (see `efficient_tagging.hub.cache_dir`); the environment
-    variable `EFFICIENT_TAGGING_MIRROR` replaces the release base URL (an internal mirror,
-    or a `file://` folder).
+    variable `EFFICIENT_TAGGING_MIRROR` replaces the release base URL (an https mirror, or a
+    `file://` folder; plain http is refused). A fresh `arch="ast"` model with the default
+    ImageNet init downloads its DeiT weights into the same cache.
 
     The returned model has attributes `arch`, `config`, `preprocessing` (mel frontend
     settings), `dataset` and `label_map` (a `LabelMap` or None when not known offline).
     """
     config.pop("pretrained_name", None)
     if pretrained_name is None:
+        if arch == "ast" and cache_dir is not None:  # AST's ImageNet init downloads DeiT weights
+            config.setdefault("cache_dir", cache_dir)
         model = create_model(arch, **config)
         model.preprocessing = {}
         model.dataset = None
@@ -219,18 +252,33 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
             if os.environ.get(MIRROR_ENV):
                 url = os.environ[MIRROR_ENV].rstrip("/") + "/" + urllib.parse.quote(entry.filename)
             path = cached_file(url, entry.filename, cache=cache_dir, sha256=entry.sha256, progress=progress)
-        state_dict, metadata = read_checkpoint(path)
+        try:
+            state_dict, metadata = read_checkpoint(path)
+        except ValueError as error:
+            if weights is not None:
+                raise
+            # The cache's own checks are cheap (container, not a full load): a cached file can still fail here.
+            raise ValueError(f"{error}\nIt is the cached download of {entry.name}: delete {path} and run again to "
+                             f"download it again (or put a good copy of {entry.url} there).") from error
         source = f"{path} ({entry.name})"
 
     class_key = "label_dim" if arch == "ast" else "num_classes"
     if arch == "ast" and "num_classes" in config:  # one spelling for every family
         config[class_key] = config.pop("num_classes")
     new_head = class_key in config and config[class_key] != base_config.get(class_key, 527)
-    if arch == "dymn" and "T_max" not in config and "T_max" not in base_config:
+    check_model_kwargs(arch, config)
+    if arch == "dymn" and "pretrain_final_temp" in config and "T_max" not in config:
+        # EfficientAT's get_dymn: a DyMN built on pretrained weights starts its attention at
+        # `pretrain_final_temp` (1.0 for released AudioSet weights; its AudioSet recipe passes
+        # 30 and anneals it with the training schedule, e.g. when starting from dymn10_im).
+        config["T_max"] = config["pretrain_final_temp"]
+    elif arch == "dymn" and "T_max" not in config and "T_max" not in base_config:
         # Released DyMNs run at their final training temperature, as the reference does.
-        base_config["T_max"] = config.get("pretrain_final_temp", base_config.get("pretrain_final_temp", 1.0))
+        base_config["T_max"] = base_config.get("pretrain_final_temp", 1.0)
     model = create_model(arch, **{**base_config, **config})
     load_weights(model, state_dict, source=source, allow_new_head=new_head)
+    if arch == "dymn" and "dymn_temperature" in metadata and not {"T_max", "pretrain_final_temp"} & set(config):
+        model.set_temperature(metadata["dymn_temperature"])
 
     preprocessing = dict(entry.preprocessing) if entry else dict(metadata.get("preprocessing") or {})
     model.preprocessing = preprocessing
@@ -282,15 +330,80 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[
         "labels": labels.to_dict() if labels is not None else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    if getattr(model, "arch", arch) == "dymn" and hasattr(model, "temperature"):
+        # Training state, not a weight: a DyMN saved mid-schedule (or at its end, 1.0) must be
+        # evaluated at that temperature, not at the T_max its config starts from.
+        payload["dymn_temperature"] = float(model.temperature)
     if extra:
         payload["extra"] = extra
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err, payload) from err
     os.close(handle)
     try:
         torch.save(payload, temporary)
         os.replace(temporary, path)
+    except (OSError, RuntimeError) as err:
+        if os.path.exists(temporary):
+            os.unlink(temporary)  # free the space first: the free-space check below must see it
+        failure = _write_error(path, err, payload)
+        if failure is None:
+            raise
+        raise failure from err
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, quota, I/O error); the file at `path` is unchanged."""
+
+    def __init__(self, errno_: int, message: str, path: Path) -> None:
+        super().__init__(errno_, message)
+        self.path = path
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_NO_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+def _tensor_bytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _write_error(path: Path, err: BaseException, payload: dict[str, Any]) -> Optional[CheckpointWriteError]:
+    """The clear error for a failed checkpoint write, or None for an error that is not about writing.
+
+    torch does not pass the OS error on: a full disk surfaces as a RuntimeError from its zip
+    writer (`inline_container.cc`: "PytorchStreamWriter failed writing file ..." or "unexpected
+    pos ..."). Whether that was a full disk is judged from the free space left next to the file.
+    """
+    kept = "previous checkpoint kept" if path.exists() else "no checkpoint was written"
+    if isinstance(err, OSError):
+        if err.errno in _NO_SPACE_ERRNOS:
+            return CheckpointWriteError(errno.ENOSPC, f"no space left writing {path}; {kept}", path)
+        return CheckpointWriteError(err.errno or errno.EIO, f"could not write {path} ({err}); {kept}", path)
+    text = str(err)
+    if "inline_container" not in text and "PytorchStreamWriter" not in text:
+        return None  # not a write failure (e.g. an object torch cannot serialise)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = 0
+    if free < _tensor_bytes(payload) + (1 << 20):
+        return CheckpointWriteError(errno.ENOSPC, f"no space left writing {path}; {kept} "
+                                    f"({free / 1e6:.1f} MB free there)", path)
+    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return CheckpointWriteError(errno.EIO, f"could not write {path} (torch: {first_line}); {kept}", path)

@@ -5,9 +5,11 @@ is the piece the inference scripts, evaluation and (later) windowed tagging shar
 
 Input rules (shared by `AudioTagger` and `TeacherEnsemble`):
 - A waveform with NaN/Inf samples is refused (ValueError naming how many and where).
-- A waveform (or decoded file) shorter than `min_samples` (one STFT window, e.g. 1024 samples =
-  32 ms at 32 kHz) is zero-padded at the end to `min_samples` by `probabilities`, `tag_waveform`
-  and `tag_file` alike, with a logged warning; `forward` (the raw model call) refuses it.
+- A waveform (or decoded file) shorter than the clip length the model was trained with (stored in
+  this project's checkpoints) is zero-padded at the end to that length, as training and evaluation
+  do; one shorter than `min_samples` (one STFT window, e.g. 1024 samples = 32 ms at 32 kHz) is
+  padded with a logged warning. `probabilities`, `tag_waveform` and `tag_file` pad alike;
+  `forward` (the raw model call) refuses inputs shorter than `min_samples`.
 - Inputs longer than `chunk_seconds` (default 60 s) are tagged in bounded memory: files are
   decoded and resampled block by block and the spectrogram/model run in overlapping windows
   (`tagging.windows`, which documents the combination rule and its measured accuracy). Shorter
@@ -97,7 +99,7 @@ class TaggingMixin:
         raise NotImplementedError
 
     def _prepare_waveform(self, waveform: Tensor) -> Tensor:
-        """(B, samples) float waveform, checked for NaN/Inf, zero-padded to `min_samples`."""
+        """(B, samples) float waveform, checked for NaN/Inf, zero-padded to `min_samples` / the clip length."""
         if not isinstance(waveform, Tensor):
             raise TypeError(f"expected a waveform tensor (samples,) or (batch, samples), got {type(waveform).__name__}")
         if waveform.dim() == 1:
@@ -111,11 +113,17 @@ class TaggingMixin:
             raise TypeError(f"expected float samples in [-1, 1], got dtype {waveform.dtype}")
         check_finite_waveform(waveform, self.sample_rate)
         length = waveform.shape[-1]
+        # Inputs shorter than the clips the model was trained on are zero-padded to that length,
+        # as training and evaluation pad them (clip length stored with the checkpoint, if any);
+        # anything shorter than one analysis window is padded to that, with a warning.
+        clip_samples = int(round((getattr(self, "clip_length", None) or 0.0) * self.sample_rate))
+        shortest = max(self.min_samples, clip_samples)
         if length < self.min_samples:
             logger.warning("waveform of %d samples (%.1f ms at %d Hz) is shorter than the %d samples (one analysis "
                            "window) the model needs: zero-padded at the end to %d samples", length,
-                           1000 * length / self.sample_rate, self.sample_rate, self.min_samples, self.min_samples)
-            waveform = torch.nn.functional.pad(waveform, (0, self.min_samples - length))
+                           1000 * length / self.sample_rate, self.sample_rate, self.min_samples, shortest)
+        if length < shortest:
+            waveform = torch.nn.functional.pad(waveform, (0, shortest - length))
         return waveform
 
     @torch.no_grad()
@@ -162,8 +170,9 @@ class TaggingMixin:
     def tag_file(self, source: AudioSource, top_k: int = 10) -> list[Tag]:
         """Decode any PyAV-readable file (any sample rate; resampled) and return its top-k tags.
 
-        Files shorter than `min_samples` are zero-padded like waveforms; a file whose decoded
-        duration differs from its header's (e.g. a truncated mp3) is tagged with a logged warning.
+        Files shorter than the stored training clip length (or `min_samples`) are zero-padded like
+        waveforms; a file whose decoded duration differs from its header's (e.g. a truncated mp3)
+        is tagged with a logged warning.
         """
         check_top_k(top_k)
         return self.top_k(self.file_probabilities(source)[0], top_k)
@@ -195,6 +204,9 @@ class AudioTagger(TaggingMixin, nn.Module):
         self.frontend = (frontend or build_frontend(preprocessing)).eval()
         self.sample_rate = int(sample_rate or frontend_sample_rate(self.frontend, preprocessing.get("sr", 32000)))
         self.preprocessing = dict(preprocessing)
+        # seconds per clip the model was trained with (this project's checkpoints store it); None if unknown
+        self.clip_length: Optional[float] = (float(preprocessing["clip_length"])
+                                             if preprocessing.get("clip_length") is not None else None)
         num_classes = int(getattr(model, "num_classes", 0) or (len(label_map) if label_map else 0))
         if label_map is not None and num_classes and len(label_map) != num_classes:
             raise ValueError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")

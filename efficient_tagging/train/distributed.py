@@ -55,6 +55,28 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -
     return DistInfo(True, rank, world_size, local_rank, device)
 
 
+class DeviceUnavailable(RuntimeError):
+    """The run asked for a device this machine does not have."""
+
+
+NO_CUDA_MESSAGE = "--cuda given but no CUDA device is available; drop --cuda to run on the CPU"
+
+
+def select_device(cuda: bool, dist_info: Optional[DistInfo] = None) -> torch.device:
+    """The device a run asked for: the CPU, or (with `cuda`) this rank's GPU.
+
+    Asking for CUDA on a machine without it is an error, not a silent fall-back to the CPU
+    (a run meant for a GPU would otherwise crawl for days unnoticed).
+    """
+    if not cuda:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise DeviceUnavailable(NO_CUDA_MESSAGE)
+    if dist_info is not None and dist_info.device.type == "cuda":
+        return dist_info.device
+    return torch.device("cuda")
+
+
 def is_main_process() -> bool:
     """True on rank 0, and in any process that is not part of a process group."""
     if dist.is_available() and dist.is_initialized():
@@ -117,6 +139,16 @@ def reduce_sum(value: Union[Tensor, float, int]) -> Union[Tensor, float]:
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     out = torch.tensor(float(value), dtype=torch.float64, device=device)
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return float(out.item())
+
+
+def reduce_max(value: float) -> float:
+    """Largest `value` over all ranks (the value itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return float(value)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    out = torch.tensor(float(value), dtype=torch.float64, device=device)
+    dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return float(out.item())
 
 

@@ -25,9 +25,8 @@ and the batch loss is the mean of `loss_i`. With every clip covered this is exac
 reference; a clip with no teacher still trains on its labels at full strength instead of
 being silently down-weighted by `kd_lambda`.
 
-One deliberate difference: the reference treats `kd_lambda == 0` as "distillation off" and
-trains on labels only. Here `kd_lambda` is the formula's weight (0 means teacher only); to
-switch distillation off, pass `teacher_logits=None`.
+`kd_lambda` is the formula's weight here (0 would mean teacher only); the trainer follows the
+reference's rule that `kd_lambda == 0` switches distillation off by passing no teacher.
 """
 from __future__ import annotations
 

@@ -4,10 +4,12 @@
 value: an exponential warm-up (the "rampup" of Laine & Aila, arXiv:1610.02242), a plateau
 at 1, a linear ramp down to `last_value`, then `last_value` for the rest of training.
 
-The reference steps its scheduler once per epoch. `make_lr_scheduler` steps per optimizer
-step instead, evaluating the same multiplier at the fractional epoch step / steps_per_epoch.
-At every integer epoch (the first step of each epoch) the two agree exactly; in between the
-per-step version moves smoothly instead of in stair steps.
+The reference steps its scheduler once per epoch: epoch e trains entirely at
+max_lr * f(e). `make_lr_scheduler` does the same by default (it is stepped after every
+optimizer step, but evaluates f at the integer epoch step // steps_per_epoch), so a resumed
+run continues at the saved step. `per_step=True` (the opt-in `--lr_per_step`) evaluates f at
+the fractional epoch step / steps_per_epoch instead: equal at the first step of every epoch,
+smooth in between rather than stair steps.
 """
 from __future__ import annotations
 
@@ -50,8 +52,11 @@ def exp_warmup_linear_down(warmup: int, rampdown_length: int, start_rampdown: in
 
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, multiplier_fn: Callable[[float], float],
-                      steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A LambdaLR to be stepped after every optimizer step, at epoch = step / steps_per_epoch.
+                      steps_per_epoch: int, per_step: bool = False) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR to be stepped after every optimizer step.
+
+    The multiplier is `multiplier_fn(step // steps_per_epoch)` (the reference: constant within
+    an epoch), or `multiplier_fn(step / steps_per_epoch)` with `per_step=True`.
 
     The lambda is a plain closure on purpose: LambdaLR's state_dict then holds only counters
     (no pickled function), so checkpoints load with `torch.load(weights_only=True)` and resume
@@ -60,7 +65,8 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, multiplier_fn: Callable[
     if steps_per_epoch <= 0:
         raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}")
 
-    def per_step(step: int) -> float:
-        return multiplier_fn(step / steps_per_epoch)
+    def multiplier(step: int) -> float:
+        epoch = step / steps_per_epoch if per_step else step // steps_per_epoch
+        return multiplier_fn(epoch)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, per_step)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

@@ -33,12 +33,16 @@ from tqdm.auto import tqdm
 
 from ..data.augment import gain_augment, mix, mixup, roll_waveforms, wavmix
 from ..data.hdf5 import AudioSetDataset, read_label_map
-from ..data.sampling import DistributedWeightedSampler, class_balanced_weights
+from ..data.sampling import DistributedWeightedSampler, check_positive_labels, class_balanced_weights
+from ..data.teacher_logits import check_teacher_coverage
 from ..frontends.mel import AugmentMelSTFT
 from ..labels import LabelMap
-from ..models.factory import create_model, get_model, read_checkpoint, save_checkpoint
+from ..models.factory import create_model, get_model, pretrained_arch, read_checkpoint, save_checkpoint
 from ..models.layers import forward_spectrogram
-from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_sum
+from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_max, reduce_sum, select_device
+from ..interrupt import StopOnSignal, signal_name
+from .interrupt import TrainingInterrupted
+from .run_lock import RunDirectoryBusy, RunDirectoryLock
 from .losses import distillation_loss
 from .metrics import evaluate_predictions
 from .schedules import exp_warmup_linear_down, make_lr_scheduler
@@ -56,12 +60,14 @@ class TrainConfig:
     train_hdf5: list[str] = field(default_factory=list)
     eval_hdf5: list[str] = field(default_factory=list)
     teacher_logits: Optional[str] = None  # teacher-logits HDF5 (joined by audio_name)
+    allow_no_teacher_coverage: bool = False  # train even if the teacher logits match no training clip
     sample_rate: int = 32000
     clip_length: float = 10.0
     num_classes: Optional[int] = None  # default: from the data files
     batch_size: int = 120
     num_workers: int = 4
     epoch_len: int = 100_000  # clips drawn per epoch by the class-balanced sampler
+    sampler_replacement: bool = False  # the reference draws each epoch without replacement
     # --- model -----------------------------------------------------------------------------
     arch: str = "mn"
     model_name: Optional[str] = None  # catalogue name or checkpoint path to start from
@@ -70,6 +76,9 @@ class TrainConfig:
     se_dims: str = "c"
     strides: tuple[int, int, int, int] = (2, 2, 2, 2)
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # any further constructor kwargs
+    # DyMN started from pretrained weights: initial attention temperature (EfficientAT's
+    # ex_audioset.py: 30, annealed to 1 by epoch 29; fine-tuning scripts: 1, kept).
+    pretrain_final_temp: float = 30.0
     # BatchNorm momentum during training (None keeps the architecture's: 0.01 for mn/dymn).
     # Short runs need a larger one, or the running statistics used at eval never settle.
     bn_momentum: Optional[float] = None
@@ -87,9 +96,9 @@ class TrainConfig:
     # --- augmentation ----------------------------------------------------------------------
     mixup_alpha: float = 0.3  # 0 disables
     roll: bool = False
-    roll_max_shift: int = 50  # samples, the reference's roll range
+    roll_max_shift: int = 4000  # samples, EfficientAT's roll range (+-4000, i.e. 0.125 s at 32 kHz)
     wavmix: bool = False
-    gain_augment: float = 0.0  # max |gain| in dB, 0 disables
+    gain_augment: int = 0  # whole decibels from [-g, g - 1] like the reference's pydub_augment; 0 disables
     # --- optimisation ----------------------------------------------------------------------
     n_epochs: int = 200
     max_lr: float = 0.0008
@@ -97,8 +106,9 @@ class TrainConfig:
     ramp_down_start: int = 80
     ramp_down_len: int = 95
     last_lr_value: float = 0.01
+    lr_per_step: bool = False  # opt-in: evaluate the schedule at fractional epochs (reference: per epoch)
     adamw: bool = False
-    weight_decay: float = 0.0001
+    weight_decay: float = 0.0  # EfficientAT's ex_audioset.py: Adam without weight decay
     # --- distillation ----------------------------------------------------------------------
     kd_lambda: float = 0.1  # label-loss weight; 0 switches distillation off, as in EfficientAT
     temperature: float = 1.0
@@ -108,6 +118,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/audioset"
     resume: bool = False
+    resume_override: bool = False  # --resume although settings differ from the checkpoint's run (not the model)
     checkpoint_every_steps: int = 500  # also checkpoint mid-epoch, so a killed job loses little
     eval_batch_size: Optional[int] = None
     eval_every_epochs: int = 1  # evaluation (and `best.pt`) every N epochs and after the last one
@@ -137,10 +148,93 @@ class TrainConfig:
     def preprocessing(self) -> dict[str, Any]:
         """Frontend settings stored with checkpoints (what inference must use)."""
         prep = {"sr": self.sample_rate, "n_mels": self.n_mels, "win_length": self.window_size,
-                "hopsize": self.hop_size, "n_fft": self.n_fft, "fmin": self.fmin}
+                "hopsize": self.hop_size, "n_fft": self.n_fft, "fmin": self.fmin,
+                # the data setting too: evaluation and tagging pad/cut clips to what the model saw
+                "clip_length": self.clip_length}
         if self.fmax is not None:
             prep["fmax"] = self.fmax
+        else:  # fmax then follows from fmax_aug_range (sr/2 - range/2): keep what decides it
+            prep["fmax_aug_range"] = self.fmax_aug_range
         return prep
+
+
+# TrainConfig fields that decide the model's parameters or the shape of its input: a resumed
+# run cannot change them (the checkpoint's weights would not fit, or would mean something else).
+MODEL_FIELDS = ("arch", "model_name", "width_mult", "head_type", "se_dims", "strides", "model_kwargs", "num_classes",
+                "n_mels")
+# Fields that only say where and how a run executes, not what it computes: never compared on resume.
+RUNTIME_FIELDS = ("num_workers", "progress", "cuda", "eval_batch_size", "out_dir", "resume", "resume_override",
+                  "crash_after_steps", "checkpoint_every_steps")
+
+
+class ResumeMismatch(ValueError):
+    """`resume` with settings that differ from those the checkpoint was trained with."""
+
+
+def _show_value(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_resume_config(stored: Optional[dict[str, Any]], config: TrainConfig, checkpoint: Path,
+                        shape_mismatches: Sequence[str] = ()) -> dict[str, tuple[Any, Any]]:
+    """Compare the stored run's TrainConfig with the new one; returns the accepted differences (old, new).
+
+    Raises ResumeMismatch for a changed model (MODEL_FIELDS, or weights of other shapes), and
+    for any other changed setting unless `config.resume_override`. RUNTIME_FIELDS never count,
+    nor fields the stored config does not know (written by an older version).
+    """
+    current = _plain(config.to_dict())
+    differences = {name: (old, current[name]) for name, old in (stored or {}).items()
+                   if name in current and name not in RUNTIME_FIELDS and old != current[name]}
+    lines = [f"  {name}: {_show_value(old)} -> {_show_value(new)}" for name, (old, new) in differences.items()]
+    model_lines = [line for line, name in zip(lines, differences) if name in MODEL_FIELDS]
+    if model_lines or shape_mismatches:
+        details = model_lines + [f"  {problem}" for problem in shape_mismatches]
+        raise ResumeMismatch(
+            f"cannot resume from {checkpoint}: these settings change the model it holds:\n" + "\n".join(details)
+            + "\na resumed run keeps the checkpoint's model: drop the changed flags to continue it, or start a new run "
+              "in another out_dir (e.g. initialised from it with --pretrained " + str(checkpoint) + ")")
+    if differences and not config.resume_override:
+        raise ResumeMismatch(
+            f"--resume with settings that differ from the run in {checkpoint} (old -> new):\n" + "\n".join(lines)
+            + "\npass --resume_override (resume_override=True) to continue with the new values, or drop the changed "
+              "flags to continue exactly as before")
+    if differences:
+        logger.warning("resuming %s with changed settings (--resume_override; old -> new):\n%s", checkpoint,
+                       "\n".join(lines))
+    return differences
+
+
+def _shape_mismatches(model: nn.Module, weights: dict[str, Tensor]) -> list[str]:
+    """Tensors of the checkpoint that do not fit `model` (missing, unexpected, other shapes); the first few."""
+    own = model.state_dict()
+    problems = [f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(v.shape)}"
+                for k, v in own.items() if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+    problems += [f"{k}: not in the checkpoint" for k in own if k not in weights]
+    problems += [f"{k}: in the checkpoint, not in the model" for k in weights if k not in own]
+    return problems[:8] + ([f"... {len(problems) - 8} more"] if len(problems) > 8 else [])
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def cap_num_workers(requested: int, log: bool = True) -> int:
+    """`requested` DataLoader workers, at most one per available core (said once, in one log line).
+
+    More workers than cores only compete with the training threads, and torch warns about it
+    on every DataLoader it starts.
+    """
+    cores = available_cpus()
+    if requested <= cores:
+        return requested
+    if log:
+        logger.info("num_workers %d capped to %d: the CPU cores available to this process", requested, cores)
+    return cores
 
 
 def build_frontend(config: TrainConfig) -> AugmentMelSTFT:
@@ -176,7 +270,11 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     kwargs = model_config(config, num_classes)
     if config.model_name:
         # The pretrained entry decides the architecture; only the head size is ours to choose.
-        return get_model(config.model_name, num_classes=num_classes, **config.model_kwargs)
+        extra = dict(config.model_kwargs)
+        if pretrained_arch(config.model_name) == "dymn":
+            # EfficientAT: a DyMN started from pretrained weights begins at pretrain_final_temp.
+            extra.setdefault("pretrain_final_temp", config.pretrain_final_temp)
+        return get_model(config.model_name, num_classes=num_classes, **extra)
     return create_model(config.arch, **kwargs)
 
 
@@ -262,10 +360,47 @@ def _training_state_path(out_dir: Path, name: str) -> Path:
     return out_dir / f"{name}.pt"
 
 
+@contextlib.contextmanager
+def _locked_run_directory(out_dir: Path, dist_info: DistInfo) -> Iterator[None]:
+    """Rank 0 holds out_dir's lock for the run; every rank learns whether it got it (no rank waits alone)."""
+    lock = RunDirectoryLock(out_dir)
+    failure: Optional[RunDirectoryBusy] = None
+    if dist_info.rank == 0:
+        try:
+            lock.acquire()
+        except RunDirectoryBusy as err:
+            failure = err
+    if dist_info.enabled and reduce_max(1.0 if failure else 0.0) > 0 and failure is None:
+        raise RunDirectoryBusy(out_dir, {"pid": None, "host": "(seen by rank 0)"})
+    if failure is not None:
+        raise failure
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
-    """Train (or resume) a model as `config` says; returns the final summary (rank 0 has the metrics)."""
+    """Train (or resume) a model as `config` says; returns the final summary (rank 0 has the metrics).
+
+    Holds `out_dir/.lock` for the whole run (RunDirectoryBusy if another run holds it). On
+    SIGINT/SIGTERM it finishes the current step, writes `last.pt` and raises TrainingInterrupted
+    (resuming from it continues exactly); the signal handlers are the previous ones again after.
+    """
     dist_info = init_distributed()
-    device = dist_info.device if (config.cuda and torch.cuda.is_available()) else torch.device("cpu")
+    device = select_device(config.cuda, dist_info)
+    with _locked_run_directory(Path(config.out_dir), dist_info), StopOnSignal(armed=False) as stop:
+        return _train(config, tracker, dist_info, device, stop)
+
+
+def _stop_signal(stop: StopOnSignal, dist_info: DistInfo) -> int:
+    """The stop signal any rank received (0 for none): all ranks stop at the same step, or none does."""
+    local = stop.signum or 0
+    return int(reduce_max(float(local))) if dist_info.enabled else local
+
+
+def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, device: torch.device,
+           stop: StopOnSignal) -> dict[str, Any]:
     is_main = dist_info.rank == 0
     show_progress = config.progress and is_main
     seed_everything(config.seed + dist_info.rank)
@@ -282,19 +417,22 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     eval_set = AudioSetDataset(config.eval_hdf5 or config.train_hdf5, sample_rate=config.sample_rate,
                                clip_length=config.clip_length, num_classes=train_set.num_classes)
     num_classes = train_set.num_classes
+    check_positive_labels(train_set.targets, source=", ".join(map(str, config.train_hdf5)))
     label_map: Optional[LabelMap] = read_label_map(config.train_hdf5[0])
-    teacher_found, teacher_missing = train_set.teacher_coverage() if config.teacher_logits else (0, len(train_set))
-    if config.teacher_logits and is_main:
-        logger.info("teacher logits for %d of %d training clips (%d masked out of the distillation loss)",
-                    teacher_found, len(train_set), teacher_missing)
+    # a join that matches no clip is refused (unless allowed), low coverage warns; the numbers go into the summary
+    teacher_coverage = (check_teacher_coverage(train_set.teacher_logits, train_set.audio_names,
+                                               allow_none=config.allow_no_teacher_coverage,
+                                               clips_from=config.train_hdf5, report=is_main)
+                        if config.teacher_logits and config.kd_lambda > 0 else None)
     # As in EfficientAT, kd_lambda == 0 switches distillation off (label loss only).
     use_teacher = config.teacher_logits is not None and config.kd_lambda > 0
 
     base_sampler = DistributedWeightedSampler(class_balanced_weights(train_set.targets), config.epoch_len,
                                               num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                              seed=config.seed)
+                                              replacement=config.sampler_replacement, seed=config.seed)
     sampler = ResumableSampler(base_sampler)
-    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=config.num_workers,
+    num_workers = cap_num_workers(config.num_workers, log=is_main)
+    loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=num_workers,
                         drop_last=True, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # keeps the global RNG untouched (exact resume)
     steps_per_epoch = len(base_sampler) // config.batch_size
@@ -314,23 +452,28 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     optimizer = optimizer_class(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
     scheduler = make_lr_scheduler(optimizer, exp_warmup_linear_down(config.warm_up_len, config.ramp_down_len,
                                                                     config.ramp_down_start, config.last_lr_value),
-                                  steps_per_epoch)
+                                  steps_per_epoch, per_step=config.lr_per_step)
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16")
     augment_generator = torch.Generator().manual_seed(config.seed * 1000 + dist_info.rank)
 
     start_epoch, step_in_epoch, global_step, best_map = 0, 0, 0, -math.inf
     resumed_totals: Optional[dict[str, float]] = None
+    resumed_epoch_lr: Optional[float] = None
     history: list[dict[str, Any]] = []
     last_path = _training_state_path(out_dir, "last")
     if config.resume and last_path.is_file():
         weights, checkpoint = read_checkpoint(last_path)
         state = checkpoint["extra"]["training"]
+        check_resume_config(state.get("train_config"), config, last_path, _shape_mismatches(unwrap(model), weights))
         unwrap(model).load_state_dict(weights, strict=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
         resumed_totals = dict(state["epoch_totals"]) if step_in_epoch else None
+        # the LR of the epoch's first step (for its history record); read from the optimizer it
+        # would be a later one after a stop at the last step (per-epoch LR) or with lr_per_step
+        resumed_epoch_lr = state.get("epoch_lr") if step_in_epoch else None
         global_step, best_map, history = state["global_step"], state["best_map"], list(state["history"])
         _set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
         augment_generator.set_state(state["augment_rng"][min(dist_info.rank, len(state["augment_rng"]) - 1)])
@@ -354,7 +497,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
         training = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "best_map": best_map,
                     "history": history, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(), "sampler": base_sampler.state_dict(), "rng": rng_states,
-                    "augment_rng": augment_states, "epoch_totals": dict(epoch_totals),
+                    "augment_rng": augment_states, "epoch_totals": dict(epoch_totals), "epoch_lr": epoch_lr,
                     "train_config": _plain(config.to_dict()),
                     "metrics": _plain(metrics or {})}
         save_checkpoint(_training_state_path(out_dir, name), unwrap(model), arch=arch, config=model_kwargs,
@@ -364,11 +507,17 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     # --- the loop ---------------------------------------------------------------------------------
     skipped_clips, clips_seen, masked_teacher_clips = 0, 0, 0
     final_metrics: dict[str, Any] = history[-1] if history else {}
+    epoch_lr = optimizer.param_groups[0]["lr"]
+    stop.armed = True  # from here on a signal stops the run cleanly after the current step
     for epoch in range(start_epoch, config.n_epochs):
         base_sampler.set_epoch(epoch)
         sampler.skip = step_in_epoch * config.batch_size
+        temperature = None
         if hasattr(unwrap(model), "update_temperature"):  # DyMN: anneal the attention temperature
-            unwrap(model).update_temperature(epoch)
+            temperature = unwrap(model).update_temperature(epoch)
+        # the LR of this epoch's first step
+        epoch_lr = resumed_epoch_lr if resumed_epoch_lr is not None else optimizer.param_groups[0]["lr"]
+        resumed_epoch_lr = None
         model.train()
         frontend.train()
         epoch_totals.update(resumed_totals or {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0})
@@ -376,6 +525,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
         epoch_start, steps_timed = time.time(), 0
         bar = tqdm(loader, total=steps_per_epoch - step_in_epoch, desc=f"epoch {epoch + 1}/{config.n_epochs}",
                    disable=not show_progress, dynamic_ncols=True)
+        stop_signal = 0
         for batch in bar:
             waveform = batch["waveform"].to(device, non_blocking=True)
             labels = batch["target"].to(device)
@@ -385,7 +535,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
             if config.roll:
                 waveform = roll_waveforms(waveform, config.roll_max_shift, augment_generator)
             if config.gain_augment > 0:
-                waveform = gain_augment(waveform, config.gain_augment, augment_generator)
+                waveform = gain_augment(waveform, config.gain_augment, augment_generator, integer_db=True)
             if config.wavmix:
                 mixed = wavmix(waveform, labels, None, generator=augment_generator)
                 waveform, labels = mixed.waveform, mixed.targets
@@ -429,7 +579,19 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
             if config.crash_after_steps is not None and global_step >= config.crash_after_steps:
                 barrier()
                 os._exit(17)  # simulate a killed job: no cleanup, no final checkpoint
+            stop_signal = _stop_signal(stop, dist_info)
+            if stop_signal:
+                break
         bar.close()
+        if stop_signal:
+            # A mid-epoch state (even after the epoch's last step: the resumed run then only
+            # evaluates), so --resume continues exactly where this run stopped.
+            if is_main:
+                logger.warning("%s received: stopping after step %d of epoch %d, writing %s",
+                               signal_name(stop_signal), step_in_epoch, epoch + 1, last_path)
+            save_training_state("last", epoch, step_in_epoch)
+            barrier()
+            raise TrainingInterrupted(stop_signal, last_path, epoch, step_in_epoch)
 
         steps_done = max(epoch_totals["steps"], 1)
         epoch_record: dict[str, Any] = {
@@ -437,16 +599,18 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
             "train_loss": epoch_totals["loss"] / steps_done,
             "label_loss": epoch_totals["label_loss"] / steps_done,
             "distillation_loss": epoch_totals["kd_loss"] / steps_done,
-            "learning_rate": scheduler.get_last_lr()[0],
+            "learning_rate": epoch_lr,
             "train_clips_per_s": steps_timed * config.batch_size * dist_info.world_size
             / max(time.time() - epoch_start, 1e-6),
         }
+        if temperature is not None:
+            epoch_record["dymn_temperature"] = temperature
         step_in_epoch = 0
         evaluate_now = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.n_epochs
         improved = False
         if evaluate_now:
             metrics = evaluate(model, frontend, eval_set, device, dist_info,
-                               config.eval_batch_size or config.batch_size, config.num_workers, config.precision,
+                               config.eval_batch_size or config.batch_size, num_workers, config.precision,
                                show_progress)
             epoch_record.update({"mAP": metrics["mAP"], "ROC": metrics["mean_roc_auc"],
                                  "d_prime": metrics["d_prime"], "val_loss": metrics["val_loss"]})
@@ -465,6 +629,13 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
         save_training_state("last", epoch + 1, 0, final_metrics)
         if improved:
             save_training_state("best", epoch + 1, 0, final_metrics)
+        stop_signal = _stop_signal(stop, dist_info)  # e.g. received during the evaluation
+        if stop_signal and epoch + 1 < config.n_epochs:
+            if is_main:
+                logger.warning("%s received: stopping after epoch %d (%s is current)", signal_name(stop_signal),
+                               epoch + 1, last_path)
+            barrier()
+            raise TrainingInterrupted(stop_signal, last_path, epoch + 1, 0)
 
     skipped_total = int(reduce_sum(skipped_clips))
     masked_total = int(reduce_sum(masked_teacher_clips))
@@ -476,7 +647,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
         "history": history,
         "skipped_clips": skipped_total,
         "clips_without_teacher": masked_total,
-        "teacher_coverage": {"found": teacher_found, "missing": teacher_missing} if use_teacher else None,
+        "teacher_coverage": teacher_coverage,
         "checkpoints": {"last": str(last_path), "best": str(_training_state_path(out_dir, "best"))},
         "num_classes": num_classes,
         "model": {"arch": arch, "config": _plain(model_kwargs)},

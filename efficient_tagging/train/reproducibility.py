@@ -1,0 +1,53 @@
+"""Numerics that do not depend on which x86 CPU a run happens to land on.
+
+PyTorch picks its CPU kernels at run time by instruction set: ATen's vectorised kernels
+(softmax, layer norm, GELU, reductions ...) and oneDNN's convolutions use AVX-512 where the
+CPU has it and AVX2 elsewhere, and the two round differently. Training amplifies those
+last-bit differences, so the same seeded run ends at different numbers on two machines of one
+cloud "kind" whose CPUs differ (e.g. AMD EPYC generations with and without AVX-512). The
+thread count changes the reduction order too.
+
+`portable_cpu_numerics` caps both kernel families at AVX2 (every x86-64 CPU of the last
+decade has it) and fixes the thread count, so a seeded CPU run gives the same numbers on any
+such machine. Both limits are read when the first kernel is dispatched, so call it before
+any tensor computation; it reports whether the cap took effect.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import platform
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+PORTABLE_ISA = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def _cpu_has_avx2() -> bool:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            return " avx2" in handle.read()
+    except OSError:
+        return False
+
+
+def portable_cpu_numerics(threads: int = 2) -> dict[str, object]:
+    """Cap CPU kernels at AVX2 and use `threads` intra-op threads; returns what is in force.
+
+    Variables the user already set are left alone. On CPUs without AVX2 (or not x86) only the
+    thread count is fixed. The returned dict goes into run records (`cpu_numerics`).
+    """
+    applied: dict[str, object] = {}
+    if platform.machine().lower() in ("x86_64", "amd64") and _cpu_has_avx2():
+        for name, value in PORTABLE_ISA.items():
+            os.environ.setdefault(name, value)
+            applied[name] = os.environ[name]
+    torch.set_num_threads(threads)
+    applied["threads"] = torch.get_num_threads()
+    applied["aten_capability"] = torch.backends.cpu.get_cpu_capability()
+    if "ATEN_CPU_CAPABILITY" in applied and applied["aten_capability"] != applied["ATEN_CPU_CAPABILITY"].upper():
+        logger.warning("portable CPU numerics: ATen kernels were already dispatched as %s (call "
+                       "portable_cpu_numerics before any tensor computation)", applied["aten_capability"])
+    return applied

@@ -1,0 +1,64 @@
+"""Portable CPU numerics: the demo's kernels and threads do not depend on the machine's CPU."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from efficient_tagging.train.reproducibility import _cpu_has_avx2
+
+PROBE = """
+import hashlib, os, sys, torch
+if sys.argv[1] == "call":
+    from efficient_tagging.train.reproducibility import portable_cpu_numerics
+    settings = portable_cpu_numerics(threads=2)
+else:
+    torch.set_num_threads(2)
+    settings = {}
+from efficient_tagging import get_model
+torch.manual_seed(0)
+model = get_model(arch="passt", embed_dim=48, depth=1, num_heads=3, patch_size=[32, 4], stride=[32, 4],
+                  img_size=[32, 40], num_classes=5).train()
+conv = torch.nn.Conv2d(1, 8, 3)
+x = torch.randn(4, 1, 32, 40)
+loss = model(x)[0].square().mean() + conv(x).square().mean()
+loss.backward()
+grads = torch.cat([p.grad.flatten() for p in list(model.parameters()) + list(conv.parameters())])
+print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads(),
+      hashlib.sha1(grads.numpy().tobytes()).hexdigest(), settings.get("ATEN_CPU_CAPABILITY"))
+"""
+
+
+def _run(mode: str, **env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    result = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=300,
+                            env={**clean, **env})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.split()
+
+
+@pytest.mark.skipif(not _cpu_has_avx2(), reason="portable numerics cap x86-64 CPUs at AVX2")
+def test_portable_numerics_equal_an_avx2_machine():
+    """Called after `import torch`, the cap still takes effect and gives an AVX2-only machine's numbers."""
+    called = _run("call")
+    assert called[0] == "AVX2" and called[1] == "2" and called[3] == "avx2"
+    # an AVX2 machine, emulated by the same limits set before the process starts
+    avx2_machine = _run("plain", ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    assert called[2] == avx2_machine[2]
+
+
+def test_user_settings_are_kept(monkeypatch):
+    import torch
+
+    from efficient_tagging.train.reproducibility import portable_cpu_numerics
+
+    # set (and restored after the test) by monkeypatch, so nothing leaks into other tests
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
+    threads = torch.get_num_threads()
+    try:
+        settings = portable_cpu_numerics(threads=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert settings["threads"] == 1
+    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "SSE41" and os.environ["ATEN_CPU_CAPABILITY"] == "default"
