@@ -79,6 +79,7 @@ def test_own_checkpoint_carries_its_labels(tmp_path):
     assert {line.split(":")[0] for line in result.stdout.splitlines()[1:-1]} == {"dog", "cat", "bird"}
 
 
+@requires_shared  # the label list comes from ../shared (no download here)
 def test_cli_unreadable_audio_names_the_file(release_cache, tmp_path):
     bad = tmp_path / "corrupt.wav"
     bad.write_bytes(b"RIFF" + b"\x00" * 100)
