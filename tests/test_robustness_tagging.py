@@ -390,3 +390,25 @@ def test_save_checkpoint_accepts_a_list_of_names_or_a_label_map(tmp_path):
     with pytest.raises(TypeError, match="list of class names"):
         save_checkpoint(tmp_path / "str.pt", model, labels="dog")
     assert not list(tmp_path.glob("short.pt*")) and not list(tmp_path.glob("str.pt*"))
+
+
+# ----------------------------------------------------------------------------------------
+# item 18 for the tagging and labelling commands: --cuda without a GPU is an error
+# ----------------------------------------------------------------------------------------
+def test_tag_and_label_cli_refuse_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):
+    from conftest import make_tiny_audioset, save_tiny_teacher
+    from efficient_tagging.cli import label, tag
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", _student(), labels=[f"c{i}" for i in range(6)])
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(encode_audio(_tones(1.0), SR, "wav"))
+    assert tag.main(["--model_path", str(checkpoint), "--audio_path", str(wav), "--cuda"]) == 1
+    assert "no CUDA device is available; drop --cuda" in capsys.readouterr().err
+    data = make_tiny_audioset(tmp_path / "data.h5", num_clips=4)
+    teacher = save_tiny_teacher(tmp_path / "teacher.pt")
+    output = tmp_path / "logits.h5"
+    assert label.main(["--hdf5", str(data), "--teachers", str(teacher), "--output", str(output), "--cuda",
+                       "--no_progress"]) == 1
+    assert "no CUDA device is available; drop --cuda" in capsys.readouterr().err
+    assert not output.exists()

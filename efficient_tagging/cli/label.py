@@ -21,14 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
 
 from ..data.hdf5 import AudioSetDataset
 from ..data.teacher_logits import find_shards, merge_teacher_logits, shard_path
 from ..interrupt import exit_code, signal_name
 from ..labelling import (LabellingInterrupted, label_hdf5, load_teachers, merge_job, teacher_metrics,
                          teacher_preprocessing)
-from ..train.distributed import barrier, cleanup, init_distributed
+from ..train.distributed import barrier, cleanup, init_distributed, select_device
 from .help import HelpFormatter
 
 
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=("32", "16", "bf16"), default="32",
                         help="autocast precision of the teacher forward pass (bf16: fast path on CPU/GPU)")
     parser.add_argument("--cuda", action="store_true",
-                        help="run on the GPU (cuda:LOCAL_RANK under torchrun) if one is available")
+                        help="run on the GPU (cuda:LOCAL_RANK under torchrun); an error if there is none")
     parser.add_argument("--flush_every", type=int, default=10,
                         help="commit buffered rows to the file every N batches (a kill loses at most these)")
     parser.add_argument("--dtype", choices=("float32", "float16"), default="float32",
@@ -164,12 +163,11 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     dist_info = init_distributed(timeout_s=7 * 24 * 3600.0)
     try:
+        device = select_device(args.cuda, dist_info)  # --cuda without a GPU: an error, not a silent CPU run
         if dist_info.enabled:
             rank, world_size = dist_info.rank, dist_info.world_size
-            device = dist_info.device if args.cuda else torch.device("cpu")
         else:
             rank, world_size = (args.shard_index, args.num_shards) if args.num_shards else (0, 1)
-            device = torch.device("cuda" if args.cuda and torch.cuda.is_available() else "cpu")
         target = shard_path(output, rank, world_size) if world_size > 1 else output
         teacher, names = load_teachers(args.teachers, cache_dir=args.cache_dir)
         attrs = {"teacher_paths": [str(Path(t).resolve()) if Path(t).is_file() else t for t in args.teachers],

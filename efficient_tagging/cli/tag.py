@@ -7,9 +7,9 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-import torch
 
 from ..tagging.ensemble import TeacherEnsemble
+from ..train.distributed import select_device
 from ..tagging.tagger import load_tagger
 from .help import HelpFormatter
 
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="AudioSet class_labels_indices.csv (default: cache, downloaded if missing)")
     parser.add_argument("--cache_dir", default=None, help="download cache (default: $EFFICIENT_TAGGING_CACHE, "
                                                           "the repo's pretrained/ or ~/.cache/efficient_tagging)")
-    parser.add_argument("--cuda", action="store_true", help="run on the GPU if one is available")
+    parser.add_argument("--cuda", action="store_true", help="run on the GPU; an error if there is none")
     parser.add_argument("--json", action="store_true", help="print the tags as JSON")
     return parser
 
@@ -60,8 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         else:
             tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path,
                                  cache_dir=args.cache_dir)
-        if args.cuda and torch.cuda.is_available():
-            tagger = tagger.cuda()
+        tagger = tagger.to(select_device(args.cuda))  # --cuda without a GPU: an error, not a silent CPU run
         tags = tagger.tag_file(args.audio_path, top_k=args.top_k)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
