@@ -178,6 +178,7 @@ def test_demo_teacher_config_is_keyed_and_resumes(tmp_path):
     # student-only flags leave the teacher alone; run-length flags change it (and its cache key)
     assert config("--width_mult", "2.0", "--max_lr", "0.1", "--mixup_alpha", "0.5").out_dir == default.out_dir
     assert config("--num_workers", "2").out_dir == default.out_dir
+    assert config("--demo_native_cpu").out_dir != default.out_dir  # other kernels, another teacher
     short = config("--n_epochs", "1", "--epoch_len", "64")
     assert (short.n_epochs, short.epoch_len) == (1, 64) and short.out_dir != default.out_dir
     assert config("--seed", "3").out_dir != default.out_dir

@@ -73,7 +73,8 @@ def demo_teacher_config(args: Any, train_path: Path, eval_path: Path, root: Path
     # must not reuse a teacher trained under the old one), less what only says where/how to run.
     runtime_only = ("num_workers", "cuda", "train_hdf5", "eval_hdf5", "out_dir", "progress", "resume",
                     "resume_override", "crash_after_steps")
-    key = json.dumps({"demo_clips": args.demo_clips,
+    # The CPU kernels change the trained teacher too (see train/reproducibility.py).
+    key = json.dumps({"demo_clips": args.demo_clips, "native_cpu": bool(getattr(args, "demo_native_cpu", False)),
                       **{k: v for k, v in config.to_dict().items() if k not in runtime_only}},
                      sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
