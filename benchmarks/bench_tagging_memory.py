@@ -61,29 +61,17 @@ def peak_rss_mb() -> float:
 
 def write_test_file(path: Path, minutes: float, codec: str, seed: int = 0) -> None:
     """Noise + gliding tones + bursts, encoded one second at a time (the parent never holds the file)."""
-    import av
+    from efficient_tagging.audio import audio_writer
 
     rng = np.random.default_rng(seed)
-    container_format, codec_name, sample_format = {"mp3": ("mp3", "libmp3lame", "fltp"),
-                                                   "flac": ("flac", "flac", "s16")}[codec]
-    with av.open(str(path), mode="w", format=container_format) as container:
-        stream = container.add_stream(codec_name, rate=FILE_RATE)
-        stream.layout = "mono"
+    with audio_writer(path, FILE_RATE, codec) as write:
         for second in range(int(round(minutes * 60))):
             t = second + np.arange(FILE_RATE) / FILE_RATE
             wave = 0.05 * rng.standard_normal(FILE_RATE)
             wave += 0.2 * np.sin(2 * np.pi * (300 + 200 * np.sin(2 * np.pi * t / 37)) * t)
             if second % 7 == 0:  # a 300 ms burst every 7 s
                 wave[: FILE_RATE * 3 // 10] += 0.3 * rng.standard_normal(FILE_RATE * 3 // 10)
-            samples = np.clip(wave, -1, 1).astype(np.float32).reshape(1, -1)
-            if sample_format == "s16":
-                samples = np.round(samples * 32767).astype(np.int16)
-            frame = av.AudioFrame.from_ndarray(samples, format=sample_format, layout="mono")
-            frame.sample_rate = FILE_RATE
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            write(wave)
 
 
 def child(args: argparse.Namespace) -> None:

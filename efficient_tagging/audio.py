@@ -7,11 +7,12 @@ resampler (torchaudio's, as the reference fixtures did), never by dropping sampl
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import math
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import av
 import numpy as np
@@ -352,32 +353,49 @@ def load_audio(source: AudioSource, sample_rate: int, duration: Optional[float] 
     return waveform
 
 
-def encode_audio(waveform: Union[np.ndarray, torch.Tensor], sample_rate: int, codec: str = "mp3",
-                 bitrate: Optional[int] = None) -> bytes:
-    """Encode mono float samples in [-1, 1] to bytes (`mp3`, `flac` or `wav`)."""
-    samples = torch.as_tensor(waveform, dtype=torch.float32).detach().cpu().numpy()
-    if samples.ndim != 1:
-        raise ValueError(f"encode_audio expects mono samples of shape (samples,), got {samples.shape}")
-    container_format, codec_name, sample_format = {
-        "mp3": ("mp3", "libmp3lame", "fltp"),
-        "flac": ("flac", "flac", "s16"),
-        "wav": ("wav", "pcm_s16le", "s16"),
-    }.get(codec, (None, None, None))
-    if container_format is None:
-        raise ValueError(f"unsupported codec {codec!r}; use 'mp3', 'flac' or 'wav'")
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container_format) as container:
+# codec -> (container format, FFmpeg encoder, sample format fed to it)
+ENCODINGS = {"mp3": ("mp3", "libmp3lame", "fltp"), "flac": ("flac", "flac", "s16"), "wav": ("wav", "pcm_s16le", "s16")}
+
+
+@contextlib.contextmanager
+def audio_writer(destination: Union[str, Path, io.BytesIO], sample_rate: int, codec: str = "mp3",
+                 bitrate: Optional[int] = None) -> Iterator[Callable[[Union[np.ndarray, torch.Tensor]], None]]:
+    """`with audio_writer(path, sr, "mp3") as write: write(block); write(block) ...`: encode mono float
+    samples in [-1, 1] block by block (`mp3`, `flac` or `wav`), so long files never sit in memory whole."""
+    if codec not in ENCODINGS:
+        raise ValueError(f"unsupported codec {codec!r}; use {', '.join(repr(c) for c in ENCODINGS)}")
+    container_format, codec_name, sample_format = ENCODINGS[codec]
+    target = str(destination) if isinstance(destination, (str, Path)) else destination
+    with av.open(target, mode="w", format=container_format) as container:
         stream = container.add_stream(codec_name, rate=sample_rate)
         stream.layout = "mono"
         if bitrate is not None:
             stream.bit_rate = bitrate
-        frame_samples = np.clip(samples, -1.0, 1.0).reshape(1, -1)
-        if sample_format == "s16":
-            frame_samples = np.round(frame_samples * 32767.0).astype(np.int16)
-        frame = av.AudioFrame.from_ndarray(frame_samples, format=sample_format, layout="mono")
-        frame.sample_rate = sample_rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
+
+        def write(block: Union[np.ndarray, torch.Tensor]) -> None:
+            samples = torch.as_tensor(block, dtype=torch.float32).detach().cpu().numpy()
+            if samples.ndim != 1:
+                raise ValueError(f"audio_writer expects mono samples of shape (samples,), got {samples.shape}")
+            frame_samples = np.clip(samples, -1.0, 1.0).reshape(1, -1)
+            if sample_format == "s16":
+                frame_samples = np.round(frame_samples * 32767.0).astype(np.int16)
+            frame = av.AudioFrame.from_ndarray(frame_samples, format=sample_format, layout="mono")
+            frame.sample_rate = sample_rate
+            for packet in stream.encode(frame):
+                container.mux(packet)
+
+        yield write
         for packet in stream.encode(None):
             container.mux(packet)
+
+
+def encode_audio(waveform: Union[np.ndarray, torch.Tensor], sample_rate: int, codec: str = "mp3",
+                 bitrate: Optional[int] = None) -> bytes:
+    """Encode mono float samples in [-1, 1] to bytes (`mp3`, `flac` or `wav`)."""
+    samples = torch.as_tensor(waveform, dtype=torch.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"encode_audio expects mono samples of shape (samples,), got {tuple(samples.shape)}")
+    buffer = io.BytesIO()
+    with audio_writer(buffer, sample_rate, codec, bitrate) as write:
+        write(samples)
     return buffer.getvalue()
