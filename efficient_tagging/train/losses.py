@@ -27,6 +27,10 @@ being silently down-weighted by `kd_lambda`.
 
 `kd_lambda` is the formula's weight here (0 would mean teacher only); the trainer follows the
 reference's rule that `kd_lambda == 0` switches distillation off by passing no teacher.
+
+Fine-tuning task kinds (single-label CE with mixup, masked BCE for partial labels, Hinton KD for
+single-label) and the one entry point `task_loss` follow `distillation_loss` below; each
+documents its reference formula.
 """
 from __future__ import annotations
 
@@ -104,3 +108,361 @@ def distillation_loss(student_logits: Tensor, labels: Tensor, teacher_logits: Op
         "teacher_fraction": (n_teacher.float() / batch).detach(),
     }
     return loss, components
+
+
+# ------------------------------------------------------------------ fine-tuning task kinds
+# The functions below extend the loss to the task kinds of fine-tuning (issue 10). Unlike
+# `distillation_loss`, they take the *unmixed* targets plus the mixup pairs and do all the
+# mixing themselves, so one call site serves every kind (integer class labels cannot be mixed
+# before the loss, and partial labels must not have their known-mask mixed).
+
+TASK_KINDS = ("multilabel", "multiclass", "partial_multilabel")
+
+MixPairs = Union[tuple[Tensor, Tensor], Sequence[tuple[Tensor, Tensor]], None]
+
+
+def _mix_pairs(mixup: MixPairs) -> list[tuple[Tensor, Tensor]]:
+    """One (permutation, lam) pair or a sequence of them (applied in order) as a list."""
+    if mixup is None or len(mixup) == 0:
+        return []
+    if isinstance(mixup[0], Tensor):  # a single pair: its first item is the permutation
+        return [mixup]  # type: ignore[list-item]
+    return list(mixup)  # type: ignore[arg-type]
+
+
+def _apply_mix(x: Tensor, permutation: Tensor, lam: Union[Tensor, float]) -> Tensor:
+    """x * lam + x[permutation] * (1 - lam), lam per sample (B,) or scalar, broadcast over classes."""
+    batch = x.shape[0]
+    permutation = permutation.to(x.device)
+    if permutation.shape != (batch,):
+        raise ValueError(f"mixup permutation has shape {tuple(permutation.shape)}, expected ({batch},)")
+    lam = torch.as_tensor(lam, dtype=x.dtype, device=x.device)
+    if lam.numel() == batch:
+        lam = lam.reshape((batch,) + (1,) * (x.dim() - 1))
+    elif lam.numel() == 1:
+        lam = lam.reshape(())
+    else:
+        raise ValueError(f"mixup lam has {lam.numel()} values, expected 1 or the batch size {batch}")
+    return lam * x + (1.0 - lam) * x[permutation]
+
+
+def _mix_all(x: Tensor, mixes: list[tuple[Tensor, Tensor]]) -> Tensor:
+    for permutation, lam in mixes:
+        x = _apply_mix(x, permutation, lam)
+    return x
+
+
+def _teacher_mask(has_teacher: Optional[Tensor], batch: int, device: torch.device,
+                  mixes: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """(B,) bool: clips with a teacher; a mixed clip has one only if both its sources do."""
+    if has_teacher is None:
+        mask = torch.ones(batch, dtype=torch.bool, device=device)
+    else:
+        if has_teacher.numel() != batch:
+            raise ValueError(f"has_teacher has {has_teacher.numel()} values for a batch of {batch}")
+        mask = has_teacher.to(device=device, dtype=torch.bool).reshape(batch)
+    for permutation, _ in mixes:
+        mask = mask & mask[permutation.to(device)]
+    return mask
+
+
+def _class_probabilities(labels: Tensor, num_classes: int) -> Tensor:
+    """Integer labels (B,) -> one-hot float; (B, C) class probabilities pass through as float."""
+    if labels.dim() == 1:
+        if labels.is_floating_point():
+            raise ValueError(f"single-label targets of shape (B,) must be integer class indices, got {labels.dtype}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"class index out of range [0, {num_classes}): min {int(labels.min())}, "
+                             f"max {int(labels.max())}")
+        return F.one_hot(labels.long(), num_classes).float()
+    if labels.dim() == 2 and labels.shape[1] == num_classes:
+        return labels.float()
+    raise ValueError(f"single-label targets must be (B,) class indices or (B, {num_classes}) class "
+                     f"probabilities, got shape {tuple(labels.shape)}")
+
+
+def single_label_loss(logits: Tensor, labels: Tensor, mixup: MixPairs = None,
+                      reduction: str = "mean") -> Tensor:
+    """Cross-entropy for single-label tasks (ESC-50, DCASE20) with mixup as EfficientAT computes it.
+
+    Reference (EfficientAT `ex_esc50.py`, `ex_dcase20.py`): mixup is applied to the log-mel
+    spectrograms with a per-sample lam ~ Beta(a, a) folded to max(lam, 1 - lam) and a batch
+    permutation (`helpers.utils.mixup`), and the loss is
+
+        samples_loss = lam * CE(logits, y, reduction="none") + (1 - lam) * CE(logits, y[perm], reduction="none")
+        loss = samples_loss.mean()
+
+    `y` there is an integer class index (DCASE20 without wavmix) or a one-hot / wavmix-soft
+    class-probability vector (ESC-50's dataset always yields one-hot; both datasets' wavmix
+    yields l * y1 + (1 - l) * y2), for which `F.cross_entropy` is the soft-target CE
+    -sum(q * log_softmax(logits)). Soft-target CE is linear in q, so the reference's mixed loss
+    equals the CE against the mixed probabilities; that is what is computed here, which also
+    lets several mixes be chained (wavmix on the waveforms, then mixup on the spectrograms).
+
+    Args:
+        logits: (B, C) raw outputs.
+        labels: (B,) integer class indices or (B, C) class probabilities, *not* yet mixed.
+        mixup: None, one (permutation (B,), lam (B,) or scalar) pair, or a sequence of such
+            pairs applied in order; lam is the weight of the clip's own label.
+        reduction: "mean" (the reference) or "none" for the (B,) per-clip losses.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be (B, C), got shape {tuple(logits.shape)}")
+    # float32 even under autocast, as in distillation_loss
+    student = logits.float()
+    targets = _mix_all(_class_probabilities(labels.to(student.device), student.shape[1]), _mix_pairs(mixup))
+    per_clip = -(targets * F.log_softmax(student, dim=1)).sum(dim=1)
+    if reduction == "none":
+        return per_clip
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return per_clip.mean()
+
+
+def split_partial_targets(raw_targets: Tensor, num_classes: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """OpenMIC's packed (B, 2C) targets -> (binary labels (B, C) float, known mask (B, C) bool).
+
+    Reference (EfficientAT `ex_openmic.py`): `y_mask = y[:, 20:]; y = (y[:, :20] > 0.5).float()`:
+    the first half holds the (soft) instrument relevance, binarised at > 0.5, the second half
+    says which labels were annotated. The reference multiplies the loss by the raw mask; the
+    mask is binary in the PaSST OpenMIC files, here it is thresholded at 0.5 to a bool.
+    """
+    if raw_targets.dim() != 2 or raw_targets.shape[1] % 2:
+        raise ValueError(f"partial-label targets must be (B, 2C): C labels then C known flags, "
+                         f"got shape {tuple(raw_targets.shape)}")
+    classes = raw_targets.shape[1] // 2 if num_classes is None else num_classes
+    if raw_targets.shape[1] != 2 * classes:
+        raise ValueError(f"partial-label targets have {raw_targets.shape[1]} columns, expected 2 x {classes}")
+    return (raw_targets[:, :classes] > 0.5).float(), raw_targets[:, classes:] > 0.5
+
+
+def reference_partial_wavmix(targets: Tensor, known_mask: Tensor, permutation: Tensor,
+                             lam: Union[Tensor, float]) -> tuple[Tensor, Tensor]:
+    """Labels and mask after waveform mixing the way EfficientAT's OpenMIC pipeline ends up with them.
+
+    Reference (EfficientAT `datasets/openmic.py` `MixupDataset`, then `ex_openmic.py`): each
+    clip's labels are zeroed where unknown, mixed with weight l >= 0.5, the known mask becomes
+    the union of both clips' masks, and the training loop binarises the mixed labels at > 0.5
+    (so a label survives only where the dominant clip has it, or both do). Use this after
+    `data.augment.wavmix` (pass its permutation and lam) to reproduce the reference; the
+    result feeds `masked_bce_loss` as unmixed targets. Note the reference's union marks a label
+    as known-negative where only the non-dominant clip annotated it positive; plain
+    `masked_bce_loss` mixing with `mask_rule="both"` is the cleaner alternative.
+    """
+    known = known_mask.to(torch.bool)
+    zeroed = targets.float() * known.float()
+    mixed = _apply_mix(zeroed, permutation, lam)
+    permutation = permutation.to(known.device)
+    return (mixed > 0.5).float(), known | known[permutation]
+
+
+def _masked_bce_per_clip(logits: Tensor, targets: Tensor, known: Tensor) -> Tensor:
+    # torch.where, not mask * bce: an unknown target may be NaN (0 * NaN is NaN) and must not
+    # reach the loss or the gradient.
+    safe_targets = torch.where(known, targets, torch.zeros_like(targets))
+    bce = F.binary_cross_entropy_with_logits(logits, safe_targets, reduction="none")
+    # Mean over *all* C classes, not over the known ones: the reference's
+    # `(y_mask * samples_loss).mean()` divides by B * C.
+    return torch.where(known, bce, torch.zeros_like(bce)).mean(dim=1)
+
+
+def _partial_inputs(logits: Tensor, targets: Tensor, known_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    if logits.dim() != 2 or targets.shape != logits.shape or known_mask.shape != logits.shape:
+        raise ValueError(f"logits, targets and known_mask must all be (B, C); got {tuple(logits.shape)}, "
+                         f"{tuple(targets.shape)}, {tuple(known_mask.shape)}")
+    student = logits.float()
+    return student, targets.to(student.device).float(), known_mask.to(device=student.device, dtype=torch.bool)
+
+
+def _mix_partial(targets: Tensor, known: Tensor, mixes: list[tuple[Tensor, Tensor]],
+                 mask_rule: str) -> tuple[Tensor, Tensor]:
+    if mask_rule not in ("reference", "both"):
+        raise ValueError(f"mask_rule must be 'reference' or 'both', got {mask_rule!r}")
+    # Unknown labels enter the mix as 0, as in the reference, whose > 0.5 binarisation turns
+    # OpenMIC's 0.5 relevance of unannotated labels into 0 (and it removes NaN placeholders).
+    targets = torch.where(known, targets, torch.zeros_like(targets))
+    for permutation, lam in mixes:
+        if mask_rule == "both":
+            known = known & known[permutation.to(known.device)]
+        targets = _apply_mix(targets, permutation, lam)
+    return targets, known
+
+
+def masked_bce_loss(logits: Tensor, targets: Tensor, known_mask: Tensor, mixup: MixPairs = None,
+                    mask_rule: str = "reference", reduction: str = "mean") -> Tensor:
+    """BCE for partially labelled multi-label tasks (OpenMIC): unknown labels give no loss, no gradient.
+
+    Reference (EfficientAT `ex_openmic.py`):
+
+        y_mix = y * lam + y[perm] * (1 - lam)          # only the labels are mixed
+        samples_loss = y_mask * BCE(logits, y_mix, reduction="none")
+        loss = samples_loss.mean()                     # mean over all B * C entries
+
+    so the known mask of a mixed clip is its *own* mask (`mask_rule="reference"`): a label
+    the partner clip did not annotate enters the mix as 0. `mask_rule="both"` (opt-in) keeps
+    a label only where both mixed clips annotated it. Either way the reduction divides by
+    B * C, including unknown entries, like the reference (so a batch with few known labels
+    gives a small loss, exactly as there).
+
+    Args:
+        logits: (B, C) raw outputs.
+        targets: (B, C) labels in [0, 1], not yet mixed (see `split_partial_targets`); unknown
+            entries may hold anything, NaN included.
+        known_mask: (B, C) bool (or 0/1), True where the label is known.
+        mixup: None, one (permutation, lam) pair or a sequence applied in order.
+        mask_rule: "reference" or "both", see above.
+        reduction: "mean" or "none" for the (B,) per-clip losses (each a mean over C).
+    """
+    student, targets, known = _partial_inputs(logits, targets, known_mask)
+    targets, known = _mix_partial(targets, known, _mix_pairs(mixup), mask_rule)
+    per_clip = _masked_bce_per_clip(student, targets, known)
+    if reduction == "none":
+        return per_clip
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    return per_clip.mean()
+
+
+def single_label_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
+                         mixup: MixPairs = None, reduction: str = "batchmean") -> Tensor:
+    """Hinton's distillation term: T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+
+    Reference: Hinton, Vinyals & Dean (2015), "Distilling the knowledge in a neural network",
+    in the usual PyTorch form `F.kl_div(log_softmax(s / T), softmax(t / T), "batchmean") * T**2`
+    (no anchor fine-tunes with KD; EfficientAT's AudioSet KD is the multi-label BCE form).
+    The T^2 keeps the gradient scale independent of T. Unlike the multi-label form, the
+    temperature softens the student too, as Hinton's does.
+
+    Mixup: teacher logits belong to the unmixed clips; their *distributions* are mixed with the
+    clips' (permutation, lam) pairs, like the labels (mixing logits would not be a mixture).
+
+    Args:
+        student_logits, teacher_logits: (B, C).
+        temperature: T > 0.
+        mixup: None, one (permutation, lam) pair or a sequence applied in order.
+        reduction: "batchmean" (sum over classes, mean over clips) or "none" for (B,) per clip.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and student logits "
+                         f"{tuple(student_logits.shape)} differ in shape")
+    student = student_logits.float()
+    teacher_probs = _mix_all(F.softmax(teacher_logits.to(student.device).float() / temperature, dim=1),
+                             _mix_pairs(mixup))
+    # kl_div uses xlogy: classes the teacher gives probability 0 contribute 0, not NaN
+    per_clip = F.kl_div(F.log_softmax(student / temperature, dim=1), teacher_probs,
+                        reduction="none").sum(dim=1) * temperature ** 2
+    if reduction == "none":
+        return per_clip
+    if reduction != "batchmean":
+        raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
+    return per_clip.mean()
+
+
+def _combine_with_teacher(label_per_clip: Tensor, kd_per_clip: Tensor, mask: Tensor,
+                          kd_lambda: float) -> tuple[Tensor, dict[str, Tensor]]:
+    """The per-clip rule of `distillation_loss`: kd_lambda * label + (1 - kd_lambda) * kd where a
+    teacher is present, label loss alone where not; batch mean; detached components."""
+    per_clip = torch.where(mask, kd_lambda * label_per_clip + (1.0 - kd_lambda) * kd_per_clip, label_per_clip)
+    n_teacher = mask.sum()
+    # where(), not multiplication: rows without a teacher may be non-finite
+    kd_mean = torch.where(mask, kd_per_clip, torch.zeros_like(kd_per_clip)).sum() / n_teacher.clamp(min=1)
+    return per_clip.mean(), {
+        "label_loss": label_per_clip.mean().detach(),
+        "kd_loss": kd_mean.detach(),
+        "teacher_fraction": (n_teacher.float() / mask.numel()).detach(),
+    }
+
+
+def task_loss(kind: str, logits: Tensor, targets: Tensor, *, known_mask: Optional[Tensor] = None,
+              teacher_logits: Optional[Tensor] = None, has_teacher: Optional[Tensor] = None,
+              kd_lambda: float = 0.1, temperature: float = 1.0, mixup: MixPairs = None,
+              mask_rule: str = "reference", kd_known_only: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+    """The training loss of every task kind, with optional knowledge distillation: one entry point.
+
+    Per clip, as in the AudioSet recipe (`distillation_loss`):
+
+        loss_i = kd_lambda * label_i + (1 - kd_lambda) * kd_i    if clip i (and its mix partners) has a teacher
+        loss_i = label_i                                         otherwise (or teacher_logits is None)
+
+    and the loss is the batch mean. Per kind:
+
+    - "multilabel": label = BCE, kd = BCE against sigmoid(teacher / T): exactly
+      `distillation_loss` on the mixed labels.
+    - "multiclass": label = `single_label_loss` (EfficientAT's mixup CE), kd = Hinton's
+      `single_label_kd_loss` (T^2-scaled KL, teacher distributions mixed like the labels).
+    - "partial_multilabel": label = `masked_bce_loss` (EfficientAT's OpenMIC loss: unknown labels
+      give nothing, mean over all B * C entries), kd = BCE against sigmoid(teacher / T) over
+      *all* classes by default: the teacher's guesses are exactly what a partially annotated
+      clip lacks. `kd_known_only=True` masks the kd term like the label term instead.
+
+    Everything here takes the *unmixed* targets (and teacher logits of the unmixed clips): pass
+    the batch's mixing steps as `mixup`, one (permutation, lam) pair or a sequence applied in
+    order (wavmix, then mixup), and they are applied to labels and teacher probabilities alike.
+
+    Args:
+        kind: "multilabel", "multiclass" or "partial_multilabel".
+        logits: (B, C) student outputs.
+        targets: (B, C) multi-hot / soft labels; for "multiclass" also (B,) class indices.
+        known_mask: (B, C) for "partial_multilabel" (required there, refused elsewhere).
+        teacher_logits: (B, C) or None for the label loss only.
+        has_teacher: (B,) bool, clips whose teacher row is valid; None means all.
+        kd_lambda: weight of the label loss in [0, 1].
+        temperature: softens the teacher (and, for "multiclass", the student, as Hinton's does).
+        mask_rule: for "partial_multilabel", see `masked_bce_loss`.
+
+    Returns:
+        The scalar loss and the detached components `label_loss`, `kd_loss` (mean over clips
+        with a teacher, 0 when none) and `teacher_fraction`, as `distillation_loss` returns.
+    """
+    if kind not in TASK_KINDS:
+        raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(TASK_KINDS)}")
+    if not 0.0 <= kd_lambda <= 1.0:
+        raise ValueError(f"kd_lambda must be in [0, 1], got {kd_lambda}")
+    if (known_mask is None) != (kind != "partial_multilabel"):
+        raise ValueError("known_mask is required for kind 'partial_multilabel' and only for it"
+                         f" (kind {kind!r}, known_mask {'given' if known_mask is not None else 'missing'})")
+    if teacher_logits is not None and temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    mixes = _mix_pairs(mixup)
+    student = logits.float()
+    batch = student.shape[0]
+
+    if kind == "multilabel":
+        if targets.shape != student.shape:
+            raise ValueError(f"multi-label targets {tuple(targets.shape)} and logits {tuple(student.shape)} "
+                             f"differ in shape")
+        labels = _mix_all(targets.to(student.device).float(), mixes)
+        return distillation_loss(student, labels, teacher_logits, kd_lambda, temperature, has_teacher,
+                                 teacher_mix=mixes or None)
+
+    if kind == "multiclass":
+        label_per_clip = single_label_loss(student, targets, mixes, reduction="none")
+    else:
+        assert known_mask is not None
+        student, labels, known = _partial_inputs(student, targets, known_mask)
+        labels, known = _mix_partial(labels, known, mixes, mask_rule)
+        label_per_clip = _masked_bce_per_clip(student, labels, known)
+
+    if teacher_logits is None:
+        zero = student.new_zeros(())
+        loss = label_per_clip.mean()
+        return loss, {"label_loss": loss.detach(), "kd_loss": zero, "teacher_fraction": zero}
+
+    if teacher_logits.shape != student.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and logits {tuple(student.shape)} "
+                         f"differ in shape")
+    mask = _teacher_mask(has_teacher, batch, student.device, [])
+    # Missing rows become 0 before softmax/sigmoid: NaN placeholders must not poison the gradient.
+    teacher = torch.where(mask[:, None], teacher_logits.to(student.device).float(), torch.zeros_like(student))
+    mask = _teacher_mask(mask, batch, student.device, mixes)
+    if kind == "multiclass":
+        kd_per_clip = single_label_kd_loss(student, teacher, temperature, mixes, reduction="none")
+    else:
+        teacher_probs = _mix_all(torch.sigmoid(teacher / temperature), mixes)
+        if kd_known_only:
+            kd_per_clip = _masked_bce_per_clip(student, teacher_probs, known)
+        else:
+            kd_per_clip = F.binary_cross_entropy_with_logits(student, teacher_probs, reduction="none").mean(dim=1)
+    return _combine_with_teacher(label_per_clip, kd_per_clip, mask, kd_lambda)
