@@ -229,7 +229,8 @@ def test_task_loss_multiclass_combines_per_clip_and_masks_missing_teachers():
     assert torch.isfinite(s.grad).all()
 
     # reference pieces, per clip
-    ce = (F.cross_entropy(logits, y, reduction="none") * lam + F.cross_entropy(logits, y[perm], reduction="none") * (1 - lam))
+    ce = (F.cross_entropy(logits, y, reduction="none") * lam
+          + F.cross_entropy(logits, y[perm], reduction="none") * (1 - lam))
     p = F.softmax(torch.nan_to_num(teacher) / temperature, dim=1)
     p_mix = p * lam[:, None] + p[perm] * (1 - lam[:, None])
     kl = F.kl_div(F.log_softmax(logits / temperature, dim=1), p_mix, reduction="none").sum(1) * temperature ** 2
@@ -318,7 +319,8 @@ def test_multiclass_metrics_match_sklearn_and_the_reference_accuracy():
     one_hot = np.eye(5)[labels]
     assert multiclass_metrics(logits, one_hot, names)["accuracy"] == pytest.approx(
         accuracy_score(one_hot.argmax(axis=1), logits.argmax(axis=1)))
-    np.testing.assert_array_equal(result["confusion_matrix"], confusion_matrix(labels, logits.argmax(1), labels=range(5)))
+    np.testing.assert_array_equal(result["confusion_matrix"],
+                                  confusion_matrix(labels, logits.argmax(1), labels=range(5)))
     for c, name in enumerate(names[:4]):
         members = labels == c
         assert result["per_class_accuracy"][name] == pytest.approx((logits.argmax(1)[members] == c).mean())

@@ -307,7 +307,8 @@ def masked_bce_loss(logits: Tensor, targets: Tensor, known_mask: Tensor, mixup: 
     Args:
         logits: (B, C) raw outputs.
         targets: (B, C) labels in [0, 1], not yet mixed (see `split_partial_targets`); unknown
-            entries may hold anything, NaN included.
+            entries may hold anything, NaN included: they enter a mix as 0, as in the
+            reference (OpenMIC's 0.5 for "not annotated" fails its > 0.5 binarisation).
         known_mask: (B, C) bool (or 0/1), True where the label is known.
         mixup: None, one (permutation, lam) pair or a sequence applied in order.
         mask_rule: "reference" or "both", see above.

@@ -351,7 +351,7 @@ def plot_confusion_matrix(path: PathLike, matrix: ArrayLike, class_names: Sequen
         for j in range(n):
             if m[i, j]:
                 text = f"{int(round(m[i, j]))}" if integral else f"{m[i, j]:.2g}"
-                axes.text(j, i, text, ha="center", va="center", fontsize=font - 1,
+                axes.text(j, i, text, ha="center", va="center", fontsize=font if n > 20 else font - 1,
                           color="white" if rates[i, j] > 0.5 else "black")
     colorbar_axes = figure.add_axes([(label_room + side + 0.2) / (side + label_room + 1.2),
                                      label_room / (side + label_room + 0.6), 0.2 / (side + label_room + 1.2),
