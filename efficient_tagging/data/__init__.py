@@ -1,15 +1,19 @@
-"""Datasets and data utilities: AudioSet-format HDF5, teacher logits, sampling, augmentation.
+"""Datasets and data utilities: AudioSet-format HDF5, file datasets (ESC-50, DCASE2020, CSV, folders),
+teacher logits, sampling, augmentation.
 
 `efficient_tagging.data.prepare` (the HDF5 preparation command line) is not imported here.
 """
 from .augment import WavmixResult, gain_augment, mix, mixup, roll_waveforms, wavmix
+from .base import ClipDataset
+from .datasets import DCASE20, ESC50, CSVDataset, FileClipDataset, FolderDataset
 from .hdf5 import (AudioSetDataset, AudioSetHDF5Writer, pack_targets, read_audio_names, read_label_map,
                    unpack_targets)
 from .sampling import DistributedWeightedSampler, class_balanced_weights
 from .teacher_logits import TeacherLogits, TeacherLogitsWriter
 
 __all__ = [
-    "AudioSetDataset", "AudioSetHDF5Writer", "DistributedWeightedSampler", "TeacherLogits", "TeacherLogitsWriter",
+    "AudioSetDataset", "AudioSetHDF5Writer", "CSVDataset", "ClipDataset", "DCASE20", "ESC50", "FileClipDataset",
+    "FolderDataset", "DistributedWeightedSampler", "TeacherLogits", "TeacherLogitsWriter",
     "WavmixResult", "class_balanced_weights", "gain_augment", "mix", "mixup", "pack_targets", "read_audio_names",
     "read_label_map", "roll_waveforms", "unpack_targets", "wavmix",
 ]

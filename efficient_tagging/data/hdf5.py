@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-
-from ..audio import AudioDecodeError, decode_audio, pad_or_truncate, resample
+from ..audio import AudioDecodeError, decode_audio
 from ..labels import AUDIOSET_NUM_CLASSES, LabelMap
+from .base import ClipDataset
 
 if TYPE_CHECKING:
     from .teacher_logits import TeacherLogits
@@ -229,7 +228,7 @@ class AudioSetHDF5Writer:
 
 # ----------------------------------------------------------------------------- dataset
 
-class AudioSetDataset(Dataset):
+class AudioSetDataset(ClipDataset):
     """Clips from one or more AudioSet-format HDF5 files (concatenated in the given order).
 
     Each item is a dict:
@@ -263,16 +262,8 @@ class AudioSetDataset(Dataset):
         self.paths = [Path(p) for p in hdf5_paths]
         if not self.paths:
             raise ValueError("AudioSetDataset needs at least one HDF5 file")
-        if sample_rate <= 0 or clip_length <= 0:
-            raise ValueError(f"sample_rate and clip_length must be positive, got {sample_rate}, {clip_length}")
-        self.sample_rate = int(sample_rate)
-        self.clip_length = float(clip_length)
-        self.clip_samples = int(round(clip_length * sample_rate))
-        self.max_resample_retries = int(max_resample_retries)
-        self.seed = int(seed)
-        # Training wants a usable clip for every draw; labelling/evaluation want to know which
-        # clips failed: then an undecodable clip comes back as silence with `decoded` False.
-        self.replace_undecodable = bool(replace_undecodable)
+        self._init_clips(sample_rate, clip_length, max_resample_retries=max_resample_retries, seed=seed,
+                         replace_undecodable=replace_undecodable)
 
         lengths: list[int] = []
         self.file_sample_rates: list[Optional[int]] = []
@@ -299,21 +290,14 @@ class AudioSetDataset(Dataset):
         self.lengths = lengths
         self.offsets = np.cumsum([0] + lengths).tolist()
 
-        if teacher_logits is not None and not hasattr(teacher_logits, "lookup"):
-            from .teacher_logits import TeacherLogits
-            teacher_logits = TeacherLogits(teacher_logits)
-        if teacher_logits is not None and teacher_logits.num_classes != self.num_classes:
-            raise ValueError(f"teacher logits {teacher_logits.path} have {teacher_logits.num_classes} classes, "
-                             f"the audio files {self.num_classes}")
-        self.teacher_logits = teacher_logits
+        self._attach_teacher(teacher_logits)
 
         self._handles: dict[int, h5py.File] = {}
         self._pid: Optional[int] = None
         self._audio_names: Optional[list[str]] = None
         self._targets: Optional[np.ndarray] = None
-        self._skipped = 0
-        self._skipped_names: list[str] = []
-        self._warned: set[str] = set()
+        self._label_map: Optional[LabelMap] = None
+        self._label_map_read = False
 
     # -- process-local state -------------------------------------------------
     def __getstate__(self) -> dict:
@@ -376,89 +360,33 @@ class AudioSetDataset(Dataset):
         return self._targets
 
     @property
-    def skipped_clips(self) -> int:
-        """Clips that failed to decode in this process (each DataLoader worker counts its own)."""
-        return self._skipped
+    def label_map(self) -> Optional[LabelMap]:
+        """The label map stored in the first file's attributes (None if it stores none)."""
+        if not self._label_map_read:
+            self._label_map = read_label_map(self.paths[0])
+            self._label_map_read = True
+        return self._label_map
 
-    @property
-    def skipped_names(self) -> list[str]:
-        """`file:audio_name` of every failure in this process, in order (repeats included)."""
-        return list(self._skipped_names)
+    # -- items (ClipDataset hooks) -------------------------------------------------
+    def _row(self, index: int) -> tuple[h5py.File, int]:
+        file_index, row = self.locate(index)
+        return self._file(file_index), row
 
-    # -- items -----------------------------------------------------------------
-    def _load_waveform(self, handle: h5py.File, row: int, name: str) -> torch.Tensor:
+    def _clip_name(self, index: int) -> str:
+        handle, row = self._row(index)
+        return _decode_name(handle["audio_name"][row])
+
+    def _clip_source(self, index: int) -> str:
+        return str(self.paths[self.locate(index)[0]])
+
+    def _clip_target(self, index: int) -> np.ndarray:
+        handle, row = self._row(index)
+        return unpack_targets(handle["target"][row], self.num_classes)
+
+    def _load_clip(self, index: int, name: str) -> torch.Tensor:
+        handle, row = self._row(index)
         encoded = handle["mp3"][row]
         if encoded is None or len(encoded) == 0:
             raise AudioDecodeError(f"{name}: empty encoded audio")
         samples, native_rate = decode_audio(encoded, name=name)
-        # Cut at the native rate first (cheap), keeping a margin so the resampler's edge
-        # effects fall outside the clip, then cut exactly at the target rate.
-        margin = 64
-        samples = samples[: int(np.ceil(self.clip_length * native_rate)) + margin]
-        waveform = pad_or_truncate(resample(samples, native_rate, self.sample_rate), self.clip_samples)
-        if not torch.isfinite(waveform).all():
-            raise AudioDecodeError(f"{name}: non-finite samples after resampling")
-        return waveform.contiguous()
-
-    def _replacement(self, index: int, attempt: int) -> int:
-        rng = np.random.default_rng([self.seed, index, attempt])
-        other = int(rng.integers(len(self) - 1))
-        return other + 1 if other >= index else other  # never the failing clip itself
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = int(index)
-        original = index
-        skipped = 0
-        while True:
-            file_index, row = self.locate(index)
-            handle = self._file(file_index)
-            name = _decode_name(handle["audio_name"][row])
-            try:
-                waveform = self._load_waveform(handle, row, name)
-                break
-            except (AudioDecodeError, OSError, ValueError) as error:
-                skipped += 1
-                self._record_failure(self.paths[file_index], name, error)
-                if not self.replace_undecodable:
-                    return self._item(torch.zeros(self.clip_samples), unpack_targets(handle["target"][row],
-                                      self.num_classes), index, name, skipped, teacher=False, decoded=False)
-                if skipped > self.max_resample_retries or len(self) < 2:
-                    log.error("giving up on clip %d after %d undecodable clips; returning silence with no labels",
-                              original, skipped)
-                    return self._item(torch.zeros(self.clip_samples), np.zeros(self.num_classes, np.float32),
-                                      index, name, skipped, teacher=False)
-                index = self._replacement(original, skipped)
-        target = unpack_targets(handle["target"][row], self.num_classes)
-        return self._item(waveform, target, index, name, skipped)
-
-    def _record_failure(self, path: Path, name: str, error: Exception) -> None:
-        key = f"{path}:{name}"
-        self._skipped += 1
-        self._skipped_names.append(key)
-        # Warn once per clip and process; the same bad clip is drawn again every epoch.
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("skipping undecodable clip %s in %s: %s", name, path, error)
-        else:
-            log.debug("skipping undecodable clip %s in %s again", name, path)
-
-    def _item(self, waveform: torch.Tensor, target: np.ndarray, index: int, name: str, skipped: int,
-              teacher: bool = True, decoded: bool = True) -> dict[str, Any]:
-        logits = self.teacher_logits.lookup(name) if (teacher and self.teacher_logits is not None) else None
-        return {
-            "waveform": waveform,
-            "target": torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)),
-            "teacher_logits": (torch.from_numpy(np.asarray(logits, dtype=np.float32)) if logits is not None
-                               else torch.zeros(self.num_classes, dtype=torch.float32)),
-            "has_teacher": torch.tensor(logits is not None),
-            "index": index,
-            "audio_name": name,
-            "skipped": skipped,
-            "decoded": decoded,
-        }
-
-    def teacher_coverage(self) -> tuple[int, int]:
-        """(found, missing) clip counts of the teacher-logits join (0, N without teacher logits)."""
-        if self.teacher_logits is None:
-            return 0, len(self)
-        return self.teacher_logits.coverage(self.audio_names)
+        return self._fit_waveform(samples, native_rate, name)

@@ -1,0 +1,211 @@
+"""The part every clip dataset shares: decode with skip-and-count, teacher-logit join, the item dict.
+
+`ClipDataset` is the base of `AudioSetDataset` (HDF5 rows) and of the file datasets in
+`efficient_tagging.data.datasets` (ESC-50, DCASE2020, CSV, folders), so the one trainer and the
+labelling code read all of them the same way. A subclass says where clip `index` comes from:
+
+    _clip_name(index)           audio_name (the key of the teacher-logits join)
+    _clip_source(index)         where the clip lives, for log messages (HDF5 file or audio file)
+    _clip_target(index)         float32 (num_classes,) target
+    _load_clip(index, name)     float32 (clip_samples,) waveform; raises on undecodable audio
+    audio_names, targets        all names / the (N, C) uint8 target matrix
+    _extra_fields(index)        optional extra item fields (e.g. a recording device)
+
+and calls `_init_clips(...)` and `_attach_teacher(...)` from its constructor.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..audio import AudioDecodeError, pad_or_truncate, resample
+from ..labels import LabelMap
+
+if TYPE_CHECKING:
+    from .teacher_logits import TeacherLogits
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+
+TASKS = ("multilabel", "multiclass")
+
+# Errors that mean "this clip cannot be read", never "the program is wrong": the clip is skipped.
+DECODE_ERRORS = (AudioDecodeError, OSError, ValueError)
+
+
+class ClipDataset(Dataset):
+    """Base of the clip datasets; see the module docstring for what a subclass provides.
+
+    Each item is a dict:
+        waveform        float32 (clip_length * sample_rate,) mono at the dataset's sample rate
+        target          float32 (num_classes,): multi-hot (multilabel) or one-hot (multiclass)
+        teacher_logits  float32 (num_classes,) joined by audio_name (zeros when missing)
+        has_teacher     bool tensor: whether teacher logits were found for this clip
+        index           int: index of the clip actually returned
+        audio_name      str
+        skipped         int: clips that failed to decode before this one was produced
+        decoded         bool: False only with replace_undecodable=False for a clip that failed
+        label           int, multiclass datasets only: the class index (-1 for a clip without a label)
+        + `_extra_fields(index)` of the subclass
+
+    Undecodable or empty clips are never raised: they are logged (once per clip and process),
+    counted and (unless `replace_undecodable=False`, for labelling and evaluation) replaced by
+    another clip drawn deterministically from (seed, index, attempt); the item then describes the
+    replacement. `skipped_clips` counts failures in the current process only (every DataLoader
+    worker counts its own), so trainers sum the per-item `skipped` field instead.
+    """
+
+    task: str = "multilabel"
+    num_classes: int
+    label_map: Optional[LabelMap] = None
+
+    def _init_clips(self, sample_rate: int, clip_length: float, *, max_resample_retries: int = 10, seed: int = 0,
+                    replace_undecodable: bool = True) -> None:
+        if sample_rate <= 0 or clip_length <= 0:
+            raise ValueError(f"sample_rate and clip_length must be positive, got {sample_rate}, {clip_length}")
+        self.sample_rate = int(sample_rate)
+        self.clip_length = float(clip_length)
+        self.clip_samples = int(round(clip_length * sample_rate))
+        self.max_resample_retries = int(max_resample_retries)
+        self.seed = int(seed)
+        # Training wants a usable clip for every draw; labelling/evaluation want to know which
+        # clips failed: then an undecodable clip comes back as silence with `decoded` False.
+        self.replace_undecodable = bool(replace_undecodable)
+        self.teacher_logits: Optional["TeacherLogits"] = None
+        self._skipped = 0
+        self._skipped_names: list[str] = []
+        self._warned: set[str] = set()
+
+    def _attach_teacher(self, teacher_logits: Union["TeacherLogits", PathLike, None]) -> None:
+        """Open (a path) and check the class count of the teacher logits joined by audio_name."""
+        if teacher_logits is not None and not hasattr(teacher_logits, "lookup"):
+            from .teacher_logits import TeacherLogits
+            teacher_logits = TeacherLogits(teacher_logits)
+        if teacher_logits is not None and teacher_logits.num_classes != self.num_classes:
+            raise ValueError(f"teacher logits {teacher_logits.path} have {teacher_logits.num_classes} classes, "
+                             f"the dataset {self.num_classes}")
+        self.teacher_logits = teacher_logits
+
+    # -- what subclasses provide ------------------------------------------------
+    def _clip_name(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _clip_source(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _clip_target(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def _load_clip(self, index: int, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _extra_fields(self, index: int) -> dict[str, Any]:
+        return {}
+
+    @property
+    def audio_names(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def targets(self) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------
+    def _fit_waveform(self, samples: np.ndarray, native_rate: int, name: str) -> torch.Tensor:
+        """Native-rate samples -> exactly `clip_samples` at the dataset's rate (cut/pad at the end)."""
+        # Cut at the native rate first (cheap), keeping a margin so the resampler's edge effects
+        # fall outside the clip, then cut exactly at the target rate.
+        margin = 64
+        samples = samples[: int(np.ceil(self.clip_length * native_rate)) + margin]
+        waveform = pad_or_truncate(resample(samples, native_rate, self.sample_rate), self.clip_samples)
+        if not torch.isfinite(waveform).all():
+            raise AudioDecodeError(f"{name}: non-finite samples after resampling")
+        return waveform.contiguous()
+
+    @property
+    def skipped_clips(self) -> int:
+        """Clips that failed to decode in this process (each DataLoader worker counts its own)."""
+        return self._skipped
+
+    @property
+    def skipped_names(self) -> list[str]:
+        """`source:audio_name` of every failure in this process, in order (repeats included)."""
+        return list(self._skipped_names)
+
+    def _replacement(self, index: int, attempt: int) -> int:
+        rng = np.random.default_rng([self.seed, index, attempt])
+        other = int(rng.integers(len(self) - 1))
+        return other + 1 if other >= index else other  # never the failing clip itself
+
+    def _check_index(self, index: int) -> int:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} clips")
+        return index
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = self._check_index(int(index))
+        original = index
+        skipped = 0
+        while True:
+            name = self._clip_name(index)
+            try:
+                waveform = self._load_clip(index, name)
+                break
+            except DECODE_ERRORS as error:
+                skipped += 1
+                self._record_failure(self._clip_source(index), name, error)
+                if not self.replace_undecodable:
+                    return self._item(torch.zeros(self.clip_samples), self._clip_target(index), index, name,
+                                      skipped, teacher=False, decoded=False)
+                if skipped > self.max_resample_retries or len(self) < 2:
+                    log.error("giving up on clip %d after %d undecodable clips; returning silence with no labels",
+                              original, skipped)
+                    return self._item(torch.zeros(self.clip_samples), np.zeros(self.num_classes, np.float32),
+                                      index, name, skipped, teacher=False)
+                index = self._replacement(original, skipped)
+        return self._item(waveform, self._clip_target(index), index, name, skipped)
+
+    def _record_failure(self, source: Any, name: str, error: Exception) -> None:
+        key = f"{source}:{name}"
+        self._skipped += 1
+        self._skipped_names.append(key)
+        # Warn once per clip and process; the same bad clip is drawn again every epoch.
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("skipping undecodable clip %s in %s: %s", name, source, error)
+        else:
+            log.debug("skipping undecodable clip %s in %s again", name, source)
+
+    def _item(self, waveform: torch.Tensor, target: np.ndarray, index: int, name: str, skipped: int,
+              teacher: bool = True, decoded: bool = True) -> dict[str, Any]:
+        logits = self.teacher_logits.lookup(name) if (teacher and self.teacher_logits is not None) else None
+        item = {
+            "waveform": waveform,
+            "target": torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)),
+            "teacher_logits": (torch.from_numpy(np.asarray(logits, dtype=np.float32)) if logits is not None
+                               else torch.zeros(self.num_classes, dtype=torch.float32)),
+            "has_teacher": torch.tensor(logits is not None),
+            "index": index,
+            "audio_name": name,
+            "skipped": skipped,
+            "decoded": decoded,
+        }
+        if self.task == "multiclass":
+            # the give-up item has no label: -1, which cross-entropy must ignore (ignore_index=-1)
+            item["label"] = int(np.argmax(target)) if np.any(target) else -1
+        item.update(self._extra_fields(index))
+        return item
+
+    def teacher_coverage(self) -> tuple[int, int]:
+        """(found, missing) clip counts of the teacher-logits join (0, N without teacher logits)."""
+        if self.teacher_logits is None:
+            return 0, len(self)
+        return self.teacher_logits.coverage(self.audio_names)
