@@ -43,8 +43,9 @@ from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed
 from ..interrupt import StopOnSignal, signal_name
 from .interrupt import TrainingInterrupted
 from .run_lock import RunDirectoryBusy, RunDirectoryLock
-from .losses import distillation_loss
-from .metrics import evaluate_predictions
+from .losses import TASK_KINDS, masked_bce_loss, single_label_loss, task_loss
+from .metrics import (accuracy_by_group, evaluate_masked_predictions, evaluate_predictions,
+                      multiclass_metrics)
 from .schedules import exp_warmup_linear_down, make_lr_scheduler
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,9 @@ class TrainConfig:
     num_workers: int = 4
     epoch_len: int = 100_000  # clips drawn per epoch by the class-balanced sampler
     sampler_replacement: bool = False  # the reference draws each epoch without replacement
+    # "multilabel" (BCE, mAP), "multiclass" (mixup CE, accuracy) or "partial_multilabel" (masked BCE,
+    # mAP over known labels); None = the training dataset's own `task` (AudioSet HDF5: multilabel).
+    task: Optional[str] = None
     # --- model -----------------------------------------------------------------------------
     arch: str = "mn"
     model_name: Optional[str] = None  # catalogue name or checkpoint path to start from
@@ -324,11 +328,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+#: the metric that picks best.pt, per task kind
+SELECTION_METRIC = {"multilabel": "mAP", "multiclass": "accuracy", "partial_multilabel": "mAP"}
+
+
+def dataset_task(dataset: Any) -> str:
+    """The task kind of a dataset (its `task` attribute; AudioSet-format HDF5 data is multi-label)."""
+    task = getattr(dataset, "task", None) or "multilabel"
+    if task not in TASK_KINDS:
+        raise ValueError(f"dataset {type(dataset).__name__} has unknown task {task!r}; expected one of "
+                         f"{', '.join(TASK_KINDS)}")
+    return task
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, frontend: nn.Module, dataset: AudioSetDataset, device: torch.device,
+def evaluate(model: nn.Module, frontend: nn.Module, dataset: Any, device: torch.device,
              dist_info: DistInfo, batch_size: int, num_workers: int, precision: str = "32",
-             progress: bool = True) -> dict[str, Any]:
-    """mAP / ROC-AUC / d' / per-class AP / loss of `model` on `dataset` (sharded across ranks)."""
+             progress: bool = True, task: Optional[str] = None) -> dict[str, Any]:
+    """Metrics of `model` on `dataset` (sharded across ranks), by task kind.
+
+    multilabel: mAP / ROC-AUC / d' / per-class AP; multiclass: accuracy, per-class accuracy,
+    confusion matrix (and accuracy per `device` where the items carry one); partial_multilabel:
+    mAP / ROC-AUC over the known labels only. Always `val_loss` (the label loss) and `score`,
+    the value of the task's model-selection metric (`SELECTION_METRIC`).
+    """
+    task = task or dataset_task(dataset)
     model.eval()
     frontend.eval()
     shard = list(range(dist_info.rank, len(dataset), dist_info.world_size))
@@ -336,21 +360,41 @@ def evaluate(model: nn.Module, frontend: nn.Module, dataset: AudioSetDataset, de
     # would make a resumed run diverge from an uninterrupted one.
     loader = DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=batch_size, shuffle=False,
                         num_workers=num_workers, generator=torch.Generator())
-    logits, targets, skipped = [], [], 0
+    logits, targets, known, groups, skipped = [], [], [], [], 0
     for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         with autocast_context(device, precision):
             # any frontend layout and, for transformer teachers, inputs longer than their trained length
             batch_logits, _ = forward_spectrogram(model, frontend(batch["waveform"].to(device, non_blocking=True)))
         logits.append(batch_logits.float())
         targets.append(batch["target"].to(device))
+        if task == "partial_multilabel":
+            known.append(batch["known"].to(device).float())
+        if "device" in batch:
+            groups.extend(batch["device"])
         skipped += int(batch["skipped"].sum())
     num_classes = dataset.num_classes
-    local_logits = torch.cat(logits) if logits else torch.zeros(0, num_classes, device=device)
-    local_targets = torch.cat(targets) if targets else torch.zeros(0, num_classes, device=device)
-    all_logits = all_gather_tensors(local_logits).cpu()
-    all_targets = all_gather_tensors(local_targets).cpu()
-    metrics = evaluate_predictions(all_targets.numpy(), all_logits.numpy())
-    metrics["val_loss"] = float(nn.functional.binary_cross_entropy_with_logits(all_logits, all_targets))
+
+    def gathered(parts: list[Tensor]) -> Tensor:
+        local = torch.cat(parts) if parts else torch.zeros(0, num_classes, device=device)
+        return all_gather_tensors(local).cpu()
+
+    all_logits, all_targets = gathered(logits), gathered(targets)
+    all_known = gathered(known) if task == "partial_multilabel" else None
+    if task == "multiclass":
+        labels = all_targets.argmax(dim=1)
+        label_map = getattr(dataset, "label_map", None)
+        metrics = multiclass_metrics(all_logits.numpy(), labels.numpy(),
+                                     list(label_map.names) if label_map is not None else None)
+        if groups and not dist_info.enabled:  # string groups are not gathered across ranks
+            metrics["accuracy_by_device"] = accuracy_by_group(all_logits.numpy(), labels.numpy(), groups)
+        metrics["val_loss"] = float(single_label_loss(all_logits, all_targets))
+    elif task == "partial_multilabel":
+        metrics = evaluate_masked_predictions(all_targets.numpy(), all_logits.numpy(), all_known.numpy())
+        metrics["val_loss"] = float(masked_bce_loss(all_logits, all_targets, all_known))
+    else:
+        metrics = evaluate_predictions(all_targets.numpy(), all_logits.numpy())
+        metrics["val_loss"] = float(nn.functional.binary_cross_entropy_with_logits(all_logits, all_targets))
+    metrics["score"] = float(metrics[SELECTION_METRIC[task]])
     metrics["eval_clips"] = int(all_logits.shape[0])
     metrics["eval_skipped_clips"] = int(reduce_sum(skipped))
     return metrics
@@ -380,8 +424,14 @@ def _locked_run_directory(out_dir: Path, dist_info: DistInfo) -> Iterator[None]:
         lock.release()
 
 
-def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
+def train(config: TrainConfig, tracker: Optional[Any] = None,
+          datasets: Optional[tuple[Any, Any]] = None) -> dict[str, Any]:
     """Train (or resume) a model as `config` says; returns the final summary (rank 0 has the metrics).
+
+    The data are `config.train_hdf5` / `config.eval_hdf5` (AudioSet-format HDF5), or `datasets`:
+    a (train, eval) pair of datasets with the same item interface (`efficient_tagging.data`'s
+    fine-tuning datasets: ESC-50, DCASE20, OpenMIC, CSV/folder ...); their `task` picks the loss
+    and metrics unless `config.task` says otherwise.
 
     Holds `out_dir/.lock` for the whole run (RunDirectoryBusy if another run holds it). On
     SIGINT/SIGTERM it finishes the current step, writes `last.pt` and raises TrainingInterrupted
@@ -390,7 +440,7 @@ def train(config: TrainConfig, tracker: Optional[Any] = None) -> dict[str, Any]:
     dist_info = init_distributed()
     device = select_device(config.cuda, dist_info)
     with _locked_run_directory(Path(config.out_dir), dist_info), StopOnSignal(armed=False) as stop:
-        return _train(config, tracker, dist_info, device, stop)
+        return _train(config, tracker, dist_info, device, stop, datasets)
 
 
 def _stop_signal(stop: StopOnSignal, dist_info: DistInfo) -> int:
@@ -400,7 +450,7 @@ def _stop_signal(stop: StopOnSignal, dist_info: DistInfo) -> int:
 
 
 def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, device: torch.device,
-           stop: StopOnSignal) -> dict[str, Any]:
+           stop: StopOnSignal, datasets: Optional[tuple[Any, Any]] = None) -> dict[str, Any]:
     is_main = dist_info.rank == 0
     show_progress = config.progress and is_main
     seed_everything(config.seed + dist_info.rank)
@@ -409,23 +459,32 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         out_dir.mkdir(parents=True, exist_ok=True)
 
     # --- data ----------------------------------------------------------------------------------
-    if not config.train_hdf5:
-        raise ValueError("no training data: pass --train_hdf5 (AudioSet-format HDF5 files)")
-    train_set = AudioSetDataset(config.train_hdf5, sample_rate=config.sample_rate, clip_length=config.clip_length,
-                                num_classes=config.num_classes, teacher_logits=config.teacher_logits,
-                                seed=config.seed)
-    eval_set = AudioSetDataset(config.eval_hdf5 or config.train_hdf5, sample_rate=config.sample_rate,
-                               clip_length=config.clip_length, num_classes=train_set.num_classes)
+    if datasets is not None:
+        train_set, eval_set = datasets
+        data_source = getattr(train_set, "source", None) or type(train_set).__name__
+        label_map: Optional[LabelMap] = getattr(train_set, "label_map", None)
+    else:
+        if not config.train_hdf5:
+            raise ValueError("no training data: pass --train_hdf5 (AudioSet-format HDF5 files)")
+        train_set = AudioSetDataset(config.train_hdf5, sample_rate=config.sample_rate,
+                                    clip_length=config.clip_length, num_classes=config.num_classes,
+                                    teacher_logits=config.teacher_logits, seed=config.seed)
+        eval_set = AudioSetDataset(config.eval_hdf5 or config.train_hdf5, sample_rate=config.sample_rate,
+                                   clip_length=config.clip_length, num_classes=train_set.num_classes)
+        data_source = ", ".join(map(str, config.train_hdf5))
+        label_map = read_label_map(config.train_hdf5[0])
     num_classes = train_set.num_classes
-    check_positive_labels(train_set.targets, source=", ".join(map(str, config.train_hdf5)))
-    label_map: Optional[LabelMap] = read_label_map(config.train_hdf5[0])
+    task = config.task or dataset_task(train_set)
+    if task not in TASK_KINDS:
+        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_KINDS)}")
+    check_positive_labels(train_set.targets, source=data_source)
+    # As in EfficientAT, kd_lambda == 0 switches distillation off (label loss only).
+    use_teacher = getattr(train_set, "teacher_logits", None) is not None and config.kd_lambda > 0
     # a join that matches no clip is refused (unless allowed), low coverage warns; the numbers go into the summary
     teacher_coverage = (check_teacher_coverage(train_set.teacher_logits, train_set.audio_names,
                                                allow_none=config.allow_no_teacher_coverage,
-                                               clips_from=config.train_hdf5, report=is_main)
-                        if config.teacher_logits and config.kd_lambda > 0 else None)
-    # As in EfficientAT, kd_lambda == 0 switches distillation off (label loss only).
-    use_teacher = config.teacher_logits is not None and config.kd_lambda > 0
+                                               clips_from=[data_source], report=is_main)
+                        if use_teacher else None)
 
     base_sampler = DistributedWeightedSampler(class_balanced_weights(train_set.targets), config.epoch_len,
                                               num_replicas=dist_info.world_size, rank=dist_info.rank,
@@ -538,18 +597,19 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
                 waveform = gain_augment(waveform, config.gain_augment, augment_generator, integer_db=True)
             if config.wavmix:
                 mixed = wavmix(waveform, labels, None, generator=augment_generator)
-                waveform, labels = mixed.waveform, mixed.targets
+                waveform = mixed.waveform  # labels and teacher are mixed in the loss, step by step
                 teacher_mixes.append((mixed.permutation, mixed.lam))
             with autocast_context(device, config.precision):
                 spectrogram = frontend(waveform).unsqueeze(1)
                 if config.mixup_alpha > 0:
                     permutation, lam = mixup(spectrogram.shape[0], config.mixup_alpha, augment_generator)
                     spectrogram = mix(spectrogram, permutation, lam)
-                    labels = mix(labels, permutation, lam)
                     teacher_mixes.append((permutation, lam))
                 logits, _ = model(spectrogram)
-            loss, parts = distillation_loss(logits, labels, teacher, config.kd_lambda, config.temperature,
-                                            has_teacher, teacher_mix=teacher_mixes or None)
+            known = batch["known"].to(device) if task == "partial_multilabel" else None
+            loss, parts = task_loss(task, logits, labels, known_mask=known, teacher_logits=teacher,
+                                    has_teacher=has_teacher, kd_lambda=config.kd_lambda,
+                                    temperature=config.temperature, mixup=teacher_mixes or None)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -611,16 +671,14 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         if evaluate_now:
             metrics = evaluate(model, frontend, eval_set, device, dist_info,
                                config.eval_batch_size or config.batch_size, num_workers, config.precision,
-                               show_progress)
-            epoch_record.update({"mAP": metrics["mAP"], "ROC": metrics["mean_roc_auc"],
-                                 "d_prime": metrics["d_prime"], "val_loss": metrics["val_loss"]})
-            final_metrics = {**epoch_record, "per_class_ap": metrics["per_class_ap"]}
-            improved = metrics["mAP"] > best_map
-            best_map = max(best_map, metrics["mAP"])
+                               show_progress, task=task)
+            epoch_record.update(_epoch_metrics(task, metrics))
+            final_metrics = {**epoch_record, **{k: metrics[k] for k in DETAIL_METRICS if k in metrics}}
+            improved = metrics["score"] > best_map
+            best_map = max(best_map, metrics["score"])
         history.append(epoch_record)
         if is_main:
-            evaluated = (f"  mAP {epoch_record['mAP']:.4f}  ROC {epoch_record['ROC']:.4f}  "
-                         f"d' {epoch_record['d_prime']:.3f}  val_loss {epoch_record['val_loss']:.4f}"
+            evaluated = ("  " + "  ".join(f"{name} {epoch_record[name]:.4f}" for name in EPOCH_METRICS[task])
                          if evaluate_now else "")
             print(f"epoch {epoch + 1}/{config.n_epochs}: train_loss {epoch_record['train_loss']:.4f}{evaluated}",
                   flush=True)
@@ -639,10 +697,15 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
 
     skipped_total = int(reduce_sum(skipped_clips))
     masked_total = int(reduce_sum(masked_teacher_clips))
+    best_score = best_map if best_map > -math.inf else None
     summary = {
-        "best_mAP": best_map if best_map > -math.inf else None,
-        "final": {k: v for k, v in final_metrics.items() if k != "per_class_ap"},
+        "task": task,
+        "selection_metric": SELECTION_METRIC[task],
+        "best_score": best_score,
+        "best_mAP": best_score if SELECTION_METRIC[task] == "mAP" else None,
+        "final": {k: v for k, v in final_metrics.items() if k not in DETAIL_METRICS},
         "per_class_ap": final_metrics.get("per_class_ap"),
+        **{k: final_metrics[k] for k in DETAIL_METRICS if k in final_metrics and k != "per_class_ap"},
         "class_names": list(label_map.names) if label_map else None,
         "history": history,
         "skipped_clips": skipped_total,
@@ -656,6 +719,20 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         logger.warning("%d undecodable clips were skipped and replaced during training", skipped_total)
     barrier()
     return summary
+
+
+# per task: the metrics of each epoch's record (printed and logged), and the larger details kept
+# only for the final summary
+EPOCH_METRICS = {"multilabel": ("mAP", "ROC", "d_prime", "val_loss"),
+                 "multiclass": ("accuracy", "mean_class_accuracy", "val_loss"),
+                 "partial_multilabel": ("mAP", "ROC", "val_loss")}
+DETAIL_METRICS = ("per_class_ap", "per_class_accuracy", "per_class_count", "confusion_matrix", "class_names",
+                  "accuracy_by_device")
+
+
+def _epoch_metrics(task: str, metrics: dict[str, Any]) -> dict[str, float]:
+    renamed = {"ROC": metrics.get("mean_roc_auc")}
+    return {name: float(renamed[name] if name in renamed else metrics[name]) for name in EPOCH_METRICS[task]}
 
 
 def _gather_objects(obj: Any, dist_info: DistInfo) -> list[Any]:
@@ -674,6 +751,8 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
     if isinstance(value, Path):
         return str(value)
     return value
