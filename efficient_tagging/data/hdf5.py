@@ -104,7 +104,8 @@ class AudioSetHDF5Writer:
     Rows go to `path + ".partial"`; `close()` renames it to `path` only when everything was
     written. Used as a context manager, an exception inside the block removes the partial file,
     so a broken run never leaves a half-written file at `path`. Extra file attributes can be
-    set in `writer.attrs` before closing.
+    set in `writer.attrs` before closing. With `target_width` set, targets are stored unpacked as
+    float32 rows of that width instead of packed bits (OpenMIC's 20 relevances + 20 mask values).
 
         with AudioSetHDF5Writer("train.hdf", num_classes=527) as writer:
             writer.add("Y--4gqARaEJE.mp3", mp3_bytes, multi_hot)
@@ -112,7 +113,7 @@ class AudioSetHDF5Writer:
 
     def __init__(self, path: PathLike, num_classes: int, sample_rate: int = 32000,
                  label_map: Optional[LabelMap] = None, expected_rows: Optional[int] = None,
-                 block_rows: int = 256):
+                 block_rows: int = 256, target_width: Optional[int] = None):
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         if label_map is not None and len(label_map) != num_classes:
@@ -123,15 +124,19 @@ class AudioSetHDF5Writer:
         self.sample_rate = sample_rate
         self.label_map = label_map
         self.block_rows = block_rows
+        if target_width is not None and target_width <= 0:
+            raise ValueError(f"target_width must be positive, got {target_width}")
+        self.target_width = target_width
+        width = (num_classes + 7) // 8 if target_width is None else int(target_width)
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
         self._file: Optional[h5py.File] = h5py.File(self.partial_path, "w")
         capacity = max(int(expected_rows or 0), 0)  # preallocated; the unused tail is trimmed at close
         chunk = 1024
         self._mp3 = self._file.create_dataset("mp3", shape=(capacity,), maxshape=(None,),
                                               dtype=h5py.vlen_dtype(np.uint8), chunks=(chunk,))
-        self._target = self._file.create_dataset("target", shape=(capacity, (num_classes + 7) // 8),
-                                                 maxshape=(None, (num_classes + 7) // 8), dtype=np.uint8,
-                                                 chunks=(chunk, (num_classes + 7) // 8))
+        self._target = self._file.create_dataset("target", shape=(capacity, width), maxshape=(None, width),
+                                                 dtype=np.uint8 if target_width is None else np.float32,
+                                                 chunks=(chunk, width))
         # Names are kept in memory and written at close: the column is fixed-length bytes
         # (S{n}, as in the reference files) and n is only known once every name has been seen.
         self._names: list[str] = []
@@ -158,9 +163,15 @@ class AudioSetHDF5Writer:
         if not encoded:
             raise ValueError(f"{audio_name}: encoded audio is empty")
         target = np.asarray(target)
-        if target.shape != (self.num_classes,):
-            raise ValueError(f"{audio_name}: target has shape {target.shape}, expected ({self.num_classes},)")
-        packed = pack_targets(target)
+        expected = self.num_classes if self.target_width is None else self.target_width
+        if target.shape != (expected,):
+            raise ValueError(f"{audio_name}: target has shape {target.shape}, expected ({expected},)")
+        if self.target_width is None:
+            packed = pack_targets(target)
+        else:
+            packed = target.astype(np.float32)
+            if not np.isfinite(packed).all():
+                raise ValueError(f"{audio_name}: target has non-finite values")
         self._names.append(audio_name)
         self._seen.add(audio_name)
         self._pending.append((np.frombuffer(bytes(encoded), dtype=np.uint8), packed))
@@ -242,6 +253,13 @@ class AudioSetDataset(Dataset):
         skipped         int: clips that failed to decode before this one was produced
         decoded         bool: False only with replace_undecodable=False for a clip that failed
 
+    With `variable_length=True` (evaluation like the reference's `--variable_eval_length`)
+    the waveform is the whole clip at its own length, neither padded nor cut, so items differ
+    in length and are batched one at a time (batch_size=1); `clip_length` then only sizes the
+    silence returned for an undecodable clip. Subclasses with other target layouts (OpenMIC's
+    labels + mask) override `_check_targets`, `_read_labels`, `_empty_labels` and
+    `_all_targets`; their extra label arrays (e.g. `known`) become extra item keys.
+
     Undecodable or empty clips are never raised: they are logged (name + file), counted and
     (unless `replace_undecodable=False`, for labelling and evaluation) replaced by another clip drawn deterministically from (seed, index, attempt); `index`,
     `audio_name`, target and teacher logits then describe the replacement. `skipped_clips`
@@ -257,7 +275,8 @@ class AudioSetDataset(Dataset):
     def __init__(self, hdf5_paths: Union[PathLike, Sequence[PathLike]], sample_rate: int = 32000,
                  clip_length: float = 10.0, num_classes: Optional[int] = None,
                  teacher_logits: Union["TeacherLogits", PathLike, None] = None,
-                 max_resample_retries: int = 10, seed: int = 0, replace_undecodable: bool = True):
+                 max_resample_retries: int = 10, seed: int = 0, replace_undecodable: bool = True,
+                 variable_length: bool = False, label_map: Optional[LabelMap] = None):
         if isinstance(hdf5_paths, (str, Path)):
             hdf5_paths = [hdf5_paths]
         self.paths = [Path(p) for p in hdf5_paths]
@@ -273,6 +292,7 @@ class AudioSetDataset(Dataset):
         # Training wants a usable clip for every draw; labelling/evaluation want to know which
         # clips failed: then an undecodable clip comes back as silence with `decoded` False.
         self.replace_undecodable = bool(replace_undecodable)
+        self.variable_length = bool(variable_length)
 
         lengths: list[int] = []
         self.file_sample_rates: list[Optional[int]] = []
@@ -288,7 +308,7 @@ class AudioSetDataset(Dataset):
                 if handle["mp3"].shape[0] != n or handle["target"].shape[0] != n:
                     raise ValueError(f"{path}: column lengths differ (audio_name {n}, mp3 {handle['mp3'].shape[0]}, "
                                      f"target {handle['target'].shape[0]})")
-                file_classes = _file_num_classes(handle, path, num_classes)
+                file_classes = self._check_targets(handle, path, num_classes)
                 if resolved is not None and file_classes != resolved:
                     raise ValueError(f"{path}: has {file_classes} classes but earlier files have {resolved}")
                 resolved = file_classes
@@ -296,6 +316,12 @@ class AudioSetDataset(Dataset):
                                               else None)
                 lengths.append(n)
         self.num_classes = int(resolved)
+        if label_map is None:
+            label_map = read_label_map(self.paths[0])
+        if label_map is not None and len(label_map) != self.num_classes:
+            raise ValueError(f"label map has {len(label_map)} classes but {self.paths[0]} has {self.num_classes}")
+        # Class names/ids in target order: the given map, the first file's stored one, or None.
+        self.label_map: Optional[LabelMap] = label_map
         self.lengths = lengths
         self.offsets = np.cumsum([0] + lengths).tolist()
 
@@ -371,7 +397,7 @@ class AudioSetDataset(Dataset):
             parts = []
             for path in self.paths:
                 with h5py.File(path, "r") as handle:
-                    parts.append(np.unpackbits(handle["target"][()], axis=-1, count=self.num_classes))
+                    parts.append(self._all_targets(handle))
             self._targets = np.concatenate(parts, axis=0) if parts else np.zeros((0, self.num_classes), np.uint8)
         return self._targets
 
@@ -385,12 +411,36 @@ class AudioSetDataset(Dataset):
         """`file:audio_name` of every failure in this process, in order (repeats included)."""
         return list(self._skipped_names)
 
+    # -- target layout (overridden by datasets that store targets differently) --
+    def _check_targets(self, handle: h5py.File, path: Path, requested: Optional[int]) -> int:
+        """Class count of one file, checked against its 'target' column (packed multi-hot here)."""
+        return _file_num_classes(handle, path, requested)
+
+    def _read_labels(self, handle: h5py.File, row: int) -> dict[str, np.ndarray]:
+        """The label arrays of one row: always 'target' (num_classes,), plus any extra item keys."""
+        return {"target": unpack_targets(handle["target"][row], self.num_classes)}
+
+    def _empty_labels(self) -> dict[str, np.ndarray]:
+        """Labels of a clip given up on: no positive class."""
+        return {"target": np.zeros(self.num_classes, np.float32)}
+
+    def _all_targets(self, handle: h5py.File) -> np.ndarray:
+        """(rows, num_classes) uint8 multi-hot targets of one open file."""
+        return np.unpackbits(handle["target"][()], axis=-1, count=self.num_classes)
+
     # -- items -----------------------------------------------------------------
     def _load_waveform(self, handle: h5py.File, row: int, name: str) -> torch.Tensor:
         encoded = handle["mp3"][row]
         if encoded is None or len(encoded) == 0:
             raise AudioDecodeError(f"{name}: empty encoded audio")
         samples, native_rate = decode_audio(encoded, name=name)
+        if self.variable_length:
+            if len(samples) == 0:
+                raise AudioDecodeError(f"{name}: no samples decoded")
+            waveform = resample(samples, native_rate, self.sample_rate)
+            if not torch.isfinite(waveform).all():
+                raise AudioDecodeError(f"{name}: non-finite samples after resampling")
+            return waveform.contiguous()
         # Cut at the native rate first (cheap), keeping a margin so the resampler's edge
         # effects fall outside the clip, then cut exactly at the target rate.
         margin = 64
@@ -420,16 +470,15 @@ class AudioSetDataset(Dataset):
                 skipped += 1
                 self._record_failure(self.paths[file_index], name, error)
                 if not self.replace_undecodable:
-                    return self._item(torch.zeros(self.clip_samples), unpack_targets(handle["target"][row],
-                                      self.num_classes), index, name, skipped, teacher=False, decoded=False)
+                    return self._item(torch.zeros(self.clip_samples), self._read_labels(handle, row), index, name,
+                                      skipped, teacher=False, decoded=False)
                 if skipped > self.max_resample_retries or len(self) < 2:
                     log.error("giving up on clip %d after %d undecodable clips; returning silence with no labels",
                               original, skipped)
-                    return self._item(torch.zeros(self.clip_samples), np.zeros(self.num_classes, np.float32),
-                                      index, name, skipped, teacher=False)
+                    return self._item(torch.zeros(self.clip_samples), self._empty_labels(), index, name, skipped,
+                                      teacher=False)
                 index = self._replacement(original, skipped)
-        target = unpack_targets(handle["target"][row], self.num_classes)
-        return self._item(waveform, target, index, name, skipped)
+        return self._item(waveform, self._read_labels(handle, row), index, name, skipped)
 
     def _record_failure(self, path: Path, name: str, error: Exception) -> None:
         key = f"{path}:{name}"
@@ -442,12 +491,14 @@ class AudioSetDataset(Dataset):
         else:
             log.debug("skipping undecodable clip %s in %s again", name, path)
 
-    def _item(self, waveform: torch.Tensor, target: np.ndarray, index: int, name: str, skipped: int,
+    def _item(self, waveform: torch.Tensor, labels: dict[str, np.ndarray], index: int, name: str, skipped: int,
               teacher: bool = True, decoded: bool = True) -> dict[str, Any]:
         logits = self.teacher_logits.lookup(name) if (teacher and self.teacher_logits is not None) else None
+        extra = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in labels.items() if key != "target"}
         return {
             "waveform": waveform,
-            "target": torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)),
+            "target": torch.from_numpy(np.ascontiguousarray(labels["target"], dtype=np.float32)),
+            **extra,
             "teacher_logits": (torch.from_numpy(np.asarray(logits, dtype=np.float32)) if logits is not None
                                else torch.zeros(self.num_classes, dtype=torch.float32)),
             "has_teacher": torch.tensor(logits is not None),
