@@ -267,3 +267,57 @@ def test_openmic_release_preparation(tmp_path, capsys):
     (root / "partitions" / "split01_test.csv").unlink()
     with pytest.raises(PrepareError, match=r"split01_test\.csv"):
         prepare_openmic(root, tmp_path / "again", quiet=True)
+
+
+def test_openmic_labels_from_aggregated_csv_when_npz_needs_pickle(tmp_path):
+    """An npz whose sample_key is an object array is never unpickled: the release's CSV gives the labels."""
+    root = tmp_path / "openmic-2018"
+    keys = ["000046_3840", "000135_483840"]
+    root.mkdir()
+    np.savez(root / "openmic-2018.npz", Y_true=np.full((2, 20), 0.5, np.float32), Y_mask=np.zeros((2, 20), bool),
+             sample_key=np.array(keys, dtype=object))
+    (root / "partitions").mkdir()
+    (root / "partitions" / "split01_train.csv").write_text(keys[0] + "\n")
+    (root / "partitions" / "split01_test.csv").write_text(keys[1] + "\n")
+    for key in keys:
+        write_ogg(root / "audio" / key[:3] / f"{key}.ogg", tone(1.0, RAW_RATE, 330), RAW_RATE)
+    with pytest.raises(PrepareError, match="aggregated-labels.csv"):
+        prepare_openmic(root, tmp_path / "out", quiet=True)
+    (root / "openmic-2018-aggregated-labels.csv").write_text(
+        "sample_key,instrument,relevance,num_responses\n"
+        f"{keys[0]},piano,0.9,3\n{keys[0]},mallet_percussion,0.1,2\n{keys[1]},voice,1.0,1\n")
+    reports = prepare_openmic(root, tmp_path / "out", quiet=True)
+    assert reports["train"].written == reports["test"].written == 1
+    train = openmic_dataset(tmp_path / "out", "train")
+    item = train[0]
+    assert [OPENMIC_LABELS[i] for i in np.flatnonzero(item["known"].numpy())] == ["mallet_percussion", "piano"]
+    assert [OPENMIC_LABELS[i] for i in np.flatnonzero(item["target"].numpy())] == ["piano"]
+    with h5py.File(tmp_path / "out" / "openmic_train.csv_mp3.hdf", "r") as handle:
+        row = handle["target"][0]
+    assert row[OPENMIC_LABELS.index("drums")] == 0.5 and row[20 + OPENMIC_LABELS.index("drums")] == 0
+
+
+def test_fsd50k_preparation_is_atomic_and_locked(fsd50k_raw, tmp_path, monkeypatch):
+    from efficient_tagging.data import prepare as preparation
+    from efficient_tagging.locking import FileLock
+
+    out = tmp_path / "hdf5"
+    encode = preparation._encode_job
+    calls = []
+
+    def interrupted(job):
+        calls.append(job)
+        if len(calls) == 3:  # in the middle of the train split
+            raise KeyboardInterrupt
+        return encode(job)
+
+    monkeypatch.setattr(preparation, "_encode_job", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_fsd50k(fsd50k_raw, out, quiet=True)
+    assert list(out.iterdir()) == []  # no half-written file, no partial, lock released
+    monkeypatch.setattr(preparation, "_encode_job", encode)
+
+    with FileLock(out / ".FSD50K.prepare.lock", what="preparing FSD50K"):
+        with pytest.raises(PrepareError, match="another process"):
+            prepare_fsd50k(fsd50k_raw, out, quiet=True)
+    assert not (out / "FSD50K.train_mp3.hdf").exists()

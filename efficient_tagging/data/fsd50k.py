@@ -112,6 +112,7 @@ def fsd50k_dataset(dataset_dir: PathLike, split: str, sample_rate: int = 32000, 
     if split not in FSD50K_SPLITS:
         raise ValueError(f"FSD50K split must be one of {FSD50K_SPLITS}, got {split!r}")
     files = fsd50k_files(dataset_dir)
-    kwargs.setdefault("label_map", fsd50k_label_map(dataset_dir))
+    if "label_map" not in kwargs:
+        kwargs["label_map"] = fsd50k_label_map(dataset_dir)
     return AudioSetDataset(files[split], sample_rate=sample_rate, clip_length=clip_length,
                            num_classes=FSD50K_NUM_CLASSES, variable_length=variable_length, **kwargs)

@@ -491,7 +491,6 @@ def prepare_fsd50k(fsd50k_dir: Path, output_dir: Path, sample_rate: int = 32000,
     except ValueError as error:
         raise PrepareError(str(error)) from error
     outputs = {split: output_dir / FSD50K_HDF5_NAMES[split] for split in FSD50K_SPLITS}
-    _check_outputs(outputs, overwrite)
     rows = (read_fsd50k_ground_truth(ground_truth / "dev.csv", with_split=True)
             + read_fsd50k_ground_truth(ground_truth / "eval.csv", with_split=False))
     lookup = _class_lookup(label_map)
@@ -499,6 +498,7 @@ def prepare_fsd50k(fsd50k_dir: Path, output_dir: Path, sample_rate: int = 32000,
     reports: dict[str, Report] = {}
     lock = _lock_output_dir(output_dir, "FSD50K")
     try:
+        _check_outputs(outputs, overwrite)  # under the lock: a concurrent run may just have written them
         for split in FSD50K_SPLITS:
             report = Report()
             audio_dir = root / FSD50K_AUDIO_DIRS["eval" if split == "eval" else "dev"]
@@ -562,6 +562,57 @@ def _read_partition(path: Path) -> list[str]:
     return keys
 
 
+OPENMIC_AGGREGATED_LABELS = "openmic-2018-aggregated-labels.csv"
+
+
+def _read_openmic_npz(path: Path, num_classes: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(sample keys, Y_true, Y_mask) of openmic-2018.npz, never unpickling (ValueError if it would have to)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            absent = [key for key in ("Y_true", "Y_mask", "sample_key") if key not in npz.files]
+            if absent:
+                raise PrepareError(f"{path}: missing array(s) {absent} (found {npz.files})")
+            y_true = np.asarray(npz["Y_true"], dtype=np.float32)
+            y_mask = np.asarray(npz["Y_mask"]).astype(np.float32)
+            sample_keys = [str(key) for key in npz["sample_key"]]
+    except OSError as error:
+        raise PrepareError(f"{path}: cannot read ({error})") from error
+    shape = (len(sample_keys), num_classes)
+    if y_true.shape != shape or y_mask.shape != shape:
+        raise PrepareError(f"{path}: Y_true {y_true.shape} and Y_mask {y_mask.shape} must both be {shape} "
+                           f"(one row of {num_classes} instruments per sample_key)")
+    return sample_keys, y_true, y_mask
+
+
+def read_openmic_aggregated_labels(path: Path, label_map: LabelMap) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(sample keys, Y_true, Y_mask) rebuilt from `openmic-2018-aggregated-labels.csv`
+    (`sample_key,instrument,relevance,num_responses`): relevance where annotated, 0.5 and mask 0 elsewhere,
+    as in openmic-2018.npz."""
+    lookup = {name: i for i, name in enumerate(label_map.names)}
+    rows: dict[str, int] = {}
+    known: list[tuple[int, int, float]] = []
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        header = [name.strip() for name in (reader.fieldnames or [])]
+        if not {"sample_key", "instrument", "relevance"} <= set(header):
+            raise PrepareError(f"{path}: expected columns sample_key,instrument,relevance, got {header}")
+        for line_number, raw in enumerate(reader, start=2):
+            row = {key.strip(): (value or "").strip() for key, value in raw.items() if key is not None}
+            instrument = row["instrument"].replace(" ", "_")
+            if instrument not in lookup:
+                raise PrepareError(f"{path}:{line_number}: unknown instrument {row['instrument']!r}")
+            try:
+                relevance = float(row["relevance"])
+            except ValueError:
+                raise PrepareError(f"{path}:{line_number}: relevance {row['relevance']!r} is not a number") from None
+            known.append((rows.setdefault(row["sample_key"], len(rows)), lookup[instrument], relevance))
+    y_true = np.full((len(rows), len(label_map)), 0.5, np.float32)
+    y_mask = np.zeros((len(rows), len(label_map)), np.float32)
+    for row, column, relevance in known:
+        y_true[row, column], y_mask[row, column] = relevance, 1.0
+    return list(rows), y_true, y_mask
+
+
 def prepare_openmic(openmic_dir: Path, output_dir: Path, sample_rate: int = 32000, bitrate: Optional[int] = None,
                     num_workers: int = 0, overwrite: bool = False, quiet: bool = False,
                     split_name: str = "split01") -> dict[str, Report]:
@@ -569,7 +620,9 @@ def prepare_openmic(openmic_dir: Path, output_dir: Path, sample_rate: int = 3200
 
     `openmic_dir` is the unpacked openmic-2018-v1.0.0.tgz (the folder with openmic-2018.npz, or its
     parent): `openmic-2018.npz` (Y_true, Y_mask, sample_key), `partitions/{split01}_{train,test}.csv`
-    (one sample key per line), `audio/*/{sample_key}.ogg`, optionally `class-map.json`. Writes
+    (one sample key per line), `audio/*/{sample_key}.ogg`, optionally `class-map.json`. The labels come
+    from the npz; where its `sample_key` array could only be read by unpickling (never done here) they
+    are rebuilt from `openmic-2018-aggregated-labels.csv` of the same release instead. Writes
     `openmic_{train,test}.csv_mp3.hdf` to `output_dir`: whole clips as mp3 at `sample_rate`,
     audio_name "{sample_key}.mp3", target float32 (N, 40) = [Y_true, Y_mask]; clips without any
     annotated instrument are left out (as PaSST does; listed in `Report.unlabelled`). Each file is
@@ -583,7 +636,8 @@ def prepare_openmic(openmic_dir: Path, output_dir: Path, sample_rate: int = 3200
         raise PrepareError(f"--openmic_dir {release}: no such folder")
     root = _openmic_root(release)
     partitions = {split: root / "partitions" / f"{split_name}_{split}.csv" for split in ("train", "test")}
-    needed = [root / "openmic-2018.npz", *partitions.values()]
+    npz_path, csv_path = root / "openmic-2018.npz", root / OPENMIC_AGGREGATED_LABELS
+    needed = [*partitions.values()] + ([] if csv_path.is_file() else [npz_path])
     missing = [str(path) for path in needed if not path.is_file()]
     if not (root / "audio").is_dir():
         missing.append(str(root / "audio") + "/")
@@ -600,37 +654,30 @@ def prepare_openmic(openmic_dir: Path, output_dir: Path, sample_rate: int = 3200
             raise PrepareError(f"{root / 'class-map.json'}: instruments {list(stored.names)} differ from "
                                f"OpenMIC-2018's {list(OPENMIC_LABELS)}")
     try:
-        with np.load(root / "openmic-2018.npz", allow_pickle=False) as npz:
-            absent = [key for key in ("Y_true", "Y_mask", "sample_key") if key not in npz.files]
-            if absent:
-                raise PrepareError(f"{root / 'openmic-2018.npz'}: missing array(s) {absent} (found {npz.files})")
-            y_true = np.asarray(npz["Y_true"], dtype=np.float32)
-            y_mask = np.asarray(npz["Y_mask"]).astype(np.float32)
-            sample_keys = [str(key) for key in npz["sample_key"]]
-    except (OSError, ValueError) as error:
-        raise PrepareError(f"{root / 'openmic-2018.npz'}: cannot read ({error})") from error
-    shape = (len(sample_keys), OPENMIC_NUM_CLASSES)
-    if y_true.shape != shape or y_mask.shape != shape:
-        raise PrepareError(f"{root / 'openmic-2018.npz'}: Y_true {y_true.shape} and Y_mask {y_mask.shape} must "
-                           f"both be {shape} (one row of {OPENMIC_NUM_CLASSES} instruments per sample_key)")
+        if not npz_path.is_file():
+            raise FileNotFoundError(npz_path)
+        sample_keys, y_true, y_mask = _read_openmic_npz(npz_path, OPENMIC_NUM_CLASSES)
+    except (FileNotFoundError, ValueError) as error:
+        if not csv_path.is_file():
+            raise PrepareError(f"{npz_path}: cannot read without unpickling ({error}), which is never done; "
+                               f"put the release's {OPENMIC_AGGREGATED_LABELS} next to it") from error
+        log.info("%s: %s; reading the labels from %s", npz_path, error, csv_path)
+        sample_keys, y_true, y_mask = read_openmic_aggregated_labels(csv_path, label_map)
     row_of = {key: row for row, key in enumerate(sample_keys)}
     outputs = {split: Path(output_dir) / OPENMIC_HDF5_NAMES[split] for split in ("train", "test")}
-    _check_outputs(outputs, overwrite)
     audio_index: Optional[dict[str, Path]] = None
     settings = EncodeSettings(sample_rate, None, False, bitrate)
     reports: dict[str, Report] = {}
     lock = _lock_output_dir(Path(output_dir), "OpenMIC")
     try:
+        _check_outputs(outputs, overwrite)
         for split, partition in partitions.items():
             keys = _read_partition(partition)
             report = Report(rows=len(keys))
             jobs: list[Job] = []
             for key in keys:
-                if key not in row_of:
-                    report.missing.append(f"{key} (not in openmic-2018.npz)")
-                    continue
-                row = row_of[key]
-                if not (y_mask[row] > 0.5).any():
+                row = row_of.get(key)
+                if row is None or not (y_mask[row] > 0.5).any():
                     report.unlabelled.append(key)  # no annotated instrument: nothing to learn from
                     continue
                 path = root / "audio" / key[:3] / f"{key}.ogg"
