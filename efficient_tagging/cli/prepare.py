@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ..data import prepare as preparation
-from ..data.prepare import PrepareError, PrepareOptions, Report, prepare
+from ..data.prepare import PrepareError, PrepareOptions, Report, prepare, prepare_fsd50k, prepare_openmic
 from .help import HelpFormatter
 
 
@@ -17,15 +17,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="prepare_audioset",
         description=preparation.__doc__,
         formatter_class=HelpFormatter,
-        epilog="Exit codes: 0 success, 1 nothing could be written, 2 bad arguments or input files.\n"
-               "Example:\n  python experiments/prepare_audioset.py --audio_dir audioset/balanced "
-               "--csv balanced_train_segments.csv --output balanced_train_segments_mp3.hdf",
+        epilog="Exit codes: 0 success, 1 nothing could be written (for a release: some split is empty),\n"
+               "2 bad arguments or input files.\n"
+               "Examples:\n  python experiments/prepare_audioset.py --audio_dir audioset/balanced "
+               "--csv balanced_train_segments.csv --output balanced_train_segments_mp3.hdf\n"
+               "  python experiments/prepare_audioset.py --fsd50k_dir FSD50K --output_dir fsd50k_hdf5\n"
+               "  python experiments/prepare_audioset.py --openmic_dir openmic-2018-v1.0.0 --output_dir openmic_hdf5",
     )
-    parser.add_argument("--audio_dir", required=True, type=Path,
+    parser.add_argument("--audio_dir", type=Path,
                         help="folder with the audio files (searched recursively in AudioSet mode)")
-    parser.add_argument("--csv", required=True, type=Path,
+    parser.add_argument("--csv", type=Path,
                         help="AudioSet segments CSV or plain 'filename,labels' CSV")
-    parser.add_argument("--output", required=True, type=Path, help="HDF5 file to write (written atomically)")
+    parser.add_argument("--output", type=Path, help="HDF5 file to write (written atomically)")
+    parser.add_argument("--fsd50k_dir", type=Path, default=None,
+                        help="instead of --audio_dir/--csv/--output: the raw FSD50K release (FSD50K.dev_audio/, "
+                             "FSD50K.eval_audio/, FSD50K.ground_truth/), converted to PaSST's "
+                             "FSD50K.{train,val,eval}_mp3.hdf in --output_dir (whole clips)")
+    parser.add_argument("--openmic_dir", type=Path, default=None,
+                        help="instead of --audio_dir/--csv/--output: the unpacked OpenMIC-2018 release "
+                             "(openmic-2018.npz, partitions/, audio/), converted to PaSST's "
+                             "openmic_{train,test}.csv_mp3.hdf in --output_dir")
+    parser.add_argument("--output_dir", type=Path, default=None,
+                        help="folder for the HDF5 files of --fsd50k_dir / --openmic_dir")
     parser.add_argument("--class_labels", type=Path, default=None,
                         help="class list 'index,mid,display_name' (AudioSet default: the official list, "
                              "from the download cache or downloaded; plain CSV default: sorted CSV labels)")
@@ -62,17 +75,76 @@ def _print_report(report: Report, output: Path) -> None:
         print(f"  {len(report.duplicates)} duplicate rows (skipped): {sample(report.duplicates)}", file=sys.stderr)
 
 
+def _print_release_reports(reports: dict[str, Report], outputs: dict[str, Path]) -> int:
+    empty = []
+    for split, report in reports.items():
+        _print_report(report, outputs[split])
+        if report.unlabelled:
+            print(f"  {len(report.unlabelled)} without any known label (left out)", file=sys.stderr)
+        if report.written == 0:
+            empty.append(split)
+    if empty:
+        print(f"error: no clip could be written for {', '.join(empty)}; those files were not saved", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[str]:
+    """'fsd50k', 'openmic' or None (folder + CSV); a usage error if the flags are mixed."""
+    releases = [name for name in ("fsd50k_dir", "openmic_dir") if getattr(args, name) is not None]
+    plain = [name for name in ("audio_dir", "csv", "output") if getattr(args, name) is not None]
+    if len(releases) > 1:
+        parser.error("give one of --fsd50k_dir and --openmic_dir")
+    if releases:
+        if plain:
+            parser.error(f"--{releases[0]} writes to --output_dir; it does not take "
+                         f"{', '.join('--' + name for name in plain)}")
+        if args.output_dir is None:
+            parser.error(f"--{releases[0]} needs --output_dir (the folder for the HDF5 files)")
+        unused = [flag for flag, value, default in (("--clip_length", args.clip_length, 10.0),
+                                                    ("--cut_segments", args.cut_segments, False),
+                                                    ("--class_labels", args.class_labels, None),
+                                                    ("--csv_format", args.csv_format, "auto")) if value != default]
+        if unused:
+            parser.error(f"--{releases[0]} keeps whole clips and the release's labels; {', '.join(unused)} "
+                         f"do(es) not apply")
+        return releases[0].replace("_dir", "")
+    missing = [name for name in ("audio_dir", "csv", "output") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join('--' + name for name in missing)} "
+                     f"(or --fsd50k_dir / --openmic_dir with --output_dir)")
+    if args.output_dir is not None:
+        parser.error("--output_dir is for --fsd50k_dir / --openmic_dir; use --output for one HDF5 file")
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point; returns the exit code (0 ok, 1 nothing written, 2 bad arguments)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        mode = _check_mode(parser, args)
     except SystemExit as exit_:  # --help (0) and argparse usage errors (2)
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if mode is not None:
+        from ..data.fsd50k import FSD50K_HDF5_NAMES
+        from ..data.openmic import OPENMIC_HDF5_NAMES
+        names = FSD50K_HDF5_NAMES if mode == "fsd50k" else OPENMIC_HDF5_NAMES
+        run = prepare_fsd50k if mode == "fsd50k" else prepare_openmic
+        try:
+            reports = run(getattr(args, f"{mode}_dir"), args.output_dir, sample_rate=args.sample_rate,
+                          bitrate=args.bitrate, num_workers=args.num_workers, overwrite=args.overwrite,
+                          quiet=args.quiet)
+        except PrepareError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        return _print_release_reports(reports, {split: args.output_dir / name for split, name in names.items()})
+    options = {key: value for key, value in vars(args).items()
+               if key not in ("fsd50k_dir", "openmic_dir", "output_dir")}
     try:
-        report = prepare(PrepareOptions(**vars(args)))
+        report = prepare(PrepareOptions(**options))
     except PrepareError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import h5py
 import numpy as np
 import torch
-from ..audio import AudioDecodeError, decode_audio
+from ..audio import AudioDecodeError, decode_audio, resample
 from ..labels import AUDIOSET_NUM_CLASSES, LabelMap
 from .base import ClipDataset
 
@@ -103,7 +103,8 @@ class AudioSetHDF5Writer:
     Rows go to `path + ".partial"`; `close()` renames it to `path` only when everything was
     written. Used as a context manager, an exception inside the block removes the partial file,
     so a broken run never leaves a half-written file at `path`. Extra file attributes can be
-    set in `writer.attrs` before closing.
+    set in `writer.attrs` before closing. With `target_width` set, targets are stored unpacked as
+    float32 rows of that width instead of packed bits (OpenMIC's 20 relevances + 20 mask values).
 
         with AudioSetHDF5Writer("train.hdf", num_classes=527) as writer:
             writer.add("Y--4gqARaEJE.mp3", mp3_bytes, multi_hot)
@@ -111,7 +112,7 @@ class AudioSetHDF5Writer:
 
     def __init__(self, path: PathLike, num_classes: int, sample_rate: int = 32000,
                  label_map: Optional[LabelMap] = None, expected_rows: Optional[int] = None,
-                 block_rows: int = 256):
+                 block_rows: int = 256, target_width: Optional[int] = None):
         if num_classes <= 0:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         if label_map is not None and len(label_map) != num_classes:
@@ -122,15 +123,19 @@ class AudioSetHDF5Writer:
         self.sample_rate = sample_rate
         self.label_map = label_map
         self.block_rows = block_rows
+        if target_width is not None and target_width <= 0:
+            raise ValueError(f"target_width must be positive, got {target_width}")
+        self.target_width = target_width
+        width = (num_classes + 7) // 8 if target_width is None else int(target_width)
         self.partial_path.parent.mkdir(parents=True, exist_ok=True)
         self._file: Optional[h5py.File] = h5py.File(self.partial_path, "w")
         capacity = max(int(expected_rows or 0), 0)  # preallocated; the unused tail is trimmed at close
         chunk = 1024
         self._mp3 = self._file.create_dataset("mp3", shape=(capacity,), maxshape=(None,),
                                               dtype=h5py.vlen_dtype(np.uint8), chunks=(chunk,))
-        self._target = self._file.create_dataset("target", shape=(capacity, (num_classes + 7) // 8),
-                                                 maxshape=(None, (num_classes + 7) // 8), dtype=np.uint8,
-                                                 chunks=(chunk, (num_classes + 7) // 8))
+        self._target = self._file.create_dataset("target", shape=(capacity, width), maxshape=(None, width),
+                                                 dtype=np.uint8 if target_width is None else np.float32,
+                                                 chunks=(chunk, width))
         # Names are kept in memory and written at close: the column is fixed-length bytes
         # (S{n}, as in the reference files) and n is only known once every name has been seen.
         self._names: list[str] = []
@@ -157,9 +162,15 @@ class AudioSetHDF5Writer:
         if not encoded:
             raise ValueError(f"{audio_name}: encoded audio is empty")
         target = np.asarray(target)
-        if target.shape != (self.num_classes,):
-            raise ValueError(f"{audio_name}: target has shape {target.shape}, expected ({self.num_classes},)")
-        packed = pack_targets(target)
+        expected = self.num_classes if self.target_width is None else self.target_width
+        if target.shape != (expected,):
+            raise ValueError(f"{audio_name}: target has shape {target.shape}, expected ({expected},)")
+        if self.target_width is None:
+            packed = pack_targets(target)
+        else:
+            packed = target.astype(np.float32)
+            if not np.isfinite(packed).all():
+                raise ValueError(f"{audio_name}: target has non-finite values")
         self._names.append(audio_name)
         self._seen.add(audio_name)
         self._pending.append((np.frombuffer(bytes(encoded), dtype=np.uint8), packed))
@@ -256,7 +267,8 @@ class AudioSetDataset(ClipDataset):
     def __init__(self, hdf5_paths: Union[PathLike, Sequence[PathLike]], sample_rate: int = 32000,
                  clip_length: float = 10.0, num_classes: Optional[int] = None,
                  teacher_logits: Union["TeacherLogits", PathLike, None] = None,
-                 max_resample_retries: int = 10, seed: int = 0, replace_undecodable: bool = True):
+                 max_resample_retries: int = 10, seed: int = 0, replace_undecodable: bool = True,
+                 variable_length: bool = False, label_map: Optional[LabelMap] = None):
         if isinstance(hdf5_paths, (str, Path)):
             hdf5_paths = [hdf5_paths]
         self.paths = [Path(p) for p in hdf5_paths]
@@ -264,6 +276,9 @@ class AudioSetDataset(ClipDataset):
             raise ValueError("AudioSetDataset needs at least one HDF5 file")
         self._init_clips(sample_rate, clip_length, max_resample_retries=max_resample_retries, seed=seed,
                          replace_undecodable=replace_undecodable)
+        # Evaluation of clips at their own length (FSD50K's `--variable_eval_length`): no pad/cut,
+        # so batch size 1.
+        self.variable_length = bool(variable_length)
 
         lengths: list[int] = []
         self.file_sample_rates: list[Optional[int]] = []
@@ -279,7 +294,7 @@ class AudioSetDataset(ClipDataset):
                 if handle["mp3"].shape[0] != n or handle["target"].shape[0] != n:
                     raise ValueError(f"{path}: column lengths differ (audio_name {n}, mp3 {handle['mp3'].shape[0]}, "
                                      f"target {handle['target'].shape[0]})")
-                file_classes = _file_num_classes(handle, path, num_classes)
+                file_classes = self._check_targets(handle, path, num_classes)
                 if resolved is not None and file_classes != resolved:
                     raise ValueError(f"{path}: has {file_classes} classes but earlier files have {resolved}")
                 resolved = file_classes
@@ -296,8 +311,23 @@ class AudioSetDataset(ClipDataset):
         self._pid: Optional[int] = None
         self._audio_names: Optional[list[str]] = None
         self._targets: Optional[np.ndarray] = None
-        self._label_map: Optional[LabelMap] = None
-        self._label_map_read = False
+        self._label_map: Optional[LabelMap] = label_map
+        self._label_map_read = label_map is not None
+        if label_map is not None and len(label_map) != self.num_classes:
+            raise ValueError(f"label_map has {len(label_map)} classes, the files {self.num_classes}")
+
+    # -- target layout (overridden by datasets that store targets differently, e.g. OpenMIC) --
+    def _check_targets(self, handle: h5py.File, path: Path, requested: Optional[int]) -> int:
+        """Class count of one file, checked against its 'target' column (packed multi-hot here)."""
+        return _file_num_classes(handle, path, requested)
+
+    def _read_labels(self, handle: h5py.File, row: int) -> dict[str, np.ndarray]:
+        """The label arrays of one row: always 'target' (num_classes,), plus any extra item fields."""
+        return {"target": unpack_targets(handle["target"][row], self.num_classes)}
+
+    def _all_targets(self, handle: h5py.File) -> np.ndarray:
+        """(rows, num_classes) uint8 multi-hot targets of one open file."""
+        return np.unpackbits(handle["target"][()], axis=-1, count=self.num_classes)
 
     # -- process-local state -------------------------------------------------
     def __getstate__(self) -> dict:
@@ -355,7 +385,7 @@ class AudioSetDataset(ClipDataset):
             parts = []
             for path in self.paths:
                 with h5py.File(path, "r") as handle:
-                    parts.append(np.unpackbits(handle["target"][()], axis=-1, count=self.num_classes))
+                    parts.append(self._all_targets(handle))
             self._targets = np.concatenate(parts, axis=0) if parts else np.zeros((0, self.num_classes), np.uint8)
         return self._targets
 
@@ -381,7 +411,12 @@ class AudioSetDataset(ClipDataset):
 
     def _clip_target(self, index: int) -> np.ndarray:
         handle, row = self._row(index)
-        return unpack_targets(handle["target"][row], self.num_classes)
+        return self._read_labels(handle, row)["target"]
+
+    def _extra_fields(self, index: int) -> dict[str, Any]:
+        handle, row = self._row(index)
+        return {key: torch.from_numpy(np.ascontiguousarray(value))
+                for key, value in self._read_labels(handle, row).items() if key != "target"}
 
     def _load_clip(self, index: int, name: str) -> torch.Tensor:
         handle, row = self._row(index)
@@ -389,4 +424,11 @@ class AudioSetDataset(ClipDataset):
         if encoded is None or len(encoded) == 0:
             raise AudioDecodeError(f"{name}: empty encoded audio")
         samples, native_rate = decode_audio(encoded, name=name)
+        if self.variable_length:
+            if len(samples) == 0:
+                raise AudioDecodeError(f"{name}: no samples decoded")
+            waveform = resample(samples, native_rate, self.sample_rate)
+            if not torch.isfinite(waveform).all():
+                raise AudioDecodeError(f"{name}: non-finite samples after resampling")
+            return waveform.contiguous()
         return self._fit_waveform(samples, native_rate, name)
