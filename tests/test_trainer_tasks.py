@@ -45,3 +45,36 @@ def test_multiclass_training_through_the_one_trainer(tmp_path):
     assert model.label_map.names == train_set.label_map.names
     raw = torch.load(summary["checkpoints"]["last"], weights_only=True)
     assert raw["extra"]["training"]["metrics"]["accuracy"] == summary["final"]["accuracy"]
+
+
+def test_partial_multilabel_training_on_openmic_files(tmp_path):
+    """OpenMIC's layout trains with the masked loss and is evaluated by mAP over known labels only."""
+    import h5py
+
+    from efficient_tagging.data.openmic import OpenMICDataset
+
+    rng = np.random.default_rng(0)
+    names = [f"{i:06d}_3840.mp3" for i in range(12)]
+    t = np.arange(16000) / 16000
+    known = rng.random((12, 20)) < 0.5
+    known[:, :2] = True
+    relevance = np.where(known, 0.0, 0.5).astype(np.float32)
+    relevance[::2, 0] = relevance[1::2, 1] = 1.0  # two instruments, alternating
+    path = tmp_path / "openmic_train.csv_mp3.hdf"
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("audio_name", data=np.array([n.encode() for n in names], dtype="S20"))
+        mp3 = handle.create_dataset("mp3", shape=(12,), dtype=h5py.vlen_dtype(np.uint8))
+        for i in range(12):
+            wave = 0.3 * np.sin(2 * np.pi * (500.0 if i % 2 == 0 else 1500.0) * t).astype(np.float32)
+            mp3[i] = np.frombuffer(encode_audio(wave, 16000, "mp3"), dtype=np.uint8)
+        handle.create_dataset("target", data=np.concatenate([relevance, known.astype(np.float32)], axis=1))
+    dataset = OpenMICDataset(path, sample_rate=16000, clip_length=1.0)
+    assert dataset.task == "partial_multilabel"
+    assert set(dataset[0]) >= {"known", "target"} and dataset[0]["known"].dtype == torch.bool
+    config = TrainConfig(sample_rate=16000, clip_length=1.0, batch_size=4, num_workers=0, epoch_len=8, n_epochs=1,
+                         width_mult=0.1, n_mels=32, warm_up_len=1, ramp_down_start=1, ramp_down_len=1,
+                         out_dir=str(tmp_path / "run"), checkpoint_every_steps=0, progress=False,
+                         sampler_replacement=True)
+    summary = train(config, datasets=(dataset, dataset))
+    assert summary["task"] == "partial_multilabel" and summary["selection_metric"] == "mAP"
+    assert np.isfinite(summary["best_score"]) and set(summary["history"][0]) >= {"mAP", "ROC", "val_loss"}

@@ -93,6 +93,8 @@ class OpenMICDataset(AudioSetDataset):
     logits joined by audio_name, variable_length) is AudioSetDataset's.
     """
 
+    task = "partial_multilabel"  # the trainer's masked BCE and masked mAP
+
     def __init__(self, hdf5_paths: Union[PathLike, Sequence[PathLike]], sample_rate: int = 32000,
                  clip_length: float = 10.0, **kwargs: Any):
         requested = kwargs.pop("num_classes", None)
