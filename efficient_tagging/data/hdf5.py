@@ -17,14 +17,14 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, Union
 
 import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..audio import AudioDecodeError, decode_audio, pad_or_truncate, resample
+from ..audio import AudioDecodeError, decode_audio, decoder_settings, pad_or_truncate, resample, resampler_settings
 from ..labels import AUDIOSET_NUM_CLASSES, LabelMap
 
 if TYPE_CHECKING:
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
+
+# Bump when `AudioSetDataset._load_waveform` changes what it produces (cut margin, padding, ...):
+# waveform caches key on it and rebuild instead of serving audio the current code would not make.
+WAVEFORM_PIPELINE_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- targets
@@ -307,6 +311,9 @@ class AudioSetDataset(Dataset):
                              f"the audio files {self.num_classes}")
         self.teacher_logits = teacher_logits
 
+        # Where `__getitem__` takes waveforms from: None decodes; data.waveform_cache sets a
+        # callable (index -> waveform, raising AudioDecodeError for undecodable clips) on a copy.
+        self.waveform_source: Optional[Callable[[int], torch.Tensor]] = None
         self._handles: dict[int, h5py.File] = {}
         self._pid: Optional[int] = None
         self._audio_names: Optional[list[str]] = None
@@ -400,6 +407,30 @@ class AudioSetDataset(Dataset):
             raise AudioDecodeError(f"{name}: non-finite samples after resampling")
         return waveform.contiguous()
 
+    def load_waveform(self, index: int) -> torch.Tensor:
+        """Decode clip `index` itself (no replacement, no cache): float32 (clip_samples,).
+
+        Raises AudioDecodeError (or OSError/ValueError) for a clip that cannot be decoded.
+        """
+        file_index, row = self.locate(int(index))
+        handle = self._file(file_index)
+        return self._load_waveform(handle, row, _decode_name(handle["audio_name"][row]))
+
+    def cache_fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the waveforms this dataset produces, as JSON-able values.
+
+        The source files (absolute path, size, mtime), the clip count, sample rate, clip length,
+        decoder and resampler settings. A waveform cache built for one fingerprint is never
+        served for another.
+        """
+        files = []
+        for path in self.paths:
+            stat = path.stat()
+            files.append({"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+        return {"kind": "AudioSetDataset", "pipeline_version": WAVEFORM_PIPELINE_VERSION, "files": files,
+                "num_clips": len(self), "sample_rate": self.sample_rate, "clip_samples": self.clip_samples,
+                "decoder": decoder_settings(), "resampler": resampler_settings()}
+
     def _replacement(self, index: int, attempt: int) -> int:
         rng = np.random.default_rng([self.seed, index, attempt])
         other = int(rng.integers(len(self) - 1))
@@ -414,7 +445,8 @@ class AudioSetDataset(Dataset):
             handle = self._file(file_index)
             name = _decode_name(handle["audio_name"][row])
             try:
-                waveform = self._load_waveform(handle, row, name)
+                waveform = (self._load_waveform(handle, row, name) if self.waveform_source is None
+                            else self.waveform_source(index))
                 break
             except (AudioDecodeError, OSError, ValueError) as error:
                 skipped += 1
