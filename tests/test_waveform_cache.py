@@ -2,6 +2,7 @@
 fingerprints, undecodable clips, killed writers, concurrent fillers, DataLoader workers."""
 import logging
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -295,3 +296,13 @@ def test_fill_in_one_pass_with_workers(hdf5_path, tmp_path, decode_counter):
     decode_counter.clear()
     assert_same_items(cached[N - 1], dataset(hdf5_path)[N - 1])
     assert len(decode_counter) == 1  # the uncached reference only
+
+
+def test_pickled_wrapper_reads_the_same_cache(hdf5_path, tmp_path):
+    """What a spawn-started DataLoader worker gets: no maps or descriptors, reopened on first use."""
+    cached = CachedWaveforms(dataset(hdf5_path), tmp_path / "cache")
+    first = cached[4]
+    copy = pickle.loads(pickle.dumps(cached))
+    assert copy.cache.__dict__["_data"] is None and copy.dataset.waveform_source is copy.source
+    assert_same_items(copy[4], first, exact_waveform=True)
+    assert copy.cache_stats()["filled"] == 1

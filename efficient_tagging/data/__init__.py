@@ -1,4 +1,4 @@
-"""Datasets and data utilities: AudioSet-format HDF5, teacher logits, sampling, augmentation.
+"""Datasets and data utilities: AudioSet-format HDF5, teacher logits, waveform cache, sampling, augmentation.
 
 `efficient_tagging.data.prepare` (the HDF5 preparation command line) is not imported here.
 """
@@ -7,9 +7,10 @@ from .hdf5 import (AudioSetDataset, AudioSetHDF5Writer, pack_targets, read_audio
                    unpack_targets)
 from .sampling import DistributedWeightedSampler, class_balanced_weights
 from .teacher_logits import TeacherLogits, TeacherLogitsWriter
+from .waveform_cache import CachedWaveforms, WaveformCache
 
 __all__ = [
-    "AudioSetDataset", "AudioSetHDF5Writer", "DistributedWeightedSampler", "TeacherLogits", "TeacherLogitsWriter",
-    "WavmixResult", "class_balanced_weights", "gain_augment", "mix", "mixup", "pack_targets", "read_audio_names",
-    "read_label_map", "roll_waveforms", "unpack_targets", "wavmix",
+    "AudioSetDataset", "AudioSetHDF5Writer", "CachedWaveforms", "DistributedWeightedSampler", "TeacherLogits",
+    "TeacherLogitsWriter", "WaveformCache", "WavmixResult", "class_balanced_weights", "gain_augment", "mix", "mixup",
+    "pack_targets", "read_audio_names", "read_label_map", "roll_waveforms", "unpack_targets", "wavmix",
 ]

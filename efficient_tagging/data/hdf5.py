@@ -252,6 +252,11 @@ class AudioSetDataset(Dataset):
     counts failures in the *current process* only: with DataLoader workers every worker
     counts its own, so trainers should sum the per-item `skipped` field over batches instead.
 
+    `load_waveform(index)` decodes one clip itself (no replacement); `cache_fingerprint()` describes
+    everything that determines the waveforms; when `waveform_source` is set (by
+    data.waveform_cache.CachedWaveforms), items take their waveforms from it instead of decoding,
+    with the same replacement/reporting of clips it reports undecodable (AudioDecodeError).
+
     HDF5 handles are opened lazily in the process that reads (and reopened after a fork),
     so the dataset can be pickled and handed to DataLoader workers safely. Calling
     `teacher_coverage()` before creating the DataLoader builds the teacher name index once
