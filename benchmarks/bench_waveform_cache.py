@@ -124,7 +124,8 @@ def compute_only_seconds(trainer: Trainer, num_clips: int, batch_size: int) -> f
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hdf5", type=Path, default=None, help="use this AudioSet-format HDF5 instead of synthetic clips")
+    parser.add_argument("--hdf5", type=Path, default=None,
+                        help="use this AudioSet-format HDF5 instead of synthetic clips")
     parser.add_argument("--num_clips", "--num-clips", type=int, default=None,
                         help="synthetic clips (default 3000; 300 with --quick)")
     parser.add_argument("--source_rate", "--source-rate", type=int, default=32000,
@@ -171,7 +172,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             return AudioSetDataset(hdf5_path, sample_rate=SAMPLE_RATE, clip_length=args.clip_length)
 
         plain = make_dataset()
-        print(f"data: {hdf5_path} ({len(plain)} clips of {args.clip_length:g} s, {hdf5_path.stat().st_size / 1e6:.1f} MB)"
+        print(f"data: {hdf5_path} ({len(plain)} clips of {args.clip_length:g} s, "
+              f"{hdf5_path.stat().st_size / 1e6:.1f} MB)"
               f" | batch {args.batch_size} | workers {args.workers} | rounds {args.repeats}")
         filled_path = cache_root / "filled_cache"
         start = time.perf_counter()
@@ -239,7 +241,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                 p["ratio_to_cached"] = p["median"] / statistics.median(cached["seconds"])
                 p["paired_ratio_to_cached"] = statistics.median(a / b for a, b in zip(p["seconds"], cached["seconds"]))
                 print(f"{p['name']:<34} {p['median']:9.2f} {min(p['seconds']):7.2f} {max(p['seconds']):7.2f} "
-                      f"{p['clips'] / p['median']:8.0f} {p['ratio_to_cached']:7.2f}x {p['paired_ratio_to_cached']:6.2f}x")
+                      f"{p['clips'] / p['median']:8.0f} {p['ratio_to_cached']:7.2f}x "
+                      f"{p['paired_ratio_to_cached']:6.2f}x")
         print(f"\nmedian/min/max over {args.repeats} rounds; '/cached' = ratio of medians to "
               f"the cached epoch, 'paired' = median of per-round ratios")
         if args.json is not None:

@@ -6,7 +6,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +14,8 @@ from torch.utils.data import DataLoader
 
 from conftest import REPO, corrupt_clip, make_tiny_audioset
 from efficient_tagging.data import hdf5 as hdf5_module
-from efficient_tagging.data import waveform_cache as cache_module
 from efficient_tagging.data.hdf5 import AudioSetDataset
-from efficient_tagging.data.waveform_cache import CachedWaveforms, UndecodableCachedClip
+from efficient_tagging.data.waveform_cache import CachedWaveforms, UndecodableCachedClip, files_fingerprint
 
 SR = 16000
 CLIP = 0.5
@@ -306,3 +304,17 @@ def test_pickled_wrapper_reads_the_same_cache(hdf5_path, tmp_path):
     assert copy.cache.__dict__["_data"] is None and copy.dataset.waveform_source is copy.source
     assert_same_items(copy[4], first, exact_waveform=True)
     assert copy.cache_stats()["filled"] == 1
+
+
+def test_files_fingerprint_lists_few_files_and_digests_many(tmp_path):
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"clip{i}.wav")
+        paths[-1].write_bytes(b"x" * (i + 1))
+    few = files_fingerprint(paths)
+    assert [entry["size"] for entry in few["files"]] == [1, 2, 3, 4, 5]
+    many = files_fingerprint(paths, list_limit=2)
+    assert many["file_count"] == 5 and many["total_bytes"] == 15 and "files" not in many
+    assert files_fingerprint(list(reversed(paths)), list_limit=2) == many  # order-independent digest
+    paths[3].write_bytes(b"changed")
+    assert files_fingerprint(paths, list_limit=2)["files_sha256"] != many["files_sha256"]

@@ -428,12 +428,10 @@ class AudioSetDataset(Dataset):
         decoder and resampler settings. A waveform cache built for one fingerprint is never
         served for another.
         """
-        files = []
-        for path in self.paths:
-            stat = path.stat()
-            files.append({"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-        return {"kind": "AudioSetDataset", "pipeline_version": WAVEFORM_PIPELINE_VERSION, "files": files,
-                "num_clips": len(self), "sample_rate": self.sample_rate, "clip_samples": self.clip_samples,
+        from .waveform_cache import files_fingerprint
+
+        return {"kind": "AudioSetDataset", "pipeline_version": WAVEFORM_PIPELINE_VERSION,
+                **files_fingerprint(self.paths), "num_clips": len(self), "sample_rate": self.sample_rate, "clip_samples": self.clip_samples,
                 "decoder": decoder_settings(), "resampler": resampler_settings()}
 
     def _replacement(self, index: int, attempt: int) -> int:

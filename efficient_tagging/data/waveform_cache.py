@@ -50,7 +50,7 @@ import shutil
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
-__all__ = ["CachedWaveforms", "UndecodableCachedClip", "WaveformCache"]
+__all__ = ["CachedWaveforms", "UndecodableCachedClip", "WaveformCache", "files_fingerprint"]
 
 FORMAT_VERSION = 1
 COMMITTED = 1 << 32    # state word of a filled row: COMMITTED | crc32(row bytes)
@@ -93,6 +93,26 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
         shorten = lambda v: (text if len(text := json.dumps(v)) <= 80 else text[:77] + "...")  # noqa: E731
         return [f"{prefix or 'value'}: {shorten(old)} -> {shorten(new)}"]
     return []
+
+
+def files_fingerprint(paths: Sequence[PathLike], list_limit: int = 64) -> dict[str, Any]:
+    """Identity of source files for a dataset's `cache_fingerprint()`: absolute path, size, mtime.
+
+    Up to `list_limit` files are listed one by one (a mismatch then names the file); more (a folder of
+    clips) are summarised by count, total size and a sha256 over the sorted entries, so the index of
+    a cache over millions of files stays small.
+    """
+    entries = []
+    for path in paths:
+        stat = Path(path).stat()
+        entries.append({"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    if len(entries) <= list_limit:
+        return {"files": entries}
+    digest = hashlib.sha256()
+    for entry in sorted(entries, key=lambda e: e["path"]):
+        digest.update(f"{entry['path']}\0{entry['size']}\0{entry['mtime_ns']}\n".encode("utf-8"))
+    return {"file_count": len(entries), "total_bytes": sum(e["size"] for e in entries),
+            "files_sha256": digest.hexdigest()}
 
 
 def _pwrite_all(fd: int, data: Union[bytes, memoryview], offset: int) -> None:
