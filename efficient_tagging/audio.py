@@ -172,6 +172,24 @@ def resample(samples: Union[np.ndarray, torch.Tensor], orig_sr: int, target_sr: 
     return AF.resample(waveform, orig_sr, target_sr)
 
 
+def resampler_settings() -> dict:
+    """What determines `resample`'s output besides the rates: the resampler and its library version.
+
+    Caches of resampled audio (data.waveform_cache) key on this, so a change of resampler or of
+    torchaudio invalidates them instead of serving audio the current code would not produce.
+    """
+    import torchaudio
+
+    return {"resampler": "torchaudio.functional.resample", "method": "sinc_interp_hann",
+            "lowpass_filter_width": 6, "rolloff": 0.99, "torchaudio": torchaudio.__version__}
+
+
+def decoder_settings() -> dict:
+    """What determines `decode_audio`'s samples besides the input bytes: PyAV and its FFmpeg."""
+    ffmpeg = getattr(av, "ffmpeg_version_info", None) or str(getattr(av, "library_versions", {}).get("libavcodec", ""))
+    return {"decoder": "pyav", "av": av.__version__, "ffmpeg": str(ffmpeg), "mono": "mean of channels"}
+
+
 def resampler_context(orig_sr: int, target_sr: int) -> int:
     """Input samples either side of a block that `resample` (torchaudio's windowed sinc) reads.
 

@@ -1,5 +1,5 @@
 """Datasets and data utilities: AudioSet-format HDF5, file datasets (ESC-50, DCASE2020, CSV, folders),
-teacher logits, sampling, augmentation.
+teacher logits, waveform cache, sampling, augmentation.
 
 `efficient_tagging.data.prepare` (the HDF5 preparation command line) is not imported here.
 """
@@ -10,10 +10,11 @@ from .hdf5 import (AudioSetDataset, AudioSetHDF5Writer, pack_targets, read_audio
                    unpack_targets)
 from .sampling import DistributedWeightedSampler, class_balanced_weights
 from .teacher_logits import TeacherLogits, TeacherLogitsWriter
+from .waveform_cache import CachedWaveforms, WaveformCache
 
 __all__ = [
-    "AudioSetDataset", "AudioSetHDF5Writer", "CSVDataset", "ClipDataset", "DCASE20", "ESC50", "FileClipDataset",
-    "FolderDataset", "DistributedWeightedSampler", "TeacherLogits", "TeacherLogitsWriter",
+    "AudioSetDataset", "AudioSetHDF5Writer", "CSVDataset", "CachedWaveforms", "ClipDataset", "DCASE20", "ESC50", "FileClipDataset",
+    "FolderDataset", "DistributedWeightedSampler", "TeacherLogits", "TeacherLogitsWriter", "WaveformCache",
     "WavmixResult", "class_balanced_weights", "gain_augment", "mix", "mixup", "pack_targets", "read_audio_names",
     "read_label_map", "roll_waveforms", "unpack_targets", "wavmix",
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from .teacher_logits import TeacherLogits
 
 log = logging.getLogger(__name__)
+
+# Bump when what `_load_clip` / `_fit_waveform` produce changes (cut margin, padding, ...):
+# waveform caches key on it and rebuild instead of serving audio the current code would not make.
+WAVEFORM_PIPELINE_VERSION = 1
 
 PathLike = Union[str, Path]
 
@@ -63,6 +67,9 @@ class ClipDataset(Dataset):
 
     task: str = "multilabel"
     num_classes: int
+    # Where `__getitem__` takes waveforms from: None decodes; data.waveform_cache.CachedWaveforms sets
+    # a callable (index -> waveform, raising AudioDecodeError for undecodable clips) on the instance.
+    waveform_source: Optional[Callable[[int], torch.Tensor]] = None
     label_map: Optional[LabelMap] = None
 
     def _init_clips(self, sample_rate: int, clip_length: float, *, max_resample_retries: int = 10, seed: int = 0,
@@ -107,6 +114,31 @@ class ClipDataset(Dataset):
 
     def _extra_fields(self, index: int) -> dict[str, Any]:
         return {}
+
+    # -- waveform cache (data.waveform_cache.CachedWaveforms) ---------------------
+    def load_waveform(self, index: int) -> torch.Tensor:
+        """Decode clip `index` itself (no replacement, no cache); raises AudioDecodeError if it cannot."""
+        index = int(index)
+        return self._load_clip(index, self._clip_name(index))
+
+    def _fingerprint_files(self) -> list[Any]:
+        """The files the waveforms come from (default: every clip's source)."""
+        return sorted({str(self._clip_source(i)) for i in range(len(self))})
+
+    def cache_fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the waveforms this dataset produces, as JSON-able values: the
+        source files (path, size, mtime), clip count, sample rate, clip length, decoder and resampler.
+        A waveform cache built for one fingerprint is never served for another."""
+        if getattr(self, "variable_length", False):
+            raise ValueError(f"{type(self).__name__} returns clips at their own length (variable_length): "
+                             "a waveform cache holds fixed-length rows, so it cannot cache them")
+        from ..audio import decoder_settings, resampler_settings
+        from .waveform_cache import files_fingerprint
+
+        return {"kind": type(self).__name__, "pipeline_version": WAVEFORM_PIPELINE_VERSION,
+                **files_fingerprint(self._fingerprint_files()), "num_clips": len(self),
+                "sample_rate": self.sample_rate, "clip_samples": self.clip_samples,
+                "decoder": decoder_settings(), "resampler": resampler_settings()}
 
     @property
     def audio_names(self) -> list[str]:
@@ -157,7 +189,8 @@ class ClipDataset(Dataset):
         while True:
             name = self._clip_name(index)
             try:
-                waveform = self._load_clip(index, name)
+                waveform = (self._load_clip(index, name) if self.waveform_source is None
+                            else self.waveform_source(index))
                 break
             except DECODE_ERRORS as error:
                 skipped += 1

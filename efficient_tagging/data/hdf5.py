@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 
+
 # ----------------------------------------------------------------------------- targets
 
 def pack_targets(multi_hot: np.ndarray) -> np.ndarray:
@@ -258,6 +259,11 @@ class AudioSetDataset(ClipDataset):
     counts failures in the *current process* only: with DataLoader workers every worker
     counts its own, so trainers should sum the per-item `skipped` field over batches instead.
 
+    `load_waveform(index)` decodes one clip itself (no replacement); `cache_fingerprint()` describes
+    everything that determines the waveforms; when `waveform_source` is set (by
+    data.waveform_cache.CachedWaveforms), items take their waveforms from it instead of decoding,
+    with the same replacement/reporting of clips it reports undecodable (AudioDecodeError).
+
     HDF5 handles are opened lazily in the process that reads (and reopened after a fork),
     so the dataset can be pickled and handed to DataLoader workers safely. Calling
     `teacher_coverage()` before creating the DataLoader builds the teacher name index once
@@ -408,6 +414,9 @@ class AudioSetDataset(ClipDataset):
 
     def _clip_source(self, index: int) -> str:
         return str(self.paths[self.locate(index)[0]])
+
+    def _fingerprint_files(self) -> list[Any]:
+        return list(self.paths)
 
     def _clip_target(self, index: int) -> np.ndarray:
         handle, row = self._row(index)
