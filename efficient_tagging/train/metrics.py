@@ -214,6 +214,23 @@ def _binary_known(targets: ArrayLike, known_mask: ArrayLike) -> tuple[np.ndarray
     return (np.nan_to_num(t, nan=0.0) > 0.5), known.astype(bool)
 
 
+def _per_class_over_known(metric: Any, targets: ArrayLike, scores: ArrayLike, known_mask: ArrayLike,
+                          needs_negatives: bool) -> np.ndarray:
+    """`metric(y, s)` of each class over the clips where that class is known; NaN where the known
+    clips have no positive (or, with `needs_negatives`, no negative)."""
+    t, known = _binary_known(targets, known_mask)
+    s = _to_numpy(scores).astype(np.float64)
+    if s.shape != t.shape:
+        raise ValueError(f"scores {s.shape} and targets {t.shape} differ in shape")
+    values = np.full(t.shape[1], np.nan)
+    for c in range(t.shape[1]):
+        rows = known[:, c]
+        positives = int(t[rows, c].sum())
+        if positives and (not needs_negatives or positives < int(rows.sum())):
+            values[c] = metric(t[rows, c].astype(np.int8), s[rows, c])
+    return values
+
+
 def masked_average_precision_per_class(targets: ArrayLike, scores: ArrayLike, known_mask: ArrayLike) -> np.ndarray:
     """AP of each class over the clips where that class is known (C,); NaN where no known positive.
 
@@ -224,32 +241,13 @@ def masked_average_precision_per_class(targets: ArrayLike, scores: ArrayLike, kn
     the reference would average in sklearn's degenerate value; scores may be logits, as AP only
     ranks them (the reference ranks sigmoid(logits), equal up to float32 saturation ties).
     """
-    t, known = _binary_known(targets, known_mask)
-    s = _to_numpy(scores).astype(np.float64)
-    if s.shape != t.shape:
-        raise ValueError(f"scores {s.shape} and targets {t.shape} differ in shape")
-    ap = np.full(t.shape[1], np.nan)
-    for c in range(t.shape[1]):
-        rows = known[:, c]
-        if t[rows, c].any():
-            ap[c] = average_precision_score(t[rows, c].astype(np.int8), s[rows, c])
-    return ap
+    return _per_class_over_known(average_precision_score, targets, scores, known_mask, needs_negatives=False)
 
 
 def masked_roc_auc_per_class(targets: ArrayLike, scores: ArrayLike, known_mask: ArrayLike) -> np.ndarray:
     """ROC AUC of each class over its known clips (the reference's `roc_auc_score(..., sample_weight=mask)`);
     NaN where the known clips of a class are all positive or all negative."""
-    t, known = _binary_known(targets, known_mask)
-    s = _to_numpy(scores).astype(np.float64)
-    if s.shape != t.shape:
-        raise ValueError(f"scores {s.shape} and targets {t.shape} differ in shape")
-    auc = np.full(t.shape[1], np.nan)
-    for c in range(t.shape[1]):
-        rows = known[:, c]
-        positives = int(t[rows, c].sum())
-        if 0 < positives < int(rows.sum()):
-            auc[c] = roc_auc_score(t[rows, c].astype(np.int8), s[rows, c])
-    return auc
+    return _per_class_over_known(roc_auc_score, targets, scores, known_mask, needs_negatives=True)
 
 
 def masked_map(targets: ArrayLike, scores: ArrayLike, known_mask: ArrayLike) -> float:
