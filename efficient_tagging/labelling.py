@@ -36,13 +36,13 @@ from .tagging.ensemble import TeacherEnsemble
 from .data.teacher_logits import (TeacherLogits, TeacherLogitsWriter, merge_teacher_logits,
                                    shard_path)
 from .interrupt import SignalReceived, StopOnSignal, signal_name
-from .train.metrics import evaluate_predictions
+from .train.metrics import evaluate_masked_predictions, evaluate_predictions, multiclass_metrics
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, Path]
 
-__all__ = ["LabellingInterrupted", "cast_model_weights", "label_hdf5", "load_teachers", "merge_job", "teacher_metrics",
+__all__ = ["LabellingInterrupted", "cast_model_weights", "label_dataset", "label_hdf5", "load_teachers", "merge_job", "teacher_metrics",
            "teacher_num_classes", "teacher_preprocessing"]
 
 
@@ -72,8 +72,12 @@ def _crash(batch_index: int) -> None:
     os._exit(17)
 
 
-def teacher_metrics(dataset: AudioSetDataset, logits_path: PathLike) -> dict[str, float]:
-    """Teacher mAP / ROC-AUC over the clips of `dataset` that `logits_path` labels ({} without labels)."""
+def teacher_metrics(dataset: Any, logits_path: PathLike) -> dict[str, float]:
+    """The teacher's quality on the clips of `dataset` that `logits_path` labels ({} without labels).
+
+    By the dataset's task: multilabel mAP / ROC-AUC (`teacher_mAP`, `teacher_ROC`), partial labels
+    the same over the known entries, single-label `teacher_accuracy`.
+    """
     stored = TeacherLogits(logits_path, check_finite=False)  # written by TeacherLogitsWriter, which refuses NaN/inf
     try:
         rows = [(i, stored.lookup(name)) for i, name in enumerate(dataset.audio_names)]
@@ -82,10 +86,18 @@ def teacher_metrics(dataset: AudioSetDataset, logits_path: PathLike) -> dict[str
     rows = [(i, logits) for i, logits in rows if logits is not None]
     if not rows:
         return {}
-    targets = dataset.targets[[i for i, _ in rows]]
+    kept = [i for i, _ in rows]
+    targets = np.asarray(dataset.targets)[kept]
     if not targets.any():
         return {}
-    metrics = evaluate_predictions(targets, np.stack([logits for _, logits in rows]))
+    logits = np.stack([logits for _, logits in rows])
+    task = getattr(dataset, "task", "multilabel")
+    if task == "multiclass":
+        return {"teacher_accuracy": float(multiclass_metrics(logits, targets.argmax(axis=1))["accuracy"])}
+    if task == "partial_multilabel":
+        metrics = evaluate_masked_predictions(targets, logits, np.asarray(dataset.known_mask)[kept])
+    else:
+        metrics = evaluate_predictions(targets, logits)
     return {"teacher_mAP": float(metrics["mAP"]), "teacher_ROC": float(metrics["mean_roc_auc"])}
 
 
@@ -145,16 +157,33 @@ def _remove_if_empty(path: Path, writer: Optional[TeacherLogitsWriter]) -> None:
         logger.info("removed %s: the run stopped before labelling any clip", path)
 
 
-@torch.no_grad()
 def label_hdf5(teacher: nn.Module, hdf5_paths: Union[PathLike, Sequence[PathLike]], output_path: PathLike, *,
-               clip_length: float = 10.0, batch_size: int = 32, num_workers: int = 0,
-               device: Union[str, torch.device] = "cpu", precision: str = "32", teacher_names: Sequence[str] = (),
-               attrs: Optional[dict[str, Any]] = None, flush_every_batches: int = 10, dtype: str = "float32",
-               progress: bool = True, shard: tuple[int, int] = (0, 1), metrics: bool = True,
-               crash_after_batches: Optional[int] = None,
-               signal_after_batches: Optional[tuple[int, int]] = None) -> dict[str, Any]:
-    """Label every clip of `hdf5_paths` with `teacher` into `output_path` (resuming if it exists).
+               clip_length: float = 10.0, **kwargs: Any) -> dict[str, Any]:
+    """Label every clip of the AudioSet-format `hdf5_paths` with `teacher` (see `label_dataset`)."""
+    sample_rate = int(getattr(teacher, "sample_rate", 32000))
+    dataset = AudioSetDataset(hdf5_paths, sample_rate=sample_rate, clip_length=clip_length,
+                              replace_undecodable=False)
+    try:
+        return label_dataset(teacher, dataset, output_path, sources=[str(Path(p).resolve()) for p in dataset.paths],
+                             **kwargs)
+    finally:
+        dataset.close()
 
+
+@torch.no_grad()
+def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, sources: Sequence[str] = (),
+                  batch_size: int = 32, num_workers: int = 0,
+                  device: Union[str, torch.device] = "cpu", precision: str = "32", teacher_names: Sequence[str] = (),
+                  attrs: Optional[dict[str, Any]] = None, flush_every_batches: int = 10, dtype: str = "float32",
+                  progress: bool = True, shard: tuple[int, int] = (0, 1), metrics: bool = True,
+                  crash_after_batches: Optional[int] = None,
+                  signal_after_batches: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+    """Label every clip of `dataset` with `teacher` into `output_path` (resuming if it exists).
+
+    `dataset` is any clip dataset of this package (AudioSet HDF5, ESC-50, FSD50K, DCASE20, OpenMIC,
+    CSV, folder) opened at the teacher's sample rate with `replace_undecodable=False`, so that a
+    clip that cannot be decoded is reported instead of replaced; `sources` (file/folder names) go
+    into the output's attributes.
     `shard=(rank, world_size)` labels only the clips `i % world_size == rank` (the caller picks
     the shard's file name, see `shard_path`). Undecodable clips are recorded as missing in the
     output (`missing_audio_name`), never as zero logits.
@@ -179,22 +208,26 @@ def label_hdf5(teacher: nn.Module, hdf5_paths: Union[PathLike, Sequence[PathLike
     device = torch.device(device)
     autocast = _autocast(device, precision)
     sample_rate = int(getattr(teacher, "sample_rate", 32000))
-    dataset = AudioSetDataset(hdf5_paths, sample_rate=sample_rate, clip_length=clip_length,
-                              replace_undecodable=False)
+    if int(getattr(dataset, "sample_rate", sample_rate)) != sample_rate:
+        raise ValueError(f"{_describe_teacher(teacher, teacher_names)} takes {sample_rate} Hz audio, the dataset is "
+                         f"opened at {dataset.sample_rate} Hz: open it at the teacher's rate")
+    if getattr(dataset, "replace_undecodable", False):
+        raise ValueError("open the dataset with replace_undecodable=False for labelling: an undecodable clip "
+                         "would otherwise be labelled with another clip's audio")
+    sources = list(sources) or [str(getattr(dataset, "source", type(dataset).__name__))]
     teacher_classes = teacher_num_classes(teacher)
     if teacher_classes is not None and teacher_classes != dataset.num_classes:
-        dataset.close()
         raise ValueError(f"{_describe_teacher(teacher, teacher_names)} outputs {teacher_classes} classes, but "
-                         f"{', '.join(map(str, dataset.paths))} have {dataset.num_classes}: teacher logits must have "
+                         f"{', '.join(sources)} have {dataset.num_classes}: teacher logits must have "
                          f"one column per class of the data. Use a teacher trained on these classes (AudioSet: "
-                         f"527); nothing was written")
+                         f"527; a dataset of your own: a model fine-tuned on it); nothing was written")
     teacher = cast_model_weights(teacher.to(device).eval(), precision)
     info = {
         "teachers": list(teacher_names) or list(getattr(teacher, "names", [type(teacher).__name__])),
         "ensemble_rule": "mean of logits",
         "sample_rate": sample_rate,
-        "clip_length": clip_length,
-        "source_files": [str(Path(p).resolve()) for p in dataset.paths],
+        "clip_length": float(dataset.clip_length),
+        "source_files": sources,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "precision": precision,
         **(attrs or {}),
@@ -273,7 +306,6 @@ def label_hdf5(teacher: nn.Module, hdf5_paths: Union[PathLike, Sequence[PathLike
         if not completed:
             if created:
                 _remove_if_empty(output_path, writer)
-            dataset.close()
     elapsed = max(time.time() - start, 1e-6)
     summary: dict[str, Any] = {"output": str(output_path), "shard": [rank, world_size], "clips": len(mine),
                                "labelled_now": labelled, "labelled_before": len(done) - missing_before,
@@ -287,7 +319,6 @@ def label_hdf5(teacher: nn.Module, hdf5_paths: Union[PathLike, Sequence[PathLike
                        len(missing), ", ".join(missing[:5]))
     if metrics:
         summary.update(teacher_metrics(dataset, output_path))
-    dataset.close()
     return summary
 
 
@@ -319,16 +350,17 @@ def teacher_preprocessing(tagger: nn.Module) -> list[dict[str, Any]]:
     return out
 
 
-def merge_job(hdf5_paths: Sequence[PathLike], output: Path, world_size: int, keep_shards: bool = False) -> dict[str, Any]:
-    """Rank 0 after a sharded run: merge the ranks' shards into `output`, check coverage, add the teacher's metrics."""
-    from .data.hdf5 import read_audio_names
-
+def merge_job(dataset: Any, output: Path, world_size: int, keep_shards: bool = False) -> dict[str, Any]:
+    """Rank 0 after a sharded run: merge the ranks' shards into `output`, check that they cover every clip of
+    `dataset` (the labelled one, or AudioSet-format HDF5 paths), add the teacher's metrics."""
+    opened = None
+    if isinstance(dataset, (str, Path, list, tuple)):
+        dataset = opened = AudioSetDataset(dataset, replace_undecodable=False)
     shards = [shard_path(output, r, world_size) for r in range(world_size)]
-    expected = [name for path in hdf5_paths for name in read_audio_names(path)]
-    summary = merge_teacher_logits(shards, output, expected_names=expected)
-    dataset = AudioSetDataset(hdf5_paths, replace_undecodable=False)
+    summary = merge_teacher_logits(shards, output, expected_names=list(dataset.audio_names))
     summary.update(teacher_metrics(dataset, output))
-    dataset.close()
+    if opened is not None:
+        opened.close()
     if not keep_shards:
         for path in shards:
             path.unlink()

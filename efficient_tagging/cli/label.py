@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
+from ..data.datasets.registry import DatasetSource, DatasetSourceError
 from ..data.hdf5 import AudioSetDataset
 from ..data.teacher_logits import find_shards, merge_teacher_logits, shard_path
 from ..interrupt import exit_code, signal_name
-from ..labelling import (LabellingInterrupted, label_hdf5, load_teachers, merge_job, teacher_metrics,
+from ..labelling import (LabellingInterrupted, label_dataset, load_teachers, merge_job, teacher_metrics,
                          teacher_preprocessing)
 from ..train.distributed import barrier, cleanup, init_distributed, select_device
+from .dataset_flags import add_dataset_arguments, own_kind, source_from_args
 from .help import HelpFormatter
 
 
@@ -44,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     parser.add_argument("--hdf5", nargs="+", default=None, metavar="FILE",
                         help="AudioSet-format HDF5 file(s) to label (audio_name, mp3/flac bytes, target); "
-                             "with --merge optional: if given, the merge checks that every clip is covered")
+                             "with --merge optional: if given, the merge checks that every clip is covered. "
+                             "Or a fine-tuning dataset: --dataset and its flags below")
     parser.add_argument("--output", default="teacher_logits.h5",
                         help="teacher-logits HDF5 to write (resumed if it exists with the same teacher setup)")
     parser.add_argument("--teachers", nargs="+", default=None, metavar="NAME_OR_PATH",
@@ -52,8 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "project; several: an ensemble whose logits are averaged")
     parser.add_argument("--batch_size", type=int, default=32, help="clips per forward pass")
     parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes (decoding)")
-    parser.add_argument("--clip_length", type=float, default=10.0,
-                        help="seconds per clip (longer clips are cut, shorter zero-padded)")
+    parser.add_argument("--clip_length", type=float, default=None,
+                        help="seconds per clip (longer clips are cut, shorter zero-padded); default: the dataset's "
+                             "recipe (AudioSet, FSD50K, DCASE20, OpenMIC 10 s, ESC-50 5 s), own data: derived from "
+                             "the files as the fine-tuning command does")
+    parser.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                        help="with --dataset: the part to label; all = every labelled clip (ESC-50: all five folds, "
+                             "FSD50K/OpenMIC/DCASE20: the training split, own data: the training CSV / all class "
+                             "folders); teacher logits are joined to the training clips by name (default: all)")
     parser.add_argument("--precision", choices=("32", "16", "bf16"), default="32",
                         help="autocast precision of the teacher forward pass (bf16: fast path on CPU/GPU)")
     parser.add_argument("--cuda", action="store_true",
@@ -75,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep the shard files after rank 0 merged them (default: delete them)")
     parser.add_argument("--cache_dir", default=None, help="download cache for catalogue teachers (default: $EFFICIENT_TAGGING_CACHE, the repo's pretrained/ "
                              "or ~/.cache/efficient_tagging)")
+    add_dataset_arguments(parser, "any")
     parser.add_argument("--summary_json", default=None, help="also write the summary to this JSON file")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
     parser.add_argument("--crash_after_batches", type=int, default=None, help=argparse.SUPPRESS)  # test hook
@@ -135,6 +145,39 @@ def _print_summary(summary: dict[str, Any]) -> None:
                                                                                      else "") if names else ""))
     if "teacher_mAP" in summary:
         print(f"  teacher mAP: {summary['teacher_mAP']:.4f}  ROC-AUC: {summary['teacher_ROC']:.4f}")
+    if "teacher_accuracy" in summary:
+        print(f"  teacher accuracy: {summary['teacher_accuracy']:.4f}")
+
+
+def _source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Optional[DatasetSource]:
+    """The data to label: --hdf5 files or a --dataset (None: neither given)."""
+    if args.hdf5 and (args.dataset or own_kind(args)):
+        parser.error("give either --hdf5 files or a --dataset, not both")
+    if args.hdf5:
+        return DatasetSource(kind="hdf5", train_hdf5=list(args.hdf5))
+    if args.dataset or own_kind(args):
+        return source_from_args(args, "any")
+    return None
+
+
+def _open(source: DatasetSource, args: argparse.Namespace, sample_rate: int) -> Any:
+    """The part to label, at the teacher's rate, reporting (not replacing) undecodable clips."""
+    if source.kind == "hdf5":
+        return AudioSetDataset(source.train_hdf5, sample_rate=sample_rate, clip_length=args.clip_length or 10.0,
+                               replace_undecodable=False)
+    return source.open(args.split, sample_rate=sample_rate, clip_length=args.clip_length, replace_undecodable=False)
+
+
+def _sources(source: DatasetSource, dataset: Any) -> list[str]:
+    if source.kind == "hdf5":
+        return [str(Path(p).resolve()) for p in dataset.paths]
+    return [str(Path(p).resolve()) for p in (source.dataset_dir, source.train_csv, source.eval_csv, source.audio_dir)
+            if p]
+
+
+def _close(dataset: Any) -> None:
+    if hasattr(dataset, "close"):
+        dataset.close()
 
 
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
@@ -142,22 +185,21 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     parser = build_parser()
     args = parser.parse_args(argv)
     output = Path(args.output)
+    source = _source(args, parser)
     if args.merge:
         shards = [Path(p) for p in args.shards] if args.shards else find_shards(output)
         if not shards:
             parser.error(f"--merge: no shard files {output.name}.shard-*-of-*.h5 next to {output}")
-        expected = None
-        if args.hdf5:
-            from ..data.hdf5 import read_audio_names
-            expected = [name for path in args.hdf5 for name in read_audio_names(path)]
-        summary = merge_teacher_logits(shards, output, expected_names=expected)
-        if args.hdf5:
-            dataset = AudioSetDataset(args.hdf5, replace_undecodable=False)
+        dataset = _open(source, args, 32000) if source is not None else None
+        summary = merge_teacher_logits(shards, output,
+                                       expected_names=list(dataset.audio_names) if dataset is not None else None)
+        if dataset is not None:
             summary.update(teacher_metrics(dataset, output))
-            dataset.close()
+            _close(dataset)
         return summary
-    if not args.hdf5 or not args.teachers:
-        parser.error("--hdf5 and --teachers are required (unless --merge)")
+    if source is None or not args.teachers:
+        parser.error("--teachers and the data (--hdf5 FILE..., or --dataset KIND with its flags) are required "
+                     "(unless --merge)")
     if (args.num_shards is None) != (args.shard_index is None):
         parser.error("--num_shards and --shard_index go together")
 
@@ -172,18 +214,25 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         teacher, names = load_teachers(args.teachers, cache_dir=args.cache_dir)
         attrs = {"teacher_paths": [str(Path(t).resolve()) if Path(t).is_file() else t for t in args.teachers],
                  "preprocessing": teacher_preprocessing(teacher)}
-        summary = label_hdf5(teacher, args.hdf5, target, clip_length=args.clip_length, batch_size=args.batch_size,
-                             num_workers=args.num_workers, device=device, precision=args.precision,
-                             teacher_names=names, attrs=attrs, flush_every_batches=args.flush_every,
-                             dtype=args.dtype, progress=not args.no_progress and rank == 0,
-                             shard=(rank, world_size), metrics=world_size == 1,
-                             crash_after_batches=args.crash_after_batches,
-                             signal_after_batches=args.signal_after_batches)
-        if dist_info.enabled and world_size > 1:
-            barrier()
-            if rank == 0:
-                summary = merge_job(args.hdf5, output, world_size, keep_shards=args.keep_shards)
-            barrier()
+        dataset = _open(source, args, int(getattr(teacher, "sample_rate", 32000)))
+        if source.kind != "hdf5":
+            attrs["dataset"] = source.describe(args.split)
+        try:
+            summary = label_dataset(teacher, dataset, target, sources=_sources(source, dataset),
+                                    batch_size=args.batch_size,
+                                    num_workers=args.num_workers, device=device, precision=args.precision,
+                                    teacher_names=names, attrs=attrs, flush_every_batches=args.flush_every,
+                                    dtype=args.dtype, progress=not args.no_progress and rank == 0,
+                                    shard=(rank, world_size), metrics=world_size == 1,
+                                    crash_after_batches=args.crash_after_batches,
+                                    signal_after_batches=args.signal_after_batches)
+            if dist_info.enabled and world_size > 1:
+                barrier()
+                if rank == 0:
+                    summary = merge_job(dataset, output, world_size, keep_shards=args.keep_shards)
+                barrier()
+        finally:
+            _close(dataset)
         return summary
     finally:
         cleanup()
@@ -207,7 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before labelling started (e.g. while loading the teachers)
         print("interrupted before labelling started; nothing was written", file=sys.stderr)
         return exit_code(signal.SIGINT)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, DatasetSourceError) as error:
         # clear messages (a download that failed, a locked output, a teacher of the wrong class count):
         # the message says what to do; a traceback would only bury it
         logging.getLogger(__name__).debug("labelling failed", exc_info=True)

@@ -38,11 +38,17 @@ def _show(value: Any) -> str:
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[Mapping[str, Any]] = None,
-                           demo_defaults: Optional[Mapping[str, Any]] = None) -> None:
+                           demo_defaults: Optional[Mapping[str, Any]] = None, finetune: bool = False) -> None:
     """Model, data, augmentation, optimisation, distillation and runtime flags.
 
     `defaults` is the preset the command applies to unset flags (TrainConfig's own defaults
     beneath it); `demo_defaults` the embedded demo's, shown where it differs.
+
+    `finetune=True` gives the fine-tuning scripts' flags (EfficientAT's ex_esc50.py & co.): no
+    HDF5 data flags (the command adds its dataset's), `--pretrained` as a switch that starts from
+    `--model_name` (default mn10_as; without it the model is trained from scratch, as there),
+    `--pretrained_name NAME_OR_PATH` to start from any catalogue model or checkpoint, `--lr` for
+    the peak learning rate and `--no_roll` / `--no_wavmix` (both are on by default there).
     """
     base = {**_config_defaults(), **(defaults or {})}
     demo = {**base, **(demo_defaults or {})} if demo_defaults is not None else None
@@ -58,10 +64,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
         group.add_argument(*names, dest=dest, help=help, **kwargs)
 
     data = parser.add_argument_group("data")
-    flag(data, "--train_hdf5", nargs="+", metavar="FILE",
-         help="AudioSet-format HDF5 file(s) to train on, e.g. balanced_train.h5 unbalanced_train.h5; "
-              "none = the embedded demo")
-    flag(data, "--eval_hdf5", nargs="+", metavar="FILE", help="AudioSet-format HDF5 file(s) to evaluate on")
+    if not finetune:
+        flag(data, "--train_hdf5", nargs="+", metavar="FILE",
+             help="AudioSet-format HDF5 file(s) to train on, e.g. balanced_train.h5 unbalanced_train.h5; "
+                  "none = the embedded demo")
+        flag(data, "--eval_hdf5", nargs="+", metavar="FILE", help="AudioSet-format HDF5 file(s) to evaluate on")
     flag(data, "--teacher_preds", "--teacher_logits", dest="teacher_logits", metavar="FILE",
          help="teacher-logits HDF5 joined by audio_name; clips without logits get the label loss only")
     flag(data, "--allow_no_teacher_coverage", action="store_true",
@@ -73,7 +80,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(data, "--num_classes", type=int, help="classes of the model head; none = from the data files")
     flag(data, "--batch_size", type=int, help="clips per optimizer step and process")
     flag(data, "--num_workers", type=int, help="DataLoader worker processes decoding audio")
-    flag(data, "--epoch_len", type=int, help="clips drawn per epoch by the class-balanced sampler")
+    flag(data, "--sampler", choices=["balanced", "uniform"],
+         help="how clips are drawn: balanced = class-balanced weights (the AudioSet recipe), uniform = a plain "
+              "shuffle (the fine-tuning recipes)")
+    flag(data, "--epoch_len", type=int, help="clips drawn per epoch; none = one pass over the training data")
     flag(data, "--sampler_replacement", action="store_true",
          help="draw each epoch with replacement (opt-in; the reference draws without, so an epoch holds at most "
               "as many clips as the data)")
@@ -84,13 +94,23 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(model, "--model_kwargs", type=json.loads, metavar="JSON",
          help='further constructor arguments with the reference\'s names, e.g. \'{"embed_dim": 192, "depth": 4}\'')
     flag(model, "--width_mult", "--model_width", dest="width_mult", type=float,
-         help="width multiplier: mn10 = 1.0, mn04 = 0.4, mn40 = 4.0")
-    flag(model, "--pretrained", "--pretrained_name", dest="pretrained", metavar="NAME_OR_PATH",
-         help="start from a catalogue model (e.g. mn10_im, dymn10_im, mn10_as) or a checkpoint; its architecture "
-              "replaces --arch/--width_mult/--strides/--head_type/--se_dims (default: none, a fresh model)")
+         help="width multiplier of a model trained from scratch: mn10 = 1.0, mn04 = 0.4, mn40 = 4.0")
+    if finetune:
+        model.add_argument("--pretrained", action="store_true", default=None,
+                           help="start from the catalogue model --model_name (EfficientAT's switch; default: off, "
+                                "a model trained from scratch)")
+        model.add_argument("--model_name", default="mn10_as",
+                           help="with --pretrained: the catalogue model to start from (default: mn10_as)")
+        model.add_argument("--pretrained_name", default=None, metavar="NAME_OR_PATH",
+                           help="start from this catalogue model (e.g. mn40_as_ext, dymn10_as, passt_s_swa_p16_128_ap476) "
+                                "or checkpoint, whatever --pretrained/--model_name say (default: none)")
+    else:
+        flag(model, "--pretrained", "--pretrained_name", dest="pretrained", metavar="NAME_OR_PATH",
+             help="start from a catalogue model (e.g. mn10_im, dymn10_im, mn10_as) or a checkpoint; its architecture "
+                  "replaces --arch/--width_mult/--strides/--head_type/--se_dims (default: none, a fresh model)")
     flag(model, "--pretrain_final_temp", type=float,
-         help="DyMN started from --pretrained weights: initial attention temperature, annealed by 1 per epoch "
-              "down to 1 (EfficientAT's ex_audioset.py)")
+         help="DyMN started from pretrained weights: initial attention temperature, annealed by 1 per epoch "
+              "down to 1 (EfficientAT's ex_audioset.py: 30; its fine-tuning scripts: 1, i.e. kept)")
     flag(model, "--head_type", choices=["mlp", "fully_convolutional", "multihead_attention_pooling"],
          help="mn classification head")
     flag(model, "--se_dims", help="mn squeeze-excitation dimensions: letters of c, f, t")
@@ -111,14 +131,25 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
 
     augment = parser.add_argument_group("augmentation")
     flag(augment, "--mixup_alpha", type=float, help="mixup of spectrograms with Beta(alpha, alpha) weights, 0 = off")
-    flag(augment, "--roll", action="store_true", help="random circular time shift of each waveform")
-    flag(augment, "--roll_max_shift", type=int, help="with --roll: largest shift in samples")
-    flag(augment, "--wavmix", action="store_true", help="mix raw waveforms of two clips (before the frontend)")
+    if finetune:
+        augment.add_argument("--no_roll", action="store_true", help="no random circular time shift (default: shift)")
+        augment.add_argument("--no_wavmix", action="store_true", help="no mixing of raw waveforms (default: mix)")
+    else:
+        flag(augment, "--roll", action="store_true", help="random circular time shift of each waveform")
+        flag(augment, "--wavmix", action="store_true", help="mix raw waveforms of two clips (before the frontend)")
+    flag(augment, "--roll_max_shift", type=int, help="with roll: largest shift in samples")
     flag(augment, "--gain_augment", type=int, help="random gain of whole dB in [-N, N-1], 0 = off")
+    flag(augment, "--mixstyle_p", type=float,
+         help="frequency-wise MixStyle of spectrograms with this probability per batch (EfficientAT's DCASE recipe); "
+              "> 0 replaces mixup")
+    flag(augment, "--mixstyle_alpha", type=float, help="MixStyle: Beta(alpha, alpha) mixing weights")
 
     optim = parser.add_argument_group("optimisation")
     flag(optim, "--n_epochs", type=int, help="epochs")
-    flag(optim, "--max_lr", type=float, help="peak learning rate")
+    if finetune:
+        flag(optim, "--lr", "--max_lr", dest="max_lr", type=float, help="peak learning rate")
+    else:
+        flag(optim, "--max_lr", type=float, help="peak learning rate")
     flag(optim, "--warm_up_len", type=int, help="epochs of exponential warm-up")
     flag(optim, "--ramp_down_start", type=int, help="epoch the linear ramp-down starts")
     flag(optim, "--ramp_down_len", type=int, help="epochs of linear ramp-down")
@@ -158,20 +189,33 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     runtime.add_argument("--crash_after_steps", type=int, default=None, help=argparse.SUPPRESS)
 
 
-def config_from_args(args: argparse.Namespace, defaults: Optional[dict[str, Any]] = None) -> TrainConfig:
-    """A TrainConfig from parsed flags; unset flags come from `defaults`, then TrainConfig's own."""
-    defaults = dict(defaults or {})
+def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig values the command line sets itself (flags left unset are not in it)."""
     values: dict[str, Any] = {}
     for f in fields(TrainConfig):
         # `--model_name` of ex_audioset.py names the model to *evaluate*; training starts from --pretrained.
         value = getattr(args, f.name, None) if f.name != "model_name" else None
-        if value is None:
-            value = defaults.get(f.name)
         if value is not None:
             values[f.name] = value
-    if getattr(args, "pretrained", None):
-        values["model_name"] = args.pretrained
+    pretrained = getattr(args, "pretrained", None)
+    if getattr(args, "pretrained_name", None):  # the fine-tuning scripts' explicit start
+        values["model_name"] = args.pretrained_name
+    elif pretrained is True:  # the fine-tuning scripts' switch: start from --model_name
+        values["model_name"] = args.model_name
+    elif isinstance(pretrained, str) and pretrained:
+        values["model_name"] = pretrained
+    if getattr(args, "no_roll", False):
+        values["roll"] = False
+    if getattr(args, "no_wavmix", False):
+        values["wavmix"] = False
     values["progress"] = not args.no_progress
     if getattr(args, "crash_after_steps", None) is not None:
         values["crash_after_steps"] = args.crash_after_steps
+    return values
+
+
+def config_from_args(args: argparse.Namespace, defaults: Optional[dict[str, Any]] = None) -> TrainConfig:
+    """A TrainConfig from parsed flags; unset flags come from `defaults`, then TrainConfig's own."""
+    values = {k: v for k, v in dict(defaults or {}).items() if v is not None and k in TrainConfig.__dataclass_fields__}
+    values.update(explicit_values(args))
     return TrainConfig(**values)

@@ -3,9 +3,9 @@ teacher logits, waveform cache, sampling, augmentation.
 
 `efficient_tagging.data.prepare` (the HDF5 preparation command line) is not imported here.
 """
-from .augment import WavmixResult, gain_augment, mix, mixup, roll_waveforms, wavmix
+from .augment import WavmixResult, gain_augment, mix, mixstyle, mixup, roll_waveforms, wavmix
 from .base import ClipDataset
-from .datasets import DCASE20, ESC50, CSVDataset, FileClipDataset, FolderDataset
+from .datasets import DCASE20, ESC50, CSVDataset, DatasetSource, FileClipDataset, FolderDataset
 from .hdf5 import (AudioSetDataset, AudioSetHDF5Writer, pack_targets, read_audio_names, read_label_map,
                    unpack_targets)
 from .sampling import DistributedWeightedSampler, class_balanced_weights
@@ -13,8 +13,8 @@ from .teacher_logits import TeacherLogits, TeacherLogitsWriter
 from .waveform_cache import CachedWaveforms, WaveformCache
 
 __all__ = [
-    "AudioSetDataset", "AudioSetHDF5Writer", "CSVDataset", "CachedWaveforms", "ClipDataset", "DCASE20", "ESC50", "FileClipDataset",
+    "AudioSetDataset", "AudioSetHDF5Writer", "CSVDataset", "CachedWaveforms", "ClipDataset", "DCASE20", "DatasetSource", "ESC50", "FileClipDataset",
     "FolderDataset", "DistributedWeightedSampler", "TeacherLogits", "TeacherLogitsWriter", "WaveformCache",
-    "WavmixResult", "class_balanced_weights", "gain_augment", "mix", "mixup", "pack_targets", "read_audio_names",
+    "WavmixResult", "class_balanced_weights", "gain_augment", "mix", "mixstyle", "mixup", "pack_targets", "read_audio_names",
     "read_label_map", "roll_waveforms", "unpack_targets", "wavmix",
 ]

@@ -1,4 +1,4 @@
-"""Batch augmentations of the reference recipe: mixup, wavmix, roll and gain.
+"""Batch augmentations of the reference recipes: mixup, wavmix, roll, gain and frequency MixStyle.
 
 All functions are pure: they take batched tensors (batch first) and an optional
 `torch.Generator` and return new tensors. Without a generator torch's global RNG is used,
@@ -46,6 +46,35 @@ def mix(x: torch.Tensor, permutation: torch.Tensor, lam: torch.Tensor) -> torch.
     weights = weights.reshape((-1,) + (1,) * (x.dim() - 1))
     permutation = permutation.to(x.device)
     return x * weights + x[permutation] * (1.0 - weights)
+
+
+def mixstyle(spectrogram: torch.Tensor, p: float = 0.4, alpha: float = 0.4, generator: Optional[torch.Generator] = None,
+             eps: float = 1e-6) -> torch.Tensor:
+    """Frequency-wise MixStyle of a (B, C, F, T) spectrogram batch, as in EfficientAT's DCASE recipe.
+
+    With probability `p` (one draw per batch) every clip's per-frequency statistics (mean and
+    standard deviation over channels and time, unbiased variance + eps) are replaced by a
+    Beta(alpha, alpha)-weighted mix of its own and those of a random partner in the batch; the
+    statistics are treated as constants (no gradient through them). Labels are not mixed: the
+    content stays the clip's own, only its "device colouring" changes. Otherwise the batch is
+    returned unchanged.
+    """
+    if spectrogram.dim() != 4:
+        raise ValueError(f"mixstyle expects a (batch, channels, freq, time) tensor, got shape "
+                         f"{tuple(spectrogram.shape)}")
+    if not 0.0 <= p <= 1.0 or alpha <= 0:
+        raise ValueError(f"mixstyle needs p in [0, 1] and alpha > 0, got p={p}, alpha={alpha}")
+    if torch.rand(1, generator=generator).item() >= p:
+        return spectrogram
+    batch = spectrogram.shape[0]
+    mean = spectrogram.mean(dim=(1, 3), keepdim=True).detach()
+    std = (spectrogram.var(dim=(1, 3), keepdim=True) + eps).sqrt().detach()
+    normed = (spectrogram - mean) / std
+    lam = _beta(alpha, batch, generator).to(device=spectrogram.device, dtype=spectrogram.dtype).reshape(batch, 1, 1, 1)
+    partner = torch.randperm(batch, generator=generator).to(spectrogram.device)
+    mixed_mean = mean * lam + mean[partner] * (1 - lam)
+    mixed_std = std * lam + std[partner] * (1 - lam)
+    return normed * mixed_std + mixed_mean
 
 
 def roll_waveforms(waveform: torch.Tensor, max_shift: int, generator: Optional[torch.Generator] = None

@@ -11,7 +11,7 @@ labelling code read all of them the same way. A subclass says where clip `index`
     audio_names, targets        all names / the (N, C) uint8 target matrix
     _extra_fields(index)        optional extra item fields (e.g. a recording device)
 
-and calls `_init_clips(...)` and `_attach_teacher(...)` from its constructor.
+and calls `_init_clips(...)` and `attach_teacher_logits(...)` from its constructor.
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ class ClipDataset(Dataset):
         self._skipped_names: list[str] = []
         self._warned: set[str] = set()
 
-    def _attach_teacher(self, teacher_logits: Union["TeacherLogits", PathLike, None]) -> None:
+    def attach_teacher_logits(self, teacher_logits: Union["TeacherLogits", PathLike, None]) -> None:
         """Open (a path) and check the class count of the teacher logits joined by audio_name."""
         if teacher_logits is not None and not hasattr(teacher_logits, "lookup"):
             from .teacher_logits import TeacherLogits

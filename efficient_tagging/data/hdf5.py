@@ -311,7 +311,7 @@ class AudioSetDataset(ClipDataset):
         self.lengths = lengths
         self.offsets = np.cumsum([0] + lengths).tolist()
 
-        self._attach_teacher(teacher_logits)
+        self.attach_teacher_logits(teacher_logits)
 
         self._handles: dict[int, h5py.File] = {}
         self._pid: Optional[int] = None

@@ -381,6 +381,17 @@ class _CachedSource:
         return torch.from_numpy(row.astype(np.float32))
 
 
+class _RowsOfParent:
+    """`waveform_source` of a dataset whose clips are a part of a cached dataset: row i -> the parent's row."""
+
+    def __init__(self, source: _CachedSource, rows: list[int]):
+        self.source = source
+        self.rows = rows
+
+    def __call__(self, index: int) -> torch.Tensor:
+        return self.source(self.rows[index])
+
+
 class _FillRows(Dataset):
     def __init__(self, source: _CachedSource, indices: np.ndarray):
         self.source = source
@@ -454,6 +465,28 @@ class CachedWaveforms(Dataset):
     @property
     def cache_path(self) -> Path:
         return self.cache.path
+
+    def serve(self, part: Any) -> Any:
+        """Make `part` (a dataset whose clips are among this one's, e.g. one ESC-50 fold of the cached
+        whole collection) read its waveforms from this cache; returns `part`.
+
+        Clips are matched by audio_name; sample rate and clip length must be the cached dataset's
+        (the rows hold exactly those samples). Every fold split of a collection then decodes each clip
+        once, however many folds are run.
+        """
+        if getattr(part, "waveform_source", None) is not None:
+            raise ValueError(f"{type(part).__name__} already serves waveforms from {part.waveform_source!r}")
+        if int(part.sample_rate) != int(self.dataset.sample_rate) or int(part.clip_samples) != int(
+                self.dataset.clip_samples):
+            raise ValueError(f"{part!r} has {part.clip_samples} samples at {part.sample_rate} Hz per clip, the cache "
+                             f"{self.cache.path} {self.dataset.clip_samples} at {self.dataset.sample_rate} Hz")
+        row_of = {name: row for row, name in enumerate(self.dataset.audio_names)}
+        missing = [name for name in part.audio_names if name not in row_of]
+        if missing:
+            raise ValueError(f"{len(missing)} clips of {part!r} are not in the cached dataset {self.dataset!r}, "
+                             f"e.g. {missing[:3]}")
+        part.waveform_source = _RowsOfParent(self.source, [row_of[name] for name in part.audio_names])
+        return part
 
     def cache_stats(self) -> dict[str, int]:
         """Row counts of the cache: filled, undecodable, missing."""

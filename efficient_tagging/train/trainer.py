@@ -21,9 +21,9 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..data.augment import gain_augment, mix, mixup, roll_waveforms, wavmix
+from ..data.augment import gain_augment, mix, mixstyle, mixup, roll_waveforms, wavmix
 from ..data.hdf5 import AudioSetDataset, read_label_map
 from ..data.sampling import DistributedWeightedSampler, check_positive_labels, class_balanced_weights
 from ..data.teacher_logits import check_teacher_coverage
@@ -51,6 +51,7 @@ from .schedules import exp_warmup_linear_down, make_lr_scheduler
 logger = logging.getLogger(__name__)
 
 PRECISIONS = ("32", "16", "bf16")
+SAMPLERS = ("balanced", "uniform")
 
 
 @dataclass
@@ -67,7 +68,11 @@ class TrainConfig:
     num_classes: Optional[int] = None  # default: from the data files
     batch_size: int = 120
     num_workers: int = 4
-    epoch_len: int = 100_000  # clips drawn per epoch by the class-balanced sampler
+    # "balanced": class-balanced weighted draws (the AudioSet recipe); "uniform": every clip equally
+    # likely, i.e. a plain shuffle when drawn without replacement (the fine-tuning recipes'
+    # DataLoader(shuffle=True); with it the last, partial batch of an epoch is trained on too).
+    sampler: str = "balanced"
+    epoch_len: Optional[int] = 100_000  # clips drawn per epoch; None = one pass over the training data
     sampler_replacement: bool = False  # the reference draws each epoch without replacement
     # "multilabel" (BCE, mAP), "multiclass" (mixup CE, accuracy) or "partial_multilabel" (masked BCE,
     # mAP over known labels); None = the training dataset's own `task` (AudioSet HDF5: multilabel).
@@ -102,6 +107,10 @@ class TrainConfig:
     roll: bool = False
     roll_max_shift: int = 4000  # samples, EfficientAT's roll range (+-4000, i.e. 0.125 s at 32 kHz)
     wavmix: bool = False
+    # frequency-wise MixStyle on spectrograms (EfficientAT's ex_dcase20.py): applied to a batch with
+    # probability mixstyle_p; as in the reference, mixstyle_p > 0 replaces mixup (no mixup at all then).
+    mixstyle_p: float = 0.0
+    mixstyle_alpha: float = 0.4
     gain_augment: int = 0  # whole decibels from [-g, g - 1] like the reference's pydub_augment; 0 disables
     # --- optimisation ----------------------------------------------------------------------
     n_epochs: int = 200
@@ -120,6 +129,7 @@ class TrainConfig:
     precision: str = "32"
     cuda: bool = False
     seed: int = 0
+    dataset: str = "audioset"  # what the model is trained on: stored in its checkpoint
     out_dir: str = "runs/audioset"
     resume: bool = False
     resume_override: bool = False  # --resume although settings differ from the checkpoint's run (not the model)
@@ -141,8 +151,14 @@ class TrainConfig:
             raise ValueError(f"kd_lambda must be in [0, 1], got {self.kd_lambda}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if not 0.0 <= self.mixstyle_p <= 1.0:
+            raise ValueError(f"mixstyle_p must be in [0, 1], got {self.mixstyle_p}")
+        if self.mixstyle_p > 0 and self.mixstyle_alpha <= 0:
+            raise ValueError(f"mixstyle_alpha must be positive, got {self.mixstyle_alpha}")
         for name in ("batch_size", "epoch_len", "n_epochs", "eval_every_epochs"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -344,18 +360,22 @@ def dataset_task(dataset: Any) -> str:
 @torch.no_grad()
 def evaluate(model: nn.Module, frontend: nn.Module, dataset: Any, device: torch.device,
              dist_info: DistInfo, batch_size: int, num_workers: int, precision: str = "32",
-             progress: bool = True, task: Optional[str] = None) -> dict[str, Any]:
+             progress: bool = True, task: Optional[str] = None,
+             seen_groups: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Metrics of `model` on `dataset` (sharded across ranks), by task kind.
 
     multilabel: mAP / ROC-AUC / d' / per-class AP; multiclass: accuracy, per-class accuracy,
     confusion matrix (and accuracy per `device` where the items carry one); partial_multilabel:
     mAP / ROC-AUC over the known labels only. Always `val_loss` (the label loss) and `score`,
-    the value of the task's model-selection metric (`SELECTION_METRIC`).
+    the value of the task's model-selection metric (`SELECTION_METRIC`). `seen_groups` (the devices
+    of the training clips) marks each device of the accuracy table seen or unseen.
     """
     task = task or dataset_task(dataset)
     model.eval()
     frontend.eval()
     shard = list(range(dist_info.rank, len(dataset), dist_info.world_size))
+    if getattr(dataset, "variable_length", False):
+        batch_size = 1  # clips at their own lengths (FSD50K's --variable_eval_length): one per forward
     # Own generator: creating a DataLoader iterator otherwise draws from the global RNG, which
     # would make a resumed run diverge from an uninterrupted one.
     loader = DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=batch_size, shuffle=False,
@@ -386,7 +406,8 @@ def evaluate(model: nn.Module, frontend: nn.Module, dataset: Any, device: torch.
         metrics = multiclass_metrics(all_logits.numpy(), labels.numpy(),
                                      list(label_map.names) if label_map is not None else None)
         if groups and not dist_info.enabled:  # string groups are not gathered across ranks
-            metrics["accuracy_by_device"] = accuracy_by_group(all_logits.numpy(), labels.numpy(), groups)
+            metrics["accuracy_by_device"] = accuracy_by_group(all_logits.numpy(), labels.numpy(), groups,
+                                                              seen_groups)
         metrics["val_loss"] = float(single_label_loss(all_logits, all_targets))
     elif task == "partial_multilabel":
         metrics = evaluate_masked_predictions(all_targets.numpy(), all_logits.numpy(), all_known.numpy())
@@ -478,6 +499,9 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
     if task not in TASK_KINDS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_KINDS)}")
     check_positive_labels(train_set.targets, source=data_source)
+    # recording devices of the training clips (DCASE20): the evaluation marks the others unseen
+    extras = getattr(train_set, "extras", None) or {}
+    train_devices = sorted({str(d) for d in extras["device"]}) if "device" in extras else None
     # As in EfficientAT, kd_lambda == 0 switches distillation off (label loss only).
     use_teacher = getattr(train_set, "teacher_logits", None) is not None and config.kd_lambda > 0
     # a join that matches no clip is refused (unless allowed), low coverage warns; the numbers go into the summary
@@ -486,17 +510,29 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
                                                clips_from=[data_source], report=is_main)
                         if use_teacher else None)
 
-    base_sampler = DistributedWeightedSampler(class_balanced_weights(train_set.targets), config.epoch_len,
-                                              num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                              replacement=config.sampler_replacement, seed=config.seed)
+    if config.sampler == "uniform":
+        weights = np.ones(len(train_set), dtype=np.float64)
+        # one pass: every clip once (a multiple of the world size, so every rank gets as many)
+        epoch_len = config.epoch_len or max(len(train_set) - len(train_set) % dist_info.world_size,
+                                            dist_info.world_size)
+    else:
+        weights = class_balanced_weights(train_set.targets)
+        epoch_len = config.epoch_len or int((weights > 0).sum())
+    base_sampler = DistributedWeightedSampler(weights, epoch_len, num_replicas=dist_info.world_size,
+                                              rank=dist_info.rank, replacement=config.sampler_replacement,
+                                              seed=config.seed)
     sampler = ResumableSampler(base_sampler)
     num_workers = cap_num_workers(config.num_workers, log=is_main)
+    # The fine-tuning recipes (uniform) train on an epoch's last, partial batch as the reference's
+    # DataLoader does, unless it holds a single clip (mixup has no partner, BatchNorm no statistics).
+    keep_partial = config.sampler == "uniform" and len(base_sampler) % config.batch_size > 1
     loader = DataLoader(train_set, batch_size=config.batch_size, sampler=sampler, num_workers=num_workers,
-                        drop_last=True, pin_memory=device.type == "cuda",
+                        drop_last=not keep_partial, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # keeps the global RNG untouched (exact resume)
-    steps_per_epoch = len(base_sampler) // config.batch_size
+    steps_per_epoch = len(base_sampler) // config.batch_size + int(keep_partial)
     if steps_per_epoch == 0:
-        raise ValueError(f"epoch_len {config.epoch_len} gives no full batch of {config.batch_size} per rank")
+        raise ValueError(f"an epoch of {len(base_sampler)} clips per rank gives no full batch of "
+                         f"{config.batch_size}: lower --batch_size (or raise --epoch_len)")
 
     # --- model, optimiser, schedule ---------------------------------------------------------------
     frontend = build_frontend(config).to(device)
@@ -560,7 +596,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
                     "train_config": _plain(config.to_dict()),
                     "metrics": _plain(metrics or {})}
         save_checkpoint(_training_state_path(out_dir, name), unwrap(model), arch=arch, config=model_kwargs,
-                        preprocessing=config.preprocessing, labels=label_map, dataset="audioset",
+                        preprocessing=config.preprocessing, labels=label_map, dataset=config.dataset,
                         extra={"training": training})
 
     # --- the loop ---------------------------------------------------------------------------------
@@ -581,7 +617,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         frontend.train()
         epoch_totals.update(resumed_totals or {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0})
         resumed_totals = None
-        epoch_start, steps_timed = time.time(), 0
+        epoch_start, clips_done = time.time(), 0
         bar = tqdm(loader, total=steps_per_epoch - step_in_epoch, desc=f"epoch {epoch + 1}/{config.n_epochs}",
                    disable=not show_progress, dynamic_ncols=True)
         stop_signal = 0
@@ -601,7 +637,9 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
                 teacher_mixes.append((mixed.permutation, mixed.lam))
             with autocast_context(device, config.precision):
                 spectrogram = frontend(waveform).unsqueeze(1)
-                if config.mixup_alpha > 0:
+                if config.mixstyle_p > 0:  # the reference's DCASE recipe: MixStyle instead of mixup
+                    spectrogram = mixstyle(spectrogram, config.mixstyle_p, config.mixstyle_alpha, augment_generator)
+                elif config.mixup_alpha > 0:
                     permutation, lam = mixup(spectrogram.shape[0], config.mixup_alpha, augment_generator)
                     spectrogram = mix(spectrogram, permutation, lam)
                     teacher_mixes.append((permutation, lam))
@@ -620,7 +658,6 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
 
             step_in_epoch += 1
             global_step += 1
-            steps_timed += 1
             skipped_clips += int(batch["skipped"].sum())
             clips_seen += waveform.shape[0]
             if use_teacher:
@@ -629,7 +666,8 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
             epoch_totals["label_loss"] += float(parts["label_loss"])
             epoch_totals["kd_loss"] += float(parts["kd_loss"])
             epoch_totals["steps"] += 1
-            clips_per_s = steps_timed * config.batch_size * dist_info.world_size / max(time.time() - epoch_start, 1e-6)
+            clips_done += waveform.shape[0]
+            clips_per_s = clips_done * dist_info.world_size / max(time.time() - epoch_start, 1e-6)
             bar.set_postfix(loss=f"{epoch_totals['loss'] / epoch_totals['steps']:.4f}",
                             lr=f"{scheduler.get_last_lr()[0]:.2e}",
                             clips_s=f"{clips_per_s:.1f}")
@@ -660,8 +698,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
             "label_loss": epoch_totals["label_loss"] / steps_done,
             "distillation_loss": epoch_totals["kd_loss"] / steps_done,
             "learning_rate": epoch_lr,
-            "train_clips_per_s": steps_timed * config.batch_size * dist_info.world_size
-            / max(time.time() - epoch_start, 1e-6),
+            "train_clips_per_s": clips_done * dist_info.world_size / max(time.time() - epoch_start, 1e-6),
         }
         if temperature is not None:
             epoch_record["dymn_temperature"] = temperature
@@ -671,7 +708,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         if evaluate_now:
             metrics = evaluate(model, frontend, eval_set, device, dist_info,
                                config.eval_batch_size or config.batch_size, num_workers, config.precision,
-                               show_progress, task=task)
+                               show_progress, task=task, seen_groups=train_devices)
             epoch_record.update(_epoch_metrics(task, metrics))
             final_metrics = {**epoch_record, **{k: metrics[k] for k in DETAIL_METRICS if k in metrics}}
             improved = metrics["score"] > best_map

@@ -219,7 +219,7 @@ class FileClipDataset(ClipDataset):
                 raise ValueError(f"{description}: extra field {key!r} has {len(values)} values for "
                                  f"{len(self.files)} clips")
         self.description = description
-        self._attach_teacher(teacher_logits)
+        self.attach_teacher_logits(teacher_logits)
 
     def __len__(self) -> int:
         return len(self.files)
