@@ -209,8 +209,26 @@ def _tracker(args: argparse.Namespace, recipe: str, name_suffix: str = "") -> Ru
 def _start_line(values: dict[str, Any], num_classes: int) -> str:
     start = values.get("model_name")
     if start:
-        return f"model: from {start} (classifier replaced for {num_classes} classes)"
+        stored = _stored_num_classes(str(start))
+        head = (f"its {num_classes}-class classifier kept" if stored == num_classes
+                else f"classifier replaced for {num_classes} classes")
+        return f"model: from {start} ({head})"
     return f"model: trained from scratch ({values.get('arch', 'mn')}, width {values['width_mult']:g})"
+
+
+def _stored_num_classes(spec: str) -> Optional[int]:
+    """Classes of a catalogue model / checkpoint as stored (None when it cannot be told without loading)."""
+    from ..models.registry import CATALOGUE
+
+    if spec in CATALOGUE:
+        return CATALOGUE[spec].num_classes
+    if Path(spec).is_file():
+        import torch
+
+        state = torch.load(spec, map_location="cpu", weights_only=True)
+        config = (state.get("config") if isinstance(state, dict) else None) or {}
+        return config.get("num_classes", config.get("label_dim"))
+    return None
 
 
 def _recorded_finetune(tracker: RunTracker, config: dict[str, Any], **kwargs: Any) -> tuple[FinetuneResult, Any]:

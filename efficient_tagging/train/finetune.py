@@ -251,7 +251,7 @@ def finetune(model: ModelSpec, train_data: Any, eval_data: Any = None, *, test_d
     for name, why in reasons.items():
         logger.info("recipe own: %s %s", name, why)
     if values.get("task") is None:
-        values.pop("task")
+        values.pop("task", None)
     config = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
     summary = train(config, tracker, datasets=(train_data, eval_data))
     return report(summary, recipe, config, test_data, reasons)
