@@ -556,3 +556,70 @@ def test_bad_input_exits_1_with_a_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--train_csv" in err and "--audio_dir" in err
     assert not (tmp_path / "esc").exists() and not (tmp_path / "own").exists()
+
+
+def test_single_label_checkpoint_tags_with_softmax(tmp_path):
+    """A checkpoint trained with task multiclass stores its task; the tagger then gives softmax
+    probabilities (summing to 1 over classes), while a multi-label one keeps per-class sigmoids."""
+    import torch
+    from efficient_tagging import AudioTagger, get_model, save_checkpoint
+
+    model = get_model(arch="mn", width_mult=0.1, num_classes=5)
+    single = save_checkpoint(tmp_path / "single.pt", model, arch="mn", config=dict(model.config),
+                             labels=[f"c{i}" for i in range(5)], task="multiclass")
+    multi = save_checkpoint(tmp_path / "multi.pt", model, arch="mn", config=dict(model.config),
+                            labels=[f"c{i}" for i in range(5)], task="multilabel")
+    assert torch.load(single, weights_only=True)["task"] == "multiclass"
+    waveform = torch.randn(2, 32000) * 0.1
+    p_single = AudioTagger(get_model(str(single))).probabilities(waveform)
+    p_multi = AudioTagger(get_model(str(multi))).probabilities(waveform)
+    torch.testing.assert_close(p_single.sum(dim=1), torch.ones(2))
+    logits = AudioTagger(get_model(str(multi)))(waveform)
+    torch.testing.assert_close(p_multi, torch.sigmoid(logits))
+    torch.testing.assert_close(p_single, torch.softmax(logits, dim=1))
+
+
+def test_preparation_packs_esc50_folds_and_keeps_names_and_labels(esc50_root, tmp_path):
+    """prepare_audioset.py --dataset esc50: one AudioSet-format HDF5 per fold, holding exactly that fold's clips
+    under their own names with their classes, cut to the given clip length; running it again is refused
+    unless --overwrite (no half-written second copy)."""
+    from efficient_tagging.cli import prepare as prepare_cli
+    from efficient_tagging.data.datasets import ESC50
+    from efficient_tagging.data.hdf5 import AudioSetDataset, read_label_map
+
+    out = tmp_path / "packed"
+    assert prepare_cli.main(["--dataset", "esc50", "--dataset_dir", str(esc50_root), "--output_dir", str(out),
+                             "--clip_length", "1", "--quiet"]) == 0
+    assert sorted(p.name for p in out.glob("*.h5")) == [f"esc50_fold{k}.h5" for k in range(1, 6)]
+    for fold in range(1, 6):
+        packed = AudioSetDataset([out / f"esc50_fold{fold}.h5"], clip_length=1.0)
+        files = ESC50(esc50_root, [fold], clip_length=1.0)
+        assert list(packed.audio_names) == list(files.audio_names)
+        np.testing.assert_array_equal(np.asarray(packed.targets), np.asarray(files.targets))
+        assert read_label_map(out / f"esc50_fold{fold}.h5").names == files.label_map.names
+        item = packed[0]
+        assert item["waveform"].shape == (32000,)
+        assert float(item["waveform"].abs().max()) > 0.05  # the tone survived mp3 at 32 kHz
+    assert prepare_cli.main(["--dataset", "esc50", "--dataset_dir", str(esc50_root), "--output_dir", str(out),
+                             "--quiet"]) == 2
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_fine_tuning_command_in_the_readme_parses():
+    """Each `python experiments/ex_<recipe>.py ...` line in the README is accepted by that script's parser
+    (a renamed or removed flag fails here, not in a user's shell)."""
+    import shlex
+
+    from efficient_tagging.cli.finetune import build_parser
+
+    recipes = {"ex_esc50.py": "esc50", "ex_fsd50k.py": "fsd50k", "ex_dcase20.py": "dcase20",
+               "ex_openmic.py": "openmic", "ex_finetune.py": "own"}
+    text = README.read_text().replace("\\\n", " ")
+    commands = [line.strip() for line in text.splitlines()
+                if line.strip().startswith("python experiments/ex_") and line.split()[1].split("/")[-1] in recipes]
+    assert len(commands) >= 7
+    for command in commands:
+        words = shlex.split(command.split("#")[0])
+        build_parser(recipes[words[1].split("/")[-1]]).parse_args(words[2:])

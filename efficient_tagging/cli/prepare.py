@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from ..data import prepare as preparation
-from ..data.prepare import PrepareError, PrepareOptions, Report, prepare, prepare_fsd50k, prepare_openmic
+from ..data.prepare import (PrepareError, PrepareOptions, Report, prepare, prepare_dataset, prepare_fsd50k,
+                            prepare_openmic)
 from .help import HelpFormatter
 
 
@@ -46,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CSV format (default: auto, detected from the first line)")
     parser.add_argument("--sample_rate", type=int, default=32000,
                         help="sample rate of the stored mp3s in Hz (default: %(default)s)")
-    parser.add_argument("--clip_length", type=float, default=10.0,
-                        help="maximum clip length in seconds (default: %(default)s)")
+    parser.add_argument("--clip_length", type=float, default=None,
+                        help="maximum clip length in seconds (default: 10; --dataset: the layout's, ESC-50 5, "
+                             "DCASE20 10, own data derived from the files)")
     parser.add_argument("--cut_segments", action="store_true",
                         help="AudioSet: files are full recordings; cut [start_seconds, end_seconds) from each")
     parser.add_argument("--bitrate", type=int, default=None, help="mp3 bitrate in kbit/s (default: encoder's)")
@@ -55,6 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes decoding/encoding in parallel (0: in this process, the default); order is kept")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    dataset = parser.add_argument_group("a fine-tuning dataset in its file layout (-> --output_dir)")
+    dataset.add_argument("--dataset", choices=("esc50", "dcase20", "csv", "folder"), default=None,
+                         help="pack this layout into AudioSet-format HDF5 files in --output_dir: ESC-50 one per "
+                              "fold (esc50_fold1..5.h5), the others <dataset>_train.h5 / _val.h5; folder: the "
+                              "class folders are --audio_dir")
+    dataset.add_argument("--dataset_dir", default=None, help="esc50 / dcase20: the dataset's root as downloaded")
+    dataset.add_argument("--train_csv", default=None, help="csv: filename,labels of the training clips")
+    dataset.add_argument("--eval_csv", default=None, help="csv: filename,labels of the evaluation clips")
+    dataset.add_argument("--audio_root", default=None, help="csv: folder the file names are relative to")
+    dataset.add_argument("--eval_fraction", type=float, default=0.2,
+                         help="folder: share of each class held out (default: %(default)s)")
+    dataset.add_argument("--split_seed", type=int, default=0, help="folder: seed of that split (default: 0)")
+    dataset.add_argument("--task", choices=("multiclass", "multilabel"), default=None,
+                         help="csv: the task (default: inferred)")
     return parser
 
 
@@ -91,6 +107,12 @@ def _print_release_reports(reports: dict[str, Report], outputs: dict[str, Path])
 
 def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Optional[str]:
     """'fsd50k', 'openmic' or None (folder + CSV); a usage error if the flags are mixed."""
+    if args.dataset is not None:
+        if args.fsd50k_dir is not None or args.openmic_dir is not None or args.csv is not None or args.output:
+            parser.error("--dataset writes to --output_dir; it does not take --fsd50k_dir/--openmic_dir/--csv/--output")
+        if args.output_dir is None:
+            parser.error("--dataset needs --output_dir (the folder for the HDF5 files)")
+        return "dataset"
     releases = [name for name in ("fsd50k_dir", "openmic_dir") if getattr(args, name) is not None]
     plain = [name for name in ("audio_dir", "csv", "output") if getattr(args, name) is not None]
     if len(releases) > 1:
@@ -101,7 +123,7 @@ def _check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Op
                          f"{', '.join('--' + name for name in plain)}")
         if args.output_dir is None:
             parser.error(f"--{releases[0]} needs --output_dir (the folder for the HDF5 files)")
-        unused = [flag for flag, value, default in (("--clip_length", args.clip_length, 10.0),
+        unused = [flag for flag, value, default in (("--clip_length", args.clip_length, None),
                                                     ("--cut_segments", args.cut_segments, False),
                                                     ("--class_labels", args.class_labels, None),
                                                     ("--csv_format", args.csv_format, "auto")) if value != default]
@@ -128,6 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if mode == "dataset":
+        return _prepare_dataset(args)
     if mode is not None:
         from ..data.fsd50k import FSD50K_HDF5_NAMES
         from ..data.openmic import OPENMIC_HDF5_NAMES
@@ -141,8 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         return _print_release_reports(reports, {split: args.output_dir / name for split, name in names.items()})
-    options = {key: value for key, value in vars(args).items()
-               if key not in ("fsd50k_dir", "openmic_dir", "output_dir")}
+    options = {key: value for key, value in vars(args).items() if key in PrepareOptions.__dataclass_fields__}
+    options["clip_length"] = 10.0 if args.clip_length is None else args.clip_length
     try:
         report = prepare(PrepareOptions(**options))
     except PrepareError as error:
@@ -153,6 +177,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("error: no clip could be written; nothing was saved", file=sys.stderr)
         return 1
     return 0
+
+
+def _prepare_dataset(args: argparse.Namespace) -> int:
+    from ..data.datasets.base import DatasetLayoutError
+    from ..data.datasets.registry import DatasetSourceError
+    from .dataset_flags import source_from_args
+
+    if args.dataset == "folder" and args.audio_dir is not None:
+        args.audio_dir = str(args.audio_dir)
+    try:
+        source = source_from_args(args, args.dataset)
+        reports, outputs = prepare_dataset(source, args.output_dir, sample_rate=args.sample_rate,
+                                           clip_length=args.clip_length, bitrate=args.bitrate,
+                                           num_workers=args.num_workers, overwrite=args.overwrite, quiet=args.quiet)
+    except (PrepareError, DatasetSourceError, DatasetLayoutError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return _print_release_reports(reports, outputs)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,10 @@ Two official releases are converted into PaSST's HDF5 files instead (whole clips
   FSD50K.{train,val,eval}_mp3.hdf in --output_dir, split by dev.csv's `split` column.
 * OpenMIC-2018 (--openmic_dir: the unpacked openmic-2018-v1.0.0.tgz) ->
   openmic_{train,test}.csv_mp3.hdf in --output_dir (targets: 20 relevances + 20 known-label mask).
+
+A fine-tuning dataset in its file layout (--dataset esc50|dcase20|csv|folder with the fine-tuning
+scripts' flags) is packed into --output_dir: ESC-50 as esc50_fold1..5.h5, the others as
+<dataset>_train.h5 / <dataset>_val.h5, audio names and label map kept (teacher logits still join).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import logging
 import multiprocessing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -39,6 +43,9 @@ from ..audio import AudioDecodeError, decode_audio, encode_audio, pad_or_truncat
 from ..labels import LabelMap, audioset_labels, read_class_labels_csv
 from ..locking import FileLock, OutputLockedError
 from .hdf5 import AudioSetHDF5Writer
+
+if TYPE_CHECKING:
+    from .datasets.registry import DatasetSource
 
 log = logging.getLogger(__name__)
 
@@ -700,3 +707,61 @@ def prepare_openmic(openmic_dir: Path, output_dir: Path, sample_rate: int = 3200
     finally:
         lock.release()
     return reports
+
+
+# ----------------------------------------------------------------------------- fine-tuning datasets
+
+def dataset_outputs(source: "DatasetSource", output_dir: Path) -> dict[str, Path]:
+    """The HDF5 files `prepare_dataset` writes for `source`: ESC-50 one per fold, others one per part."""
+    if source.kind == "esc50":
+        return {f"fold{fold}": output_dir / f"esc50_fold{fold}.h5" for fold in range(1, 6)}
+    return {role: output_dir / f"{source.kind}_{role}.h5" for role in source.roles}
+
+
+def prepare_dataset(source: "DatasetSource", output_dir: Path, sample_rate: int = 32000,
+                    clip_length: Optional[float] = None, bitrate: Optional[int] = None, num_workers: int = 0,
+                    overwrite: bool = False, quiet: bool = False) -> tuple[dict[str, Report], dict[str, Path]]:
+    """Pack a file-based fine-tuning dataset (ESC-50, DCASE20, CSV lists, class folders) into AudioSet-format
+    HDF5 files (mp3 at `sample_rate`, cut to the clip length), one per fold (ESC-50) or part.
+
+    Audio names are the dataset's own (e.g. `1-100032-A-0.wav`), so teacher logits labelled over the
+    files join the HDF5 clips too, and the label map is stored with every file. `clip_length` None =
+    the layout's (ESC-50 5 s, DCASE20 10 s; own data: derived from the training files). FSD50K and
+    OpenMIC have their own converters (--fsd50k_dir / --openmic_dir); their PaSST layout is HDF5 already.
+    """
+    if source.kind not in ("esc50", "dcase20", "csv", "folder"):
+        raise PrepareError(f"{source.kind} data is read from HDF5 files already; --prepare packs the file-based "
+                           f"layouts (esc50, dcase20, csv, folder)")
+    _check_encoding(sample_rate, bitrate, num_workers)
+    output_dir = Path(output_dir)
+    outputs = dataset_outputs(source, output_dir)
+    if source.kind == "esc50":
+        from .datasets.esc50 import ESC50
+        parts = {f"fold{fold}": ESC50(source.dataset_dir, [fold], sample_rate=sample_rate,
+                                      clip_length=clip_length or 5.0) for fold in range(1, 6)}
+    else:
+        train = source.open("train", sample_rate=sample_rate, clip_length=clip_length)
+        parts = {"train": train}
+        for role in source.roles[1:]:
+            parts[role] = source.open(role, sample_rate=sample_rate, clip_length=train.clip_length,
+                                      label_map=train.label_map)
+    reports: dict[str, Report] = {}
+    lock = _lock_output_dir(output_dir, source.kind)
+    try:
+        _check_outputs(outputs, overwrite)
+        for part_name, dataset in parts.items():
+            report = Report(rows=len(dataset))
+            settings = EncodeSettings(sample_rate, float(dataset.clip_length), False, bitrate)
+            jobs: list[Job] = [(name, path, np.asarray(dataset.targets[i], dtype=np.uint8), None, None)
+                               for i, (name, path) in enumerate(zip(dataset.audio_names, dataset.files))]
+            writer = AudioSetHDF5Writer(outputs[part_name], int(dataset.num_classes), sample_rate,
+                                        dataset.label_map, expected_rows=len(jobs))
+            writer.attrs["dataset"] = source.describe("train" if part_name.startswith("fold") else part_name)
+            writer.attrs["task"] = dataset.task
+            writer.attrs["clip_length"] = float(dataset.clip_length)
+            log.info("%s %s: %d clips -> %s", source.kind, part_name, len(jobs), outputs[part_name])
+            _encode_into(writer, jobs, settings, num_workers, quiet, report, f"{source.kind} {part_name}")
+            reports[part_name] = report
+    finally:
+        lock.release()
+    return reports, outputs

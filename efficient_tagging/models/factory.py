@@ -283,6 +283,8 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
     preprocessing = dict(entry.preprocessing) if entry else dict(metadata.get("preprocessing") or {})
     model.preprocessing = preprocessing
     model.dataset = entry.dataset if entry else metadata.get("dataset")
+    # a new head is a new task; the catalogue's models are all multi-label taggers
+    model.task = None if new_head else (metadata.get("task") or "multilabel")
     labels = metadata.get("labels")
     model.label_map = LabelMap.from_dict(labels) if labels and not new_head else None
     model.pretrained_name = entry.name if entry else source
@@ -305,8 +307,11 @@ def as_label_map(labels: Union[LabelMap, Sequence[str]]) -> LabelMap:
 def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[str] = None,
                     config: Optional[dict[str, Any]] = None, preprocessing: Optional[dict[str, Any]] = None,
                     labels: Union[LabelMap, Sequence[str], None] = None, dataset: Optional[str] = None,
-                    extra: Optional[dict[str, Any]] = None) -> Path:
+                    task: Optional[str] = None, extra: Optional[dict[str, Any]] = None) -> Path:
     """Write a self-describing checkpoint atomically (temp file + rename).
+
+    `task`: "multiclass" (one label per clip: taggers turn logits into probabilities with a
+    softmax), "multilabel" / "partial_multilabel" (sigmoid); default: the model's `task`, if any.
 
     `labels`: a `LabelMap` or a plain list of class names (one per logit, in logit order);
     default: the model's `label_map`. Holds only tensors and plain Python values, so
@@ -328,6 +333,7 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[
         "preprocessing": dict(preprocessing if preprocessing is not None else getattr(model, "preprocessing", {})),
         "dataset": dataset if dataset is not None else getattr(model, "dataset", None),
         "labels": labels.to_dict() if labels is not None else None,
+        "task": task if task is not None else getattr(model, "task", None),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     if getattr(model, "arch", arch) == "dymn" and hasattr(model, "temperature"):

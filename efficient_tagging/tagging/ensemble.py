@@ -62,6 +62,8 @@ class TeacherEnsemble(TaggingMixin, nn.Module):
         self.names = names
         self.sample_rate = int(sample_rate or members[0].sample_rate)
         self.num_classes = classes[0]
+        tasks = {getattr(m, "task", None) for m in members}
+        self.task = tasks.pop() if len(tasks) == 1 else None  # single-label only if every member is
         label_map = getattr(members[0], "label_map", None)
         self.label_map = label_map if label_map is not None else LabelMap.from_names(
             [f"class_{i}" for i in range(self.num_classes)])

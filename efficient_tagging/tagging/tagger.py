@@ -126,17 +126,24 @@ class TaggingMixin:
             waveform = torch.nn.functional.pad(waveform, (0, shortest - length))
         return waveform
 
+    def logits_to_probabilities(self, logits: Tensor) -> Tensor:
+        """Sigmoid per class for a multi-label model; softmax over classes for a single-label one
+        (a checkpoint fine-tuned with task "multiclass", e.g. on ESC-50 or DCASE20)."""
+        if getattr(self, "task", None) == "multiclass":
+            return torch.softmax(logits.float(), dim=-1).cpu()
+        return torch.sigmoid(logits).float().cpu()
+
     @torch.no_grad()
     def probabilities(self, waveform: Tensor) -> Tensor:
-        """Sigmoid class probabilities (B, C) for a waveform batch (B, samples) at `self.sample_rate`.
+        """Class probabilities (sigmoid; softmax for a single-label model) (B, C) for a waveform batch (B, samples) at `self.sample_rate`.
 
         Waveforms longer than `chunk_seconds` are tagged in overlapping windows (bounded memory).
         """
         waveform = self._prepare_waveform(waveform)
         if waveform.shape[-1] <= self.chunk_samples:
-            return torch.sigmoid(self(waveform)).float().cpu()  # type: ignore[operator]
+            return self.logits_to_probabilities(self(waveform))  # type: ignore[operator]
         logits = [self.stream_logits(lambda row=row: iter(row.split(self.chunk_samples))) for row in waveform]
-        return torch.sigmoid(torch.cat(logits)).float().cpu()
+        return self.logits_to_probabilities(torch.cat(logits))
 
     @torch.no_grad()
     def file_probabilities(self, source: AudioSource) -> Tensor:
@@ -156,7 +163,7 @@ class TaggingMixin:
         def make_blocks() -> Iterator[Tensor]:  # ensembles read the file once per member
             return opened.pop() if opened else stream_audio(source, self.sample_rate, self.chunk_samples)
 
-        return torch.sigmoid(self.stream_logits(make_blocks)).float().cpu()
+        return self.logits_to_probabilities(self.stream_logits(make_blocks))
 
     def top_k(self, probabilities: Tensor, k: int = 10) -> list[Tag]:
         values, indices = probabilities.topk(min(check_top_k(k), probabilities.numel()))
@@ -204,6 +211,7 @@ class AudioTagger(TaggingMixin, nn.Module):
         self.frontend = (frontend or build_frontend(preprocessing)).eval()
         self.sample_rate = int(sample_rate or frontend_sample_rate(self.frontend, preprocessing.get("sr", 32000)))
         self.preprocessing = dict(preprocessing)
+        self.task: Optional[str] = getattr(model, "task", None)
         # seconds per clip the model was trained with (this project's checkpoints store it); None if unknown
         self.clip_length: Optional[float] = (float(preprocessing["clip_length"])
                                              if preprocessing.get("clip_length") is not None else None)

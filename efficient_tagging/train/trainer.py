@@ -596,7 +596,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
                     "train_config": _plain(config.to_dict()),
                     "metrics": _plain(metrics or {})}
         save_checkpoint(_training_state_path(out_dir, name), unwrap(model), arch=arch, config=model_kwargs,
-                        preprocessing=config.preprocessing, labels=label_map, dataset=config.dataset,
+                        preprocessing=config.preprocessing, labels=label_map, dataset=config.dataset, task=task,
                         extra={"training": training})
 
     # --- the loop ---------------------------------------------------------------------------------
