@@ -3,6 +3,7 @@ and are selected by accuracy; checkpoints stay loadable and self-describing."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from efficient_tagging import get_model
@@ -78,3 +79,71 @@ def test_partial_multilabel_training_on_openmic_files(tmp_path):
     summary = train(config, datasets=(dataset, dataset))
     assert summary["task"] == "partial_multilabel" and summary["selection_metric"] == "mAP"
     assert np.isfinite(summary["best_score"]) and set(summary["history"][0]) >= {"mAP", "ROC", "val_loss"}
+
+
+def _reference_mixstyle(x, lam, perm, eps=1e-6):
+    """EfficientAT's frequency MixStyle (helpers/utils.py `mixstyle`) with its random draws given."""
+    f_mu = x.mean(dim=[1, 3], keepdim=True)
+    f_var = x.var(dim=[1, 3], keepdim=True)
+    f_sig = (f_var + eps).sqrt()
+    x_normed = (x - f_mu) / f_sig
+    lam = lam.reshape(-1, 1, 1, 1)
+    mu_mix = f_mu * lam + f_mu[perm] * (1 - lam)
+    sig_mix = f_sig * lam + f_sig[perm] * (1 - lam)
+    return x_normed * sig_mix + mu_mix
+
+
+def test_mixstyle_matches_the_reference_formula_and_its_probability():
+    from efficient_tagging.data.augment import _beta, mixstyle
+
+    x = torch.randn(6, 1, 16, 20) * 3 + 1
+    out = mixstyle(x, p=1.0, alpha=0.4, generator=torch.Generator().manual_seed(5))
+    replay = torch.Generator().manual_seed(5)  # the same draws, in mixstyle's order: gate, Beta, partners
+    torch.rand(1, generator=replay)
+    lam = _beta(0.4, 6, replay)
+    perm = torch.randperm(6, generator=replay)
+    torch.testing.assert_close(out, _reference_mixstyle(x, lam, perm))
+    # per-frequency statistics move towards the partner's; content (normalised shape) is kept
+    assert not torch.allclose(out, x)
+    assert torch.equal(mixstyle(x, p=0.0, alpha=0.4, generator=torch.Generator().manual_seed(1)), x)
+    gate = torch.Generator().manual_seed(0)
+    applied = sum(not torch.equal(mixstyle(x, 0.4, 0.4, gate), x) for _ in range(500))
+    assert 150 < applied < 250  # one draw per batch with probability p = 0.4
+    with pytest.raises(ValueError, match="batch, channels, freq, time"):
+        mixstyle(x[0], 1.0)
+
+
+@pytest.mark.parametrize("num_clips, steps", [(10, 3), (9, 2)])
+def test_uniform_sampler_is_one_pass_with_the_partial_batch_unless_single(tmp_path, num_clips, steps):
+    """sampler="uniform", epoch_len None: every clip once per epoch, the last partial batch trained on
+    (10 clips, batch 4: 4 + 4 + 2), except a single left-over clip (9 clips: 4 + 4, one dropped)."""
+    from efficient_tagging.data.hdf5 import AudioSetDataset
+
+    from conftest import make_tiny_audioset
+
+    path = make_tiny_audioset(tmp_path / "tiny.h5", num_clips=num_clips)
+    drawn = []
+    original = AudioSetDataset.__getitem__
+
+    def recording(self, index):
+        item = original(self, index)
+        if self.replace_undecodable and len(self) == num_clips and getattr(self, "_record", False):
+            drawn.append(item["audio_name"])
+        return item
+
+    train_set = AudioSetDataset([path], sample_rate=16000, clip_length=1.0)
+    train_set._record = True
+    eval_set = AudioSetDataset([path], sample_rate=16000, clip_length=1.0)
+    config = TrainConfig(sample_rate=16000, clip_length=1.0, batch_size=4, num_workers=0, epoch_len=None,
+                         sampler="uniform", n_epochs=2, width_mult=0.1, n_mels=32, warm_up_len=1, ramp_down_start=1,
+                         ramp_down_len=1, out_dir=str(tmp_path / "run"), progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AudioSetDataset, "__getitem__", recording)
+        summary = train(config, datasets=(train_set, eval_set))
+    assert len(summary["history"]) == 2
+    per_epoch = (steps - 1) * 4 + (2 if num_clips == 10 else 4)
+    assert len(drawn) == 2 * per_epoch
+    first = drawn[:per_epoch]
+    assert len(set(first)) == per_epoch  # without replacement: no clip twice in an epoch
+    if num_clips == 10:
+        assert set(first) == set(train_set.audio_names)  # every clip once

@@ -137,6 +137,11 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+LAYOUT_TASKS = {"esc50": "ESC-50: one class per clip", "dcase20": "DCASE20: one scene per clip",
+                "fsd50k": "FSD50K: any number of labels per clip",
+                "openmic": "OpenMIC: instruments annotated present/absent or not at all"}
+
+
 def describe_data(source: DatasetSource, data: Any) -> list[str]:
     """Lines that say what a run reads: parts, clip counts, classes, task and clip length, with reasons."""
     train = data.train
@@ -147,10 +152,10 @@ def describe_data(source: DatasetSource, data: Any) -> list[str]:
             cached = f"  [cache {data.caches[role]}]" if role in data.caches else ""
             lines.append(f"{source.describe(role)}: {len(part)} clips{cached}")
     task = dataset_task(train)
-    reason = getattr(train, "task_reason", None) or f"the {source.kind} layout"
+    reason = getattr(train, "task_reason", None) or LAYOUT_TASKS.get(source.kind, f"the {source.kind} layout")
     lines.append(f"{train.num_classes} classes, task {task} ({reason})")
     estimate = getattr(train, "clip_length_estimate", None)
-    why = estimate.describe() if estimate is not None else "--clip_length / the recipe's"
+    why = estimate.describe() if estimate is not None else "the recipe's; --clip_length overrides"
     lines.append(f"clip length {train.clip_length:g} s ({why}); {train.sample_rate} Hz")
     return lines
 
@@ -232,6 +237,7 @@ def _stored_num_classes(spec: str) -> Optional[int]:
 
 
 def _recorded_finetune(tracker: RunTracker, config: dict[str, Any], **kwargs: Any) -> tuple[FinetuneResult, Any]:
+    # config: what the run record stores as the run's settings
     """finetune(**kwargs) as a recorded run of `tracker`; returns the result and the run record's payload."""
     holder: dict[str, FinetuneResult] = {}
 
@@ -278,8 +284,12 @@ def run_cross_validation(args: argparse.Namespace) -> dict[str, Any]:
     values = {**recipe_defaults("esc50"), **overrides}
     print(f"ESC-50 5-fold cross-validation from {source.dataset_dir}; "
           f"{_start_line({**values, 'model_name': model}, 50)}", flush=True)
+    def run_fold(fold: int, **arguments: Any) -> FinetuneResult:
+        print(f"\n---------------- fold {fold} held out ----------------", flush=True)
+        return _recorded_finetune(_tracker(args, "esc50", f"_fold{fold}"), {**values, "fold": fold}, **arguments)[0]
+
     summary = cross_validate(model, source, recipe="esc50", out_dir=out_dir, cache_path=args.cache_path,
-                             tracker_factory=lambda fold: None, **overrides)
+                             runner=run_fold, **overrides)
     metric = summary["selection_metric"]
     print("\n================ esc50: 5-fold cross-validation ================")
     for entry in summary["folds"]:

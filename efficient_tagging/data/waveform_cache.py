@@ -428,8 +428,8 @@ class CachedWaveforms(Dataset):
     that its `__getitem__` uses instead of decoding when set (see `AudioSetDataset`). The wrapper
     sets `dataset.waveform_source`: wrap a dataset once and use the wrapper.
 
-    For folds of one collection (ESC-50 ...), cache the dataset of all clips once and select
-    folds with index lists (torch Subset) of the wrapper: every fold then reads the same cache.
+    For folds of one collection (ESC-50 ...), cache the dataset of all clips once and let each
+    fold's dataset read from it (`serve(part)`): every fold then reads the same cache.
     """
 
     def __init__(self, dataset: Any, cache_path: PathLike, verify: bool = True):

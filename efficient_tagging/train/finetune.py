@@ -305,13 +305,13 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], dataset: Any, config: Trai
 
 def cross_validate(model: ModelSpec, source: DatasetSource, folds: Any = (1, 2, 3, 4, 5), *,
                    recipe: str = "esc50", out_dir: Union[str, Path] = "runs/esc50",
-                   cache_path: Union[str, Path, None] = None, tracker_factory: Optional[Any] = None,
+                   cache_path: Union[str, Path, None] = None, runner: Optional[Any] = None,
                    **overrides: Any) -> dict[str, Any]:
     """ESC-50's 5-fold cross-validation: one `finetune` per held-out fold (out_dir/fold<k>), then the mean.
 
     Every fold starts from the same `model`; with `cache_path` the collection is decoded once for
     all folds. Returns {"folds": [{fold, <metric>, checkpoint, ...}], "mean_<metric>", "std_<metric>"}.
-    `tracker_factory(fold)` may give each fold a run tracker.
+    `runner(fold, **finetune_arguments)` runs one fold instead of `finetune` (e.g. as a recorded run).
     """
     import numpy as np
 
@@ -328,9 +328,9 @@ def cross_validate(model: ModelSpec, source: DatasetSource, folds: Any = (1, 2, 
                                cache_path=cache_path, cached_collection=collection)
         collection = getattr(opened, "collection", None)
         fold_dir = Path(out_dir) / f"fold{int(fold)}"
-        result = finetune(model, opened.train, opened.val, recipe=recipe, out_dir=fold_dir,
-                          tracker=tracker_factory(int(fold)) if tracker_factory else None,
-                          dataset=f"esc50 fold {int(fold)} held out", **overrides)
+        arguments = dict(model=model, train_data=opened.train, eval_data=opened.val, recipe=recipe, out_dir=fold_dir,
+                         dataset=f"esc50 fold {int(fold)} held out", **overrides)
+        result = runner(int(fold), **arguments) if runner is not None else finetune(**arguments)
         metric = result.metrics["selection_metric"]
         per_fold.append({"fold": int(fold), metric: result.metrics[metric], "best": result.metrics["best"],
                          "checkpoint": result.checkpoint, "metrics": result.metrics})
