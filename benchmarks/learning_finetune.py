@@ -15,7 +15,8 @@ The acceptance check of the fine-tuning issue ("learning on real-looking data"):
    recipe (only the dataset flags, `--num_workers 0`, outputs; `--n_epochs` only when given);
 3. train a wider student (`--teacher_width`, default 1.0) the same way, label the training CSV
    with its last.pt through `ex_teacher_labels.py`, train the mn04 student again with
-   `--teacher_preds` (the recipe's default kd_lambda) and otherwise identical flags;
+   `--teacher_preds` (the recipe's default kd_lambda) and otherwise identical flags; steps 2
+   and 3's student runs repeat per `--train_seeds` (default 0 1 2), compared pairwise;
 4. print chance / no-KD / teacher / KD accuracy (last epoch = the reported one, and the best
    epoch) with wall times, optionally appended to `benchmarks/RESULTS.md` (`--results_md`).
 
@@ -303,7 +304,7 @@ def run_logged(name: str, command: list[str], log_dir: Path) -> float:
 
 
 def finetune_command(args: argparse.Namespace, data_dir: Path, width: float, name: str,
-                     teacher_preds: Optional[Path] = None) -> list[str]:
+                     teacher_preds: Optional[Path] = None, seed: Optional[int] = None) -> list[str]:
     work = Path(args.work_dir)
     command = [sys.executable, "experiments/ex_finetune.py", "--train_csv", str(data_dir / "train.csv"),
                "--eval_csv", str(data_dir / "eval.csv"), "--model_width", f"{width:g}",
@@ -317,6 +318,8 @@ def finetune_command(args: argparse.Namespace, data_dir: Path, width: float, nam
         command += ["--n_epochs", str(args.n_epochs)]
     if teacher_preds is not None:
         command += ["--teacher_preds", str(teacher_preds)]
+    if seed is not None:  # the training seed (order, augmentation, initialisation); the dataset stays the same
+        command += ["--seed", str(seed)]
     return command
 
 
@@ -372,8 +375,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "decoded 32 kHz waveforms once in WORK_DIR/cache, a speed setting, not a recipe one)")
     parser.add_argument("--task", default="multiclass", choices=["multiclass", "none"],
                         help="pass --task multiclass (what ex_finetune.py infers from these CSVs anyway); 'none' "
-                             "leaves the task to the inference. Works around finetune()'s values.pop('task') "
-                             "KeyError (efficient_tagging/train/finetune.py) when the task is inferred")
+                             "leaves the task to the command's inference (the same answer here)")
+    parser.add_argument("--train_seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds of the student runs: no KD and KD are trained once per seed (same "
+                             "dataset, same teacher logits) and compared pairwise; 0 is the trainer's default")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 6 train / 3 eval clips per class, 3 epochs (numbers mean nothing)")
     parser.add_argument("--reuse", action="store_true",
@@ -397,10 +402,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     num_classes = len(CLASSES)
     chance = 1.0 / num_classes
 
-    def train(name: str, width: float, teacher_preds: Optional[Path] = None) -> dict[str, Any]:
+    def train(name: str, width: float, teacher_preds: Optional[Path] = None,
+              seed: Optional[int] = None) -> dict[str, Any]:
         json_path = work / f"{name}.json"
         seconds_path = work / f"{name}.seconds"
-        command = finetune_command(args, data_dir, width, name, teacher_preds)
+        command = finetune_command(args, data_dir, width, name, teacher_preds, seed)
         if args.reuse and json_path.is_file() and seconds_path.is_file():
             seconds = float(seconds_path.read_text())
         else:
@@ -408,7 +414,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             seconds_path.write_text(f"{seconds}")
         return {"name": name, "seconds": seconds, "command": command, **summarise(json_path)}
 
-    nokd = train("student_nokd", args.student_width)
     teacher = train("teacher", args.teacher_width)
     logits = work / "teacher_logits.h5"
     label_seconds_path = work / "labelling.seconds"
@@ -422,45 +427,66 @@ def main(argv: Optional[list[str]] = None) -> int:
             logits.unlink()
         label_seconds = run_logged("labelling", label_command, logs)
         label_seconds_path.write_text(f"{label_seconds}")
-    kd = train("student_kd", args.student_width, teacher_preds=logits)
+    # one no-KD and one KD student per training seed, interleaved so that a slow phase of the
+    # machine hits both arms alike
+    pairs = []
+    for seed in args.train_seeds:
+        nokd = train(f"student_nokd_seed{seed}", args.student_width, seed=seed)
+        kd = train(f"student_kd_seed{seed}", args.student_width, teacher_preds=logits, seed=seed)
+        pairs.append((seed, nokd, kd))
 
     from efficient_tagging.train.finetune import OWN_RECIPE
-    kd_lambda = kd["payload"].get("kd_lambda", OWN_RECIPE.get("kd_lambda"))  # not passed: the recipe's
-    epochs = nokd["epoch"]
-    rows = [
-        {**nokd, "name": f"mn width {args.student_width:g}, from scratch, no KD"},
-        {**teacher, "name": f"mn width {args.teacher_width:g}, from scratch (teacher)"},
-        {"name": "labelling the training CSV with the teacher's last.pt", "seconds": label_seconds},
-        {**kd, "name": f"mn width {args.student_width:g}, from scratch, KD from the teacher's logits"},
-    ]
+    kd_lambda = pairs[0][2]["payload"].get("kd_lambda", OWN_RECIPE.get("kd_lambda"))  # not passed: the recipe's
+    epochs = pairs[0][1]["epoch"]
+    rows: list[dict[str, Any]] = [{**teacher, "name": f"mn width {args.teacher_width:g}, from scratch (teacher)"},
+                                  {"name": "labelling the training CSV with the teacher's last.pt",
+                                   "seconds": label_seconds}]
+    for seed, nokd, kd in pairs:
+        rows.append({**nokd, "name": f"mn width {args.student_width:g}, from scratch, no KD, seed {seed}"})
+        rows.append({**kd, "name": f"mn width {args.student_width:g}, from scratch, KD, seed {seed}"})
     table = build_table(rows, chance)
+    n_eval = args.eval_clips_per_class * num_classes
+    differences = np.array([kd["accuracy"] - nokd["accuracy"] for _, nokd, kd in pairs], dtype=float)
+    nokd_mean = float(np.mean([nokd["accuracy"] for _, nokd, _ in pairs]))
+    kd_mean = float(np.mean([kd["accuracy"] for _, _, kd in pairs]))
+    mean_difference = float(differences.mean())
+    # standard error of the mean paired difference over seeds (needs >= 2 seeds); with one seed,
+    # the binomial standard error of a difference of two accuracies on n_eval clips
+    if len(differences) > 1:
+        difference_se = float(differences.std(ddof=1) / np.sqrt(len(differences)))
+    else:
+        p_mean = (nokd_mean + kd_mean) / 2
+        difference_se = float(np.sqrt(2 * p_mean * (1 - p_mean) / n_eval))
+    seed_table = ["| training seed | no KD | KD | KD - no KD |", "| --- | --- | --- | --- |"]
+    for (seed, nokd, kd), difference in zip(pairs, differences):
+        seed_table.append(f"| {seed} | {_fmt(nokd['accuracy'])} | {_fmt(kd['accuracy'])} | {difference:+.3f} "
+                          f"({round(difference * n_eval):+d} clips) |")
+    seed_table.append(f"| mean | {nokd_mean:.3f} | {kd_mean:.3f} | {mean_difference:+.3f} +- {difference_se:.3f} |")
     print("\n================ learning on real-looking own data ================")
     print("\n".join(table))
+    print()
+    print("\n".join(seed_table))
     print("\naccuracy per epoch (eval):")
-    for row in (nokd, teacher, kd):
-        print(f"  {row['name']}: {' '.join(_fmt(v) for v in row['curve'])}")
-    choices = nokd["recipe_choices"]
-    for name, why in choices.items():
+    for row in rows:
+        if "curve" in row:
+            print(f"  {row['name']}: {' '.join(_fmt(v) for v in row['curve'])}")
+    for name, why in pairs[0][1]["recipe_choices"].items():
         print(f"recipe choice (no-KD run): {name} = {why}")
     epochs_note = (f"--n_epochs {args.n_epochs} (given)" if args.n_epochs is not None
                    else f"the recipe's default n_epochs ({epochs})")
     print(f"epochs: {epochs_note}; KD with the recipe's default kd_lambda"
           f"{'' if kd_lambda is None else f' = {kd_lambda:g}'}")
-    verdict_learn = nokd["accuracy"] is not None and nokd["accuracy"] > 3 * chance
-    n_eval = args.eval_clips_per_class * num_classes
-    kd_delta = (kd["accuracy"] - nokd["accuracy"]) if kd["accuracy"] is not None and nokd["accuracy"] is not None \
-        else float("nan")
-    mean_acc = (kd["accuracy"] + nokd["accuracy"]) / 2 if kd_delta == kd_delta else 0.5
-    # standard error of the difference of two independent accuracies on n_eval clips each
-    kd_se = float(np.sqrt(2 * mean_acc * (1 - mean_acc) / n_eval))
-    verdict_kd = kd_delta >= -1.0 / n_eval - 1e-9
-    kd_line = (f"KD - no KD (last epoch): {kd_delta:+.3f} ({round(kd_delta * n_eval):+d} of {n_eval} eval clips; "
-               f"one standard error of such a difference here: {kd_se:.3f}); not worse within one eval clip: "
-               f"{'yes' if verdict_kd else 'NO'}, within one standard error: {'yes' if kd_delta >= -kd_se else 'NO'}")
-    print(f"learns clearly above chance (> 3x chance): {'yes' if verdict_learn else 'NO'}")
+    verdict_learn = all(nokd["accuracy"] is not None and nokd["accuracy"] > 3 * chance for _, nokd, _ in pairs)
+    # "not worse": the mean paired difference is not below zero by more than its standard error
+    verdict_kd = mean_difference >= -difference_se - 1e-9
+    kd_line = (f"KD - no KD (last epoch, mean over {len(pairs)} training seed(s)): {mean_difference:+.3f} "
+               f"(standard error {difference_se:.3f}; {mean_difference * n_eval:+.1f} of {n_eval} eval clips); "
+               f"not worse than no KD (mean difference >= -1 standard error): {'yes' if verdict_kd else 'NO'}; "
+               f"better: {'yes' if mean_difference > difference_se else 'no'}")
+    print(f"learns clearly above chance (> 3x chance, every seed): {'yes' if verdict_learn else 'NO'}")
     print(kd_line)
-    total = nokd["seconds"] + teacher["seconds"] + label_seconds + kd["seconds"]
-    print(f"wall time of the four steps: {total:.0f} s (this invocation: {time.time() - started:.0f} s)")
+    total = teacher["seconds"] + label_seconds + sum(n["seconds"] + k["seconds"] for _, n, k in pairs)
+    print(f"wall time of all steps: {total:.0f} s (this invocation: {time.time() - started:.0f} s)")
 
     if args.results_md:
         command = "python benchmarks/learning_finetune.py " + " ".join(
@@ -469,20 +495,24 @@ def main(argv: Optional[list[str]] = None) -> int:
                      f"{args.eval_clips_per_class * num_classes} eval clips of 1 s at {args.sample_rate} Hz "
                      f"(flac + wav), seed {args.seed}")
         import torch
+        first_nokd, first_kd = pairs[0][1], pairs[0][2]
         block = [
             "", f"## Learning on real-looking own data ({datetime.date.today().isoformat()})", "",
             f"`{command.strip()}`, {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads; the four steps took {total / 60:.0f} min "
+            f"torch {torch.__version__}, {torch.get_num_threads()} threads; all steps took {total / 60:.0f} min "
             f"of wall time.", "",
             f"Dataset: {info_line}. Every run has the own-data recipe's defaults ({epochs_note}; KD: "
             f"`--teacher_preds`, default kd_lambda{'' if kd_lambda is None else f' {kd_lambda:g}'}); "
-            f"the teacher is trained with `--model_width {args.teacher_width:g}`, otherwise the same flags:", "",
-            "```", _short(nokd["command"], work), _short(label_command, work), _short(kd["command"], work), "```",
-            "", *table, "",
+            f"the teacher is trained once with `--model_width {args.teacher_width:g}`, the students once per "
+            f"training seed ({', '.join(str(seed) for seed in args.train_seeds)}) with and without KD:", "",
+            "```", _short(teacher["command"], work), _short(label_command, work), _short(first_nokd["command"], work),
+            _short(first_kd["command"], work), "```",
+            "", *table, "", *seed_table, "",
             "Eval accuracy per epoch:", "",
             *[f"- {row['name']}: {' '.join(_fmt(v) for v in row['curve'])}" for row in rows if "curve" in row],
             "",
-            f"Learns clearly above chance (> 3x chance): {'yes' if verdict_learn else 'NO'}. {kd_line}.", "",
+            f"Learns clearly above chance (> 3x chance, every seed): {'yes' if verdict_learn else 'NO'}. "
+            f"{kd_line}.", "",
         ]
         with open(args.results_md, "a") as handle:
             handle.write("\n".join(block))

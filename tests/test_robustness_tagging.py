@@ -27,7 +27,7 @@ from efficient_tagging.cli import complexity as complexity_cli
 from efficient_tagging.frontends import build_frontend
 from efficient_tagging.labels import LabelMap
 from efficient_tagging.tagging import TeacherEnsemble
-from efficient_tagging.tagging.windows import SpectrogramStream, WindowPlan, stream_forward
+from efficient_tagging.tagging.long_input import SpectrogramStream, WindowPlan, stream_forward
 
 SR = 32000
 
@@ -205,7 +205,7 @@ def test_long_file_is_tagged_in_bounded_windows_close_to_the_whole_file(tmp_path
     model.forward_features = lambda x: (seen.append(x.shape[-1]), original(x))[1]
     chunked = tagger.file_probabilities(path)
     assert len(seen) >= 5 and max(seen) <= tagger.chunk_frames  # the model never sees more than a chunk
-    # the documented tolerance for 20-s chunks (module doc of tagging.windows): squeeze-excitation sees
+    # the documented tolerance for 20-s chunks (module doc of tagging.long_input): squeeze-excitation sees
     # window means instead of whole-file means
     assert (chunked - whole).abs().max() < 0.06
     # a file no longer than the chunk keeps the one-pass result exactly

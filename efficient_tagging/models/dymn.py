@@ -48,6 +48,7 @@ from .layers import (
     BlockSpec,
     ConvNormActivation,
     check_spectrogram_input,
+    mlp_head_per_frame,
     init_mobilenet_weights,
     make_divisible,
     mlp_head,
@@ -482,6 +483,13 @@ class DyMN(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 1, n_mels, T) -> (logits (B, num_classes), embedding (B, 6C))."""
         return self.forward_head(self.forward_features(x))
+
+    frame_logits_exact = False  # the MLP head is non-linear after its pooling
+
+    def forward_frames(self, features: Tensor) -> Tensor:
+        """Logits per output time frame (B, num_classes, T'): the MLP head per frame (a
+        decision-level approximation, see `layers.mlp_head_per_frame`)."""
+        return mlp_head_per_frame(self.classifier, features)
 
     def forward_head(self, features: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, embedding) from the body output; embedding = pooled `out_c` output."""

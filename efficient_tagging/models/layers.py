@@ -186,6 +186,16 @@ def mlp_head(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:
     )
 
 
+def mlp_head_per_frame(head: nn.Sequential, features: Tensor) -> Tensor:
+    """The MLP head applied to every time frame of the body output: (B, D, F', T') -> (B, C, T').
+
+    The head's global pool is replaced by a mean over frequency only. A decision-level
+    approximation: the head is non-linear, so the mean of these frame logits is not the clip logits.
+    """
+    frames = features.mean(dim=2).transpose(1, 2)  # (B, T', D)
+    return head[2:](frames).transpose(1, 2)  # Linear -> Hardswish -> Dropout -> Linear, per frame
+
+
 def init_mobilenet_weights(model: nn.Module) -> None:
     """Fresh-model initialisation of EfficientAT (torchvision's MobileNetV3 scheme).
 

@@ -50,6 +50,7 @@ from .layers import (
     conv_output_size,
     init_mobilenet_weights,
     make_divisible,
+    mlp_head_per_frame,
     mlp_head,
 )
 
@@ -253,6 +254,15 @@ class MultiHeadAttentionPooling(nn.Module):
         out = (att * val).sum(dim=2) * self.head_weight  # (B, heads, classes)
         return out.sum(dim=1)
 
+    def frame_values(self, x: Tensor) -> Tensor:
+        """(B, classes, T): each frame's values combined over heads, as if attention chose that
+        frame alone -- the clip logits are an attention-weighted average of these per head."""
+        x = x.mean(dim=2).transpose(1, 2)
+        b, t, _ = x.shape
+        proj = self.subspace_proj(x).reshape(b, t, 2, self.num_heads, self.num_classes)
+        values = proj[:, :, 1].permute(0, 2, 1, 3)  # (B, heads, T, classes)
+        return (values * self.head_weight.unsqueeze(-1)).sum(dim=1).transpose(1, 2)
+
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -407,6 +417,24 @@ class MobileNet(nn.Module):
         embedding = F.adaptive_avg_pool2d(features, 1).flatten(1)
         logits = self.classifier(features).flatten(1)
         return logits, embedding
+
+    @property
+    def frame_logits_exact(self) -> bool:
+        """True when the mean of `forward_frames` over time equals the clip logits (eval mode)."""
+        return self.head_type == "fully_convolutional"
+
+    def forward_frames(self, features: Tensor) -> Tensor:
+        """Logits per output time frame (B, num_classes, T') from the body output, no time pooling.
+
+        ``fully_convolutional``: the 1x1 conv + BatchNorm, averaged over frequency only -- exact, their
+        mean over time is the clip logits. ``mlp``: the MLP per frame (decision-level approximation).
+        ``mha``: each frame's attention values (approximation; the clip logits weight them by attention).
+        """
+        if self.head_type == "fully_convolutional":
+            return self.classifier[:-1](features).mean(dim=2)
+        if self.head_type == "mlp":
+            return mlp_head_per_frame(self.classifier, features)
+        return self.classifier.frame_values(features)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(logits, embedding)`` for a (B, 1, n_mels, T) log-mel batch.

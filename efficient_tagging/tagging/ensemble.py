@@ -67,6 +67,9 @@ class TeacherEnsemble(TaggingMixin, nn.Module):
         label_map = getattr(members[0], "label_map", None)
         self.label_map = label_map if label_map is not None else LabelMap.from_names(
             [f"class_{i}" for i in range(self.num_classes)])
+        # short inputs are repeated (or padded) to the longest clip length a member was trained on
+        lengths = [float(m.clip_length) for m in members if getattr(m, "clip_length", None)]
+        self.clip_length = max(lengths) if lengths else None
         self.min_samples = max(int(getattr(m, "min_samples", 1024) * self.sample_rate / m.sample_rate + 0.5)
                                for m in members)
 

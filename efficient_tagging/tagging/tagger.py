@@ -1,18 +1,21 @@
 """Tagging audio with a trained model: waveform/file -> class probabilities -> top-k labels.
 
 `AudioTagger` bundles a model with the frontend it was trained with and its label map. It
-is the piece the inference scripts, evaluation and (later) windowed tagging share.
+is the piece the inference scripts, evaluation, tags over time, streaming and HEAR embeddings share.
 
 Input rules (shared by `AudioTagger` and `TeacherEnsemble`):
 - A waveform with NaN/Inf samples is refused (ValueError naming how many and where).
 - A waveform (or decoded file) shorter than the clip length the model was trained with (stored in
-  this project's checkpoints) is zero-padded at the end to that length, as training and evaluation
-  do; one shorter than `min_samples` (one STFT window, e.g. 1024 samples = 32 ms at 32 kHz) is
-  padded with a logged warning. `probabilities`, `tag_waveform` and `tag_file` pad alike;
-  `forward` (the raw model call) refuses inputs shorter than `min_samples`.
+  this project's checkpoints; 10 s for the catalogue's AudioSet models) is **repeated** to that
+  length (`short_inputs = "repeat"`, the default: a 1-s clip zero-padded to 10 s would be 90 %
+  silence, EfficientAT #3), or zero-padded at the end (`short_inputs = "pad"`, how training pads
+  short clips). One shorter than `min_samples` (one STFT window, e.g. 1024 samples = 32 ms at
+  32 kHz) is always zero-padded, with a logged warning. `probabilities`, `tag_waveform` and
+  `tag_file` treat short inputs alike; `forward` (the raw model call) refuses inputs shorter than
+  `min_samples` and never pads.
 - Inputs longer than `chunk_seconds` (default 60 s) are tagged in bounded memory: files are
   decoded and resampled block by block and the spectrogram/model run in overlapping windows
-  (`tagging.windows`, which documents the combination rule and its measured accuracy). Shorter
+  (`tagging.long_input`, which documents the combination rule and its measured accuracy). Shorter
   inputs are tagged in one pass, exactly as before.
 """
 from __future__ import annotations
@@ -32,11 +35,13 @@ from ..frontends import build_frontend, frontend_sample_rate
 from ..labels import LabelMap, audioset_labels
 from ..models.factory import get_model, read_checkpoint
 from ..models.layers import forward_spectrogram
-from .windows import DEFAULT_CHUNK_SECONDS, WindowPlan, frame_geometry, plan_windows, stream_forward
+from .long_input import DEFAULT_CHUNK_SECONDS, WindowPlan, frame_geometry, plan_windows, stream_forward
 
 logger = logging.getLogger(__name__)
 
 BlockFactory = Callable[[], Iterator[Tensor]]
+AUDIOSET_CLIP_SECONDS = 10.0
+SHORT_INPUT_POLICIES = ("repeat", "pad")
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,8 @@ class TaggingMixin:
     label_map: LabelMap
     min_samples: int = 1024
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS
+    # inputs shorter than the trained clip length: "repeat" them to it (default) or "pad" with zeros
+    short_inputs: str = "repeat"
 
     @property
     def chunk_samples(self) -> int:
@@ -122,9 +129,16 @@ class TaggingMixin:
             logger.warning("waveform of %d samples (%.1f ms at %d Hz) is shorter than the %d samples (one analysis "
                            "window) the model needs: zero-padded at the end to %d samples", length,
                            1000 * length / self.sample_rate, self.sample_rate, self.min_samples, shortest)
-        if length < shortest:
-            waveform = torch.nn.functional.pad(waveform, (0, shortest - length))
-        return waveform
+        if length >= shortest:
+            return waveform
+        policy = getattr(self, "short_inputs", "repeat")
+        if policy == "repeat" and length >= self.min_samples:
+            # EfficientAT #3: a 1-s clip zero-padded to the 10 s the model was trained on is 90 %
+            # silence and its tags are diluted; repeated, the model sees the sound over its whole
+            # input, as the reference's maintainer recommends
+            repeats = -(-shortest // length)
+            return waveform.repeat(1, repeats)[:, :shortest]
+        return torch.nn.functional.pad(waveform, (0, shortest - length))
 
     def logits_to_probabilities(self, logits: Tensor) -> Tensor:
         """Sigmoid per class for a multi-label model; softmax over classes for a single-label one
@@ -194,13 +208,16 @@ class AudioTagger(TaggingMixin, nn.Module):
 
     `chunk_seconds` (default 60): `probabilities` / `tag_waveform` / `tag_file` tag longer inputs
     in windows of at most this length, in memory that does not grow with the input
-    (`tagging.windows` gives the rule and its measured accuracy); `forward` always runs one pass.
+    (`tagging.long_input` gives the rule and its measured accuracy); `forward` always runs one pass.
     """
 
     def __init__(self, model: nn.Module, frontend: Optional[nn.Module] = None,
                  label_map: Optional[LabelMap] = None, sample_rate: Optional[int] = None,
-                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS) -> None:
+                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS, short_inputs: str = "repeat") -> None:
         super().__init__()
+        if short_inputs not in SHORT_INPUT_POLICIES:
+            raise ValueError(f"short_inputs must be one of {', '.join(SHORT_INPUT_POLICIES)}, got {short_inputs!r}")
+        self.short_inputs = short_inputs
         if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not (
                 math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise ValueError(f"chunk_seconds must be a positive number of seconds, got {chunk_seconds!r}")
@@ -215,6 +232,8 @@ class AudioTagger(TaggingMixin, nn.Module):
         # seconds per clip the model was trained with (this project's checkpoints store it); None if unknown
         self.clip_length: Optional[float] = (float(preprocessing["clip_length"])
                                              if preprocessing.get("clip_length") is not None else None)
+        if self.clip_length is None and getattr(model, "dataset", None) == "audioset":
+            self.clip_length = AUDIOSET_CLIP_SECONDS  # the catalogue's AudioSet models saw 10-s clips
         num_classes = int(getattr(model, "num_classes", 0) or (len(label_map) if label_map else 0))
         if label_map is not None and num_classes and len(label_map) != num_classes:
             raise ValueError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")
@@ -247,7 +266,7 @@ class AudioTagger(TaggingMixin, nn.Module):
         return int(num_frames(self.chunk_samples)) if num_frames else self.chunk_samples // 320
 
     def window_plan(self) -> WindowPlan:
-        """How long inputs are cut into model windows (CNN students; see `tagging.windows`)."""
+        """How long inputs are cut into model windows (CNN students; see `tagging.long_input`)."""
         if self._window_plan is None:
             n_mels = int(getattr(self.frontend, "n_mels", None) or getattr(self.frontend, "num_mel_bins", 128))
             self._window_plan = plan_windows(self.model, self.chunk_frames, n_mels)

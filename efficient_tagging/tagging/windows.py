@@ -1,445 +1,621 @@
-"""Tagging long inputs in bounded memory: streamed spectrogram + model windows with overlap.
+"""Tags over time: class probabilities per window of a recording, and sound events from them.
 
-A tagger given a waveform longer than its chunk (``chunk_seconds``, default 60 s) does not run
-the frontend and the model over the whole input at once (memory grows with the length:
-4.8 GB RSS for 30 min with mn10). Instead (:func:`stream_forward`):
+**Windows.** Window ``i`` covers the samples ``[i * hop, i * hop + window)`` of the recording
+(EfficientAT's ``windowed_inference.py`` grid: ``n = ceil((N - window) / hop) + 1`` windows, at
+least one, the recording zero-padded at the end so that the last window is complete; the last
+window therefore reaches past the end of the file by less than one hop). ``hop`` is rounded to a
+whole number of frontend frames (10 ms for every catalogue frontend), and said so in a log line.
 
-1. **Spectrogram in pieces** (:class:`SpectrogramStream`). The frontends are frame-local: frame
-   ``t`` depends only on samples ``[t*hop - lead, t*hop - lead + span)`` (EfficientAT/PaSST mel:
-   ``lead = n_fft // 2``, ``span = n_fft + 1`` incl. pre-emphasis; AST's Kaldi fbank:
-   ``lead = 0``, ``span`` = one 25 ms frame). Each piece is computed from a waveform segment that
-   starts on a hop boundary with enough samples either side, and only the frames that do not
-   touch the segment's own edge padding are kept; at the true start and end the segment edges
-   are the file's, so the padding is the same as for the whole file. The pieces concatenate to
-   the whole-file spectrogram (mel: identical in the tests; AST fbank: within 1e-4, because AST
-   removes the clip mean before the fbank -- Kaldi's per-frame DC removal cancels any constant
-   offset, so a piece's own mean gives the same frames up to rounding).
+**Spectrogram once, windows of frames.** Unlike the reference, which runs the frontend on every
+window's samples separately, the spectrogram of the whole recording is computed once, in pieces
+(:class:`~efficient_tagging.tagging.long_input.SpectrogramStream`: memory bounded whatever the
+length), and window ``i`` is the frames ``[i * hop_frames, i * hop_frames + window_frames)`` with
+``window_frames`` = the frames the frontend gives for ``window`` seconds of samples (1000 for
+10 s with the 10 ms mel frontend). These are the frames of the window's own samples except the
+frontend's edge padding of the first/last ~16 ms, which here come from the neighbouring audio
+instead of a reflection: a window is tagged as the middle of a recording, as the model saw its
+training clips' insides. The same engine (:class:`WindowEngine`) runs the offline pass and the
+live stream (:mod:`~efficient_tagging.tagging.streaming`), so both give the same tags.
 
-2. **Model windows**, by model family:
-
-   * **Transformer teachers** (PaSST, AST: ``needs_sliding_windows``): the same windows as the
-     whole-file pass (``models.layers.sliding_window_starts``: ``window_frames`` long, a quarter
-     window apart, plus one window ending at the last frame) are run as soon as their frames
-     have arrived, and logits/embeddings are the unweighted means over windows
-     (``mean_over_windows``' rule). Same result as the whole-file pass (within float rounding).
-
-   * **Global-pooling students** (mn / dymn with the ``mlp`` or ``fully_convolutional`` head,
-     whose logits are a function of the global average of the body output): **pooled features
-     weighted by valid lengths**. With ``S`` the model's total time stride (32 for strides
-     2,2,2,2) and a margin ``M`` = half the time receptive field rounded up to a multiple of
-     ``S`` (320 frames for mn/dymn), the spectrogram is cut into windows that each own ``K``
-     frames (a multiple of ``S``; ``K + 2M`` <= the chunk) and see ``M`` extra frames on each
-     side (fewer at the file edges; the last window owns the rest of the file). A window's body
-     output is summed over frequency and over the output frames of the frames it owns
-     (``[iK/S, (i+1)K/S)``), the sums of all windows are divided by the number of summed
-     positions -- giving the global average pool of the whole-file body output -- and the head
-     runs on that pooled vector (``forward_head``: for ``mlp`` pooling comes first; the
-     ``fully_convolutional`` head is affine before its pooling in eval mode, so pooling first is
-     the same). For a purely convolutional body this equals the whole-file pass exactly (the
-     margin covers the receptive field). MobileNet's channel squeeze-excitation and DyMN's
-     dynamic convolutions/attention use means over the *window* instead of the whole file, so
-     the result is close but not identical. Measured (``benchmarks/bench_tagging_memory.py
-     --accuracy``; ``benchmarks/RESULTS.md``) on the 10 s recording ``metro_station-paris.wav``
-     repeated to 5 minutes, with the reference-fixture weights (random weights whose BatchNorm
-     statistics come from real audio), max |delta prob| over the 527 classes vs the whole-file
-     pass: mn10 4.6e-3 with the default 60 s chunk (1.2e-2 with 20 s chunks), mn04 1.7e-2
-     (4.3e-2 with 20 s). Longer chunks are closer. For scale, the whole-file result of these
-     models itself moves by 0.15 (mn10) / 0.34 (mn04) when the input is circularly shifted by 3 s.
-     (DyMN follows the same rule; its fixture weights are numerically unstable away from their
-     10-s calibration length, so no meaningful number could be measured without trained weights.)
-
-   * **Other models** (e.g. the attention-pooling head): the same windows; logits and
-     embeddings are the means of the per-window outputs weighted by the frames each window owns.
-     An approximation of the whole-file pass (not measured against it; for the global-pooling
-     students this rule was measured 1.4-2x further from the whole-file pass than pooled features).
-
-   The last window is extended to the left (on the stride grid) to a full window where the input
-   allows, so that every window sees about one chunk of frames.
-
-Memory (``benchmarks/RESULTS.md``): tagging a 30-min mp3 with mn10 peaks at 0.93 GB RSS against
-0.81 GB for a 1-min file (1.14x; the whole-file pass needed 4.5 GB).
-
-Inputs of at most one chunk are passed through the frontend and model in one go, exactly as
-before (bit-identical).
+**Events** (:func:`detect_events`, the convention of PretrainedSED's inference): a class is
+active in a window where its probability exceeds its threshold; the active/inactive sequence is
+median-filtered over ``median_window`` windows (odd; edges repeat the first/last decision --
+for odd kernels this equals median-filtering the probabilities, then thresholding); each run of
+active windows is one event. Window ``i`` stands for the hop-long time around its centre,
+``centre_i +- hop / 2`` with ``centre_i = i * hop + window / 2`` (the first window from 0 s, the last
+one to the end of the recording), so that one short sound does not turn into an event of a whole
+window's length; event times therefore have the resolution of one hop.
+:class:`EventTracker` is the same rule applied online (events are emitted as they end, after a
+look-ahead of ``median_window // 2`` windows); offline and streamed events are the same.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
+import csv
+import io
+import json
 import logging
 import math
-from dataclasses import dataclass
-from typing import Iterable, Iterator, Optional
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..audio import concat_samples
+from ..audio import AudioSource, stream_audio
 from ..models.layers import forward_spectrogram
+from .long_input import SpectrogramStream, _FrameBuffer, frame_geometry
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SECONDS = 60.0
+# EfficientAT's windowed_inference.py defaults (seconds)
+DEFAULT_WINDOW_SECONDS = 10.0
+DEFAULT_HOP_SECONDS = 2.5
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_MEDIAN_WINDOW = 1
+# frames per spectrogram piece in the offline pass (60 s at 10 ms): large pieces, few frontend calls
+OFFLINE_STEP_FRAMES = 6000
 
 
 # --------------------------------------------------------------------------------------
-# waveform -> spectrogram pieces
+# the window grid
 # --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class FrameGeometry:
-    """Frame ``t`` of a frontend reads samples ``[t*hop - lead, t*hop - lead + span)``."""
+class WindowGrid:
+    """Where the windows of a recording lie, in samples and in frontend frames."""
 
-    hop: int
-    lead: int
-    span: int
+    sample_rate: int
+    window_samples: int
+    hop_samples: int
+    window_frames: int
+    hop_frames: int
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sample_rate
+
+    @property
+    def hop_seconds(self) -> float:
+        return self.hop_samples / self.sample_rate
+
+    def count(self, num_samples: int) -> int:
+        """Windows of a recording of ``num_samples`` samples (at least one)."""
+        if num_samples <= self.window_samples:
+            return 1
+        return math.ceil((num_samples - self.window_samples) / self.hop_samples) + 1
+
+    def padded_samples(self, num_samples: int) -> int:
+        """Samples after the end padding that completes the last window."""
+        return (self.count(num_samples) - 1) * self.hop_samples + self.window_samples
+
+    def start(self, index: int) -> float:
+        """Start of window ``index`` in seconds."""
+        return index * self.hop_samples / self.sample_rate
+
+    def end(self, index: int) -> float:
+        return (index * self.hop_samples + self.window_samples) / self.sample_rate
 
 
-def frame_geometry(frontend: nn.Module) -> Optional[FrameGeometry]:
-    """The frame geometry of a frame-local frontend in eval mode (None if not known to be one)."""
-    from ..frontends import ASTFbank, AugmentMelSTFT
-
-    if isinstance(frontend, AugmentMelSTFT) and not frontend.training:
-        # centred STFT of the pre-emphasised signal y[n] = x[n+1] - 0.97 x[n]
-        return FrameGeometry(hop=int(frontend.hopsize), lead=int(frontend.n_fft) // 2, span=int(frontend.n_fft) + 1)
-    if isinstance(frontend, ASTFbank):
-        options = frontend.fbank_kwargs
-        if options.get("snip_edges", True) and options.get("remove_dc_offset", True):
-            hop = int(frontend.sample_rate * frontend.frame_shift * 0.001)
-            return FrameGeometry(hop=hop, lead=0, span=int(frontend.frame_length_samples))
-    return None
+def _frame_hop(frontend: nn.Module) -> int:
+    geometry = frame_geometry(frontend)
+    if geometry is None:
+        raise ValueError(f"{type(frontend).__name__} is not a frame-local frontend in eval mode: tags over time "
+                         f"need one (the mel and Kaldi-fbank frontends are; call .eval() on the tagger)")
+    return geometry.hop
 
 
-def _release_freed_memory() -> None:
-    """Hand memory freed by the last window back to the OS (glibc only; a no-op elsewhere).
+def window_grid(frontend: nn.Module, sample_rate: int, window: float = DEFAULT_WINDOW_SECONDS,
+                hop: float = DEFAULT_HOP_SECONDS) -> WindowGrid:
+    """The grid of ``window``-second windows every ``hop`` seconds for ``frontend`` at ``sample_rate``.
 
-    Successive windows allocate and free the same few hundred MB of activations; glibc keeps freed
-    blocks in its heap, fragmented, and the next window grows the heap again: measured on mn10
-    with 60-s chunks, the peak RSS rose by ~110 MB over the first windows without this call.
+    The hop is rounded to whole frontend frames (logged when that changes it by more than 0.1 ms).
     """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
+    for name, value in (("window", window), ("hop", hop)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    frame_hop = _frame_hop(frontend)
+    hop_frames = max(1, round(hop * sample_rate / frame_hop))
+    hop_samples = hop_frames * frame_hop
+    if abs(hop_samples / sample_rate - hop) > 1e-4:
+        logger.info("hop %.4f s rounded to %.4f s (%d frames of %.1f ms)", hop, hop_samples / sample_rate,
+                    hop_frames, 1000 * frame_hop / sample_rate)
+    window_samples = int(round(window * sample_rate))
+    window_frames = int(frontend.num_frames(window_samples))
+    if window_frames < 1:
+        raise ValueError(f"a window of {window} s gives no spectrogram frame: use a longer window")
+    return WindowGrid(sample_rate=int(sample_rate), window_samples=window_samples, hop_samples=hop_samples,
+                      window_frames=window_frames, hop_frames=hop_frames)
 
 
-_malloc_trim = None
+# --------------------------------------------------------------------------------------
+# the engine: samples in, logits per window out (offline and streaming)
+# --------------------------------------------------------------------------------------
+def _members(tagger: nn.Module) -> list[nn.Module]:
+    """The single-model taggers whose mean logits the tagger outputs (itself, or ensemble members)."""
+    members = list(getattr(tagger, "members", None) or [tagger])
+    for member in members:
+        if not (hasattr(member, "frontend") and hasattr(member, "model")):
+            raise TypeError(f"tags over time need taggers with a frontend and a model (AudioTagger), got "
+                            f"{type(member).__name__}")
+    rates = {int(m.sample_rate) for m in members}
+    if len(rates) != 1 or int(tagger.sample_rate) not in rates:
+        raise ValueError(f"tags over time with an ensemble need members of one sample rate; got "
+                         f"{sorted(rates)} Hz (tag with each model separately)")
+    return members
 
 
-def _cat_frames(pieces: list[Tensor]) -> Tensor:
-    """Join spectrogram pieces along time (numpy for CPU tensors: see `audio.concat_samples`)."""
-    if len(pieces) == 1:
-        return pieces[0]
-    if all(p.device.type == "cpu" for p in pieces):
-        return torch.from_numpy(np.concatenate([p.numpy() for p in pieces], axis=-1))
-    return torch.cat(pieces, dim=-1)
+class _MemberWindows:
+    """One model's windows: spectrogram pieces in, logits (n, C) of every completed window out."""
+
+    def __init__(self, member: nn.Module, window: float, hop: float, step_frames: int, batch_size: int) -> None:
+        self.member = member
+        self.grid = window_grid(member.frontend, member.sample_rate, window, hop)
+        self.spectrogram = SpectrogramStream(member.frontend, step_frames, device=member.device)
+        self.frames = _FrameBuffer()
+        self.batch_size = batch_size
+        self.next_window = 0
+
+    def _ready(self, limit: Optional[int]) -> list[int]:
+        grid, ready = self.grid, []
+        index = self.next_window
+        while (limit is None or index < limit) and index * grid.hop_frames + grid.window_frames <= self.frames.end:
+            ready.append(index)
+            index += 1
+        return ready
+
+    def _run(self, limit: Optional[int]) -> list[Tensor]:
+        out = []
+        ready = self._ready(limit)
+        grid = self.grid
+        for begin in range(0, len(ready), self.batch_size):
+            batch = ready[begin:begin + self.batch_size]
+            windows = torch.cat([self.frames.frames(i * grid.hop_frames, i * grid.hop_frames + grid.window_frames)
+                                 for i in batch])
+            logits, _ = forward_spectrogram(self.member.model, windows)
+            out.append(logits.float().cpu())
+        if ready:
+            self.next_window = ready[-1] + 1
+            self.frames.drop_before(self.next_window * grid.hop_frames)
+        return out
+
+    def push(self, samples: Tensor) -> list[Tensor]:
+        for piece in self.spectrogram.push(samples):
+            self.frames.append(piece)
+        return self._run(None)
+
+    def finish(self, num_windows: int) -> list[Tensor]:
+        for piece in self.spectrogram.flush():
+            self.frames.append(piece)
+        out = self._run(num_windows)
+        if self.next_window != num_windows:  # cannot happen with a consistent grid; never silent
+            raise RuntimeError(f"tagged {self.next_window} of {num_windows} windows: frames {self.frames.end}")
+        return out
 
 
-def _as_b1ft(spectrogram: Tensor) -> Tensor:
-    return spectrogram.unsqueeze(1) if spectrogram.dim() == 3 else spectrogram
+class WindowEngine:
+    """Samples in (blocks of any size), logits of every completed window out, in window order.
 
-
-class SpectrogramStream:
-    """Frontend output of a long mono waveform fed in blocks, as exact pieces of ``step_frames``.
-
-    ``push(block)`` / ``flush()`` yield (1, 1, F, frames) pieces whose concatenation along time is
-    the frontend output of the whole waveform (see the module doc, step 1). Holds about
-    ``step_frames`` frames of samples plus one frame of context.
+    ``push(block)`` returns the logits (n, C) of the windows completed by the block (n may be 0);
+    ``finish()`` pads the recording to complete the last window (see the module doc) and returns
+    the rest. Ensembles (same sample rate) give the mean logits of their members.
     """
 
-    def __init__(self, frontend: nn.Module, step_frames: int, device: Optional[torch.device] = None) -> None:
-        geometry = frame_geometry(frontend)
-        if geometry is None:
-            raise ValueError(f"{type(frontend).__name__} is not a known frame-local frontend; it cannot be streamed")
-        if step_frames < 1:
-            raise ValueError(f"step_frames must be positive, got {step_frames}")
-        self.frontend = frontend
-        self.geometry = geometry
-        self.step = int(step_frames)
-        self.device = device
-        # frames whose window reaches back before a segment start are recomputed: a segment for
-        # frame f starts `margin` frames earlier (strictly more than `lead` samples)
-        self.margin = geometry.lead // geometry.hop + 1
-        self._pieces: list[Tensor] = []
-        self._buffer_start = 0  # absolute sample index of the buffer's first sample
-        self._buffered = 0
-        self.next_frame = 0  # first frame not yet produced
+    def __init__(self, tagger: nn.Module, window: float = DEFAULT_WINDOW_SECONDS, hop: float = DEFAULT_HOP_SECONDS,
+                 *, step_frames: int = OFFLINE_STEP_FRAMES, batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.tagger = tagger
+        self._members = [_MemberWindows(m, window, hop, step_frames, batch_size) for m in _members(tagger)]
+        grids = {(w.grid.window_samples, w.grid.hop_samples) for w in self._members}
+        if len(grids) != 1:
+            raise ValueError(f"ensemble members disagree on the window grid (frame hops differ): {sorted(grids)}")
+        self.grid = self._members[0].grid
+        self.num_samples = 0
+        self.windows_done = 0
+        self._pending: list[list[Tensor]] = [[] for _ in self._members]
+        self._finished = False
 
-    def _buffer(self) -> Tensor:
-        if len(self._pieces) != 1:
-            self._pieces = [concat_samples(self._pieces)]
-        return self._pieces[0]
+    @property
+    def sample_rate(self) -> int:
+        return self.grid.sample_rate
 
-    def _segment_frames(self, end_sample: Optional[int]) -> Tensor:
-        """Frames from ``next_frame`` on, of the segment that ends at ``end_sample`` (None: the end)."""
-        g = self.geometry
-        first_sample = max(0, (self.next_frame - self.margin) * g.hop)
-        buffer = self._buffer()
-        begin = first_sample - self._buffer_start
-        stop = None if end_sample is None else end_sample - self._buffer_start
-        segment = buffer[begin:stop].unsqueeze(0)
-        if self.device is not None:
-            segment = segment.to(self.device)
-        spectrogram = _as_b1ft(self.frontend(segment))
-        real = self.frontend.num_frames(segment.shape[-1])  # frames before any pad to a target length
-        local = self.next_frame - first_sample // g.hop
-        return spectrogram[..., local:real]
+    def _combine(self) -> Tensor:
+        counts = [sum(t.shape[0] for t in pending) for pending in self._pending]
+        ready = min(counts)
+        if not ready:
+            return torch.zeros(0, int(self.tagger.num_classes))
+        parts = []
+        for index, pending in enumerate(self._pending):
+            stacked = torch.cat(pending)
+            parts.append(stacked[:ready])
+            self._pending[index] = [stacked[ready:]] if stacked.shape[0] > ready else []
+        self.windows_done += ready
+        return torch.stack(parts).mean(0) if len(parts) > 1 else parts[0]
 
-    def _drop_consumed(self) -> None:
-        keep_from = max(0, (self.next_frame - self.margin) * self.geometry.hop) - self._buffer_start
-        if keep_from > 0:
-            self._pieces = [self._buffer()[keep_from:].clone()]
-            self._buffer_start += keep_from
-            self._buffered -= keep_from
-
-    def push(self, block: Tensor) -> Iterator[Tensor]:
+    @torch.no_grad()
+    def push(self, block: Tensor) -> Tensor:
+        if self._finished:
+            raise RuntimeError("push() after finish(): start a new engine for a new recording")
         block = torch.as_tensor(block, dtype=torch.float32).reshape(-1)
-        if not block.numel():
-            return
-        self._pieces.append(block.cpu())
-        self._buffered += block.numel()
-        g = self.geometry
-        while True:
-            last = self.next_frame + self.step - 1
-            end_sample = last * g.hop - g.lead + g.span  # the last frame's window end
-            if end_sample > self._buffer_start + self._buffered:
-                return
-            piece = self._segment_frames(end_sample)[..., :self.step]
-            self.next_frame += piece.shape[-1]
-            self._drop_consumed()
-            yield piece
+        if not bool(torch.isfinite(block).all()):
+            bad = int((~torch.isfinite(block)).sum())
+            raise ValueError(f"audio block of {block.numel()} samples at sample {self.num_samples} "
+                             f"({self.num_samples / self.sample_rate:.3f} s) contains {bad} NaN/inf samples")
+        self.num_samples += block.numel()
+        for index, member in enumerate(self._members):
+            self._pending[index].extend(member.push(block))
+        return self._combine()
 
-    def flush(self) -> Iterator[Tensor]:
-        if not self._buffered:
-            return
-        total = self.frontend.num_frames(self._buffer_start + self._buffered)
-        if total > self.next_frame:
-            piece = self._segment_frames(None)
-            self.next_frame += piece.shape[-1]
-            yield piece
-        self._pieces, self._buffered = [], 0
+    @torch.no_grad()
+    def finish(self) -> Tensor:
+        if self._finished:
+            raise RuntimeError("finish() called twice")
+        if self.num_samples == 0:
+            raise ValueError("no audio was given: nothing to tag")
+        padding = self.grid.padded_samples(self.num_samples) - self.num_samples
+        total = self.grid.count(self.num_samples)
+        for index, member in enumerate(self._members):
+            if padding:
+                self._pending[index].extend(member.push(torch.zeros(padding)))
+            self._pending[index].extend(member.finish(total))
+        self._finished = True
+        return self._combine()
 
 
 # --------------------------------------------------------------------------------------
-# spectrogram pieces -> model windows
+# results
 # --------------------------------------------------------------------------------------
-class _FrameBuffer:
-    """Spectrogram frames (1, 1, F, T) received so far, minus those dropped; absolute indexing."""
+@dataclass
+class TagsOverTime:
+    """Per-window class probabilities of one recording."""
 
-    def __init__(self) -> None:
-        self._pieces: list[Tensor] = []
-        self.start = 0  # absolute index of the first held frame
-        self.end = 0  # absolute index after the last received frame
+    probabilities: np.ndarray  # (windows, classes) float32
+    starts: np.ndarray  # (windows,) seconds
+    ends: np.ndarray  # (windows,) seconds; the last one may reach past `duration` (end padding)
+    labels: list[str]
+    duration: float  # seconds of real audio
+    window: float
+    hop: float
+    source: str = ""
 
-    def append(self, piece: Tensor) -> None:
-        self._pieces.append(piece)
-        self.end += piece.shape[-1]
+    def __len__(self) -> int:
+        return len(self.starts)
 
-    def frames(self, begin: int, stop: int) -> Tensor:
-        if begin < self.start or stop > self.end:
-            raise RuntimeError(f"frames {begin}:{stop} requested, buffer holds {self.start}:{self.end}")
-        if len(self._pieces) > 1:
-            self._pieces = [torch.cat(self._pieces, dim=-1)]
-        # a contiguous copy: convolutions on a strided time slice run about 2x slower
-        return self._pieces[0][..., begin - self.start:stop - self.start].contiguous()
+    @property
+    def centres(self) -> np.ndarray:
+        return (self.starts + self.ends) / 2
 
-    def drop_before(self, frame: int) -> None:
-        if frame <= self.start:
-            return
-        if len(self._pieces) > 1:
-            self._pieces = [_cat_frames(self._pieces)]
-        if self._pieces:
-            self._pieces = [self._pieces[0][..., frame - self.start:].clone()]
-        self.start = frame
+    def top_classes(self, k: int = 10) -> list[int]:
+        """The ``k`` classes with the highest peak probability over the windows, highest first."""
+        peak = self.probabilities.max(axis=0)
+        return [int(i) for i in np.argsort(-peak, kind="stable")[:k]]
 
+    def rows(self) -> Iterator[list[Any]]:
+        for start, end, probs in zip(self.starts, self.ends, self.probabilities):
+            yield [f"{start:.3f}", f"{end:.3f}", *(f"{p:.6g}" for p in probs)]
 
-class _TransformerWindows:
-    """The whole-file sliding windows of a PaSST / AST teacher, run as their frames arrive."""
+    def to_csv(self, path: Union[str, Path]) -> Path:
+        """CSV: ``start,end`` in seconds and one column per class (probability), one row per window."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["start", "end", *self.labels])
+        writer.writerows(self.rows())
+        return write_text_atomic(path, buffer.getvalue())
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.window = int(model.window_frames)
-        starts = model.window_starts(4 * self.window)
-        self.hop = starts[1] - starts[0]
-        self.frames = _FrameBuffer()
-        self.windowed = False  # does the input (so far) need windows at all?
-        self.next_start = 0
-        self.last_start: Optional[int] = None
-        self.count = 0
-        self.sums: Optional[tuple[Tensor, Tensor]] = None
-
-    def _run(self, start: int) -> None:
-        logits, embedding = self.model(self.frames.frames(start, start + self.window))
-        self.sums = (logits, embedding) if self.sums is None else (self.sums[0] + logits, self.sums[1] + embedding)
-        self.count += 1
-        self.last_start = start
-        _release_freed_memory()
-
-    def consume(self, piece: Tensor) -> None:
-        self.frames.append(piece)
-        self.windowed = self.windowed or bool(self.model.needs_sliding_windows(self.frames.end))
-        if not self.windowed:
-            return
-        while self.next_start + self.window <= self.frames.end:
-            self._run(self.next_start)
-            self.next_start += self.hop
-        # keep the last full window (for the final one ending at the last frame) and what is pending
-        self.frames.drop_before(max(0, min(self.next_start, self.frames.end - self.window)))
-
-    def finish(self) -> tuple[Tensor, Tensor]:
-        total = self.frames.end
-        if not self.windowed:  # short input: the plain forward, like forward_spectrogram
-            return forward_spectrogram(self.model, self.frames.frames(0, total))
-        if self.last_start != total - self.window:
-            self._run(total - self.window)
-        assert self.sums is not None
-        return self.sums[0] / self.count, self.sums[1] / self.count
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "duration": self.duration, "window": self.window, "hop": self.hop,
+                "labels": self.labels, "starts": self.starts.tolist(), "ends": self.ends.tolist(),
+                "probabilities": self.probabilities.tolist()}
 
 
-@dataclass(frozen=True)
-class WindowPlan:
-    """Windows owning ``owned`` frames each, seeing ``margin`` more frames on each side."""
-
-    owned: int
-    margin: int
-    stride: int  # total time stride of the model body (output frame = `stride` input frames)
-
-
-class _OwnedWindows:
-    """Windows ``[max(0, iK - M), (i+1)K + M)`` owning ``[iK, (i+1)K)``; the last owns the rest."""
-
-    def __init__(self, model: nn.Module, plan: WindowPlan, pooled_features: bool) -> None:
-        self.model = model
-        self.plan = plan
-        self.pooled_features = pooled_features
-        self.frames = _FrameBuffer()
-        self.index = 0  # next window
-        self.feature_sum: Optional[Tensor] = None
-        self.positions = 0
-        self.weighted: Optional[tuple[Tensor, Tensor]] = None
-        self.weight = 0
-
-    def _run(self, last: bool) -> None:
-        self._add_window(last)  # its activations are freed on return
-        self.index += 1
-        _release_freed_memory()
-        # keep one more window's frames: the last window may reach back that far
-        k, m = self.plan.owned, self.plan.margin
-        self.frames.drop_before(max(0, (self.index - 1) * k - m))
-
-    def _add_window(self, last: bool) -> None:
-        k, m, s = self.plan.owned, self.plan.margin, self.plan.stride
-        own_from = self.index * k
-        own_to = self.frames.end if last else own_from + k
-        start = max(0, own_from - m)
-        stop = self.frames.end if last else own_to + m
-        if last:
-            # the last window sees a full window of frames where the input allows (more left
-            # context, on the stride grid): windows of similar length give similar squeeze-
-            # excitation / dynamic-conv statistics
-            start = max(0, min(start, (self.frames.end - k - 2 * m) // s * s))
-        window = self.frames.frames(start, stop)
-        if self.pooled_features:
-            features = self.model.forward_features(window)
-            first = (own_from - start) // s
-            count = math.ceil((own_to - own_from) / s)
-            owned = features[..., first:first + count]
-            total = owned.sum(dim=(2, 3))
-            self.feature_sum = total if self.feature_sum is None else self.feature_sum + total
-            self.positions += owned.shape[2] * owned.shape[3]
-        else:
-            logits, embedding = forward_spectrogram(self.model, window)
-            weight = own_to - own_from
-            parts = (logits * weight, embedding * weight)
-            self.weighted = parts if self.weighted is None else (self.weighted[0] + parts[0],
-                                                                 self.weighted[1] + parts[1])
-            self.weight += weight
-
-    def consume(self, piece: Tensor) -> None:
-        self.frames.append(piece)
-        k, m = self.plan.owned, self.plan.margin
-        while (self.index + 1) * k + m <= self.frames.end:
-            self._run(last=False)
-
-    def finish(self) -> tuple[Tensor, Tensor]:
-        if self.index * self.plan.owned < self.frames.end or self.index == 0:
-            self._run(last=True)
-        if self.pooled_features:
-            assert self.feature_sum is not None
-            pooled = (self.feature_sum / self.positions)[..., None, None]
-            return self.model.forward_head(pooled)
-        assert self.weighted is not None
-        return self.weighted[0] / self.weight, self.weighted[1] / self.weight
+def write_text_atomic(path: Union[str, Path], text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file and a rename (no half-written file on a kill)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", newline="") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
 
 
-def pools_globally(model: nn.Module) -> bool:
-    """True for models whose logits are a function of the global average of ``forward_features``."""
-    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
-        return False
-    from ..models.dymn import DyMN
-    from ..models.mobilenet import MobileNet
-
-    if isinstance(model, MobileNet):
-        return model.head_type in ("mlp", "fully_convolutional")
-    return isinstance(model, DyMN)
+def _label_names(tagger: nn.Module) -> list[str]:
+    return list(tagger.label_map.names)
 
 
-def _time_stride_and_field(model: nn.Module, n_mels: int) -> tuple[int, int]:
-    """(total time stride, time receptive field) of a CNN body, from one traced forward pass."""
-    from ..complexity import receptive_field_of_layers, trace_model
-
-    device = next(model.parameters()).device
-    trace = trace_model(model, (1, 1, n_mels, 256))
-    convs = trace.conv_layers
-    stride = math.prod(int(c.stride[1]) for c in convs) if convs else 1
-    _, field = receptive_field_of_layers((c.kernel_size, c.stride, c.dilation) for c in convs)
-    if hasattr(model, "forward_features"):
-        # the alignment rule needs output length ceil(T / stride) ("same" padding everywhere)
-        probe = 5 * stride + 1
-        out = model.forward_features(torch.zeros(1, 1, n_mels, probe, device=device))
-        if out.shape[-1] != math.ceil(probe / stride):
-            raise ValueError(f"{type(model).__name__}: body output of {out.shape[-1]} frames for {probe} input "
-                             f"frames does not follow ceil(T / {stride})")
-    return stride, field
+def tags_from_logits(tagger: nn.Module, logits: Tensor, grid: WindowGrid, num_samples: int,
+                     source: str = "") -> TagsOverTime:
+    probabilities = tagger.logits_to_probabilities(logits).numpy().astype(np.float32)
+    indices = np.arange(probabilities.shape[0])
+    return TagsOverTime(probabilities=probabilities,
+                        starts=indices * grid.hop_samples / grid.sample_rate,
+                        ends=(indices * grid.hop_samples + grid.window_samples) / grid.sample_rate,
+                        labels=_label_names(tagger), duration=num_samples / grid.sample_rate,
+                        window=grid.window_seconds, hop=grid.hop_seconds, source=source)
 
 
-def plan_windows(model: nn.Module, chunk_frames: int, n_mels: int) -> WindowPlan:
-    """The window plan for a CNN student and a chunk of ``chunk_frames`` spectrogram frames."""
-    stride, field = _time_stride_and_field(model, n_mels)
-    margin = stride * math.ceil((field // 2) / stride)
-    owned = (chunk_frames - 2 * margin) // stride * stride
-    if owned < stride:
-        raise ValueError(f"a chunk of {chunk_frames} frames is too short for windows with {margin}-frame margins "
-                         f"(receptive field {field} frames): use a chunk of at least {2 * margin + stride} frames")
-    return WindowPlan(owned=owned, margin=margin, stride=stride)
+@torch.no_grad()
+def tag_over_time(tagger: nn.Module, audio: Union[AudioSource, Tensor], window: float = DEFAULT_WINDOW_SECONDS,
+                  hop: float = DEFAULT_HOP_SECONDS, *, batch_size: int = 8,
+                  progress: Optional[Callable[[int, int], None]] = None) -> TagsOverTime:
+    """Class probabilities per window of a file (any PyAV format and rate) or a mono waveform
+    (samples,) at ``tagger.sample_rate``. Memory stays bounded whatever the length.
 
-
-def stream_forward(frontend: nn.Module, model: nn.Module, blocks: Iterable[Tensor], chunk_frames: int,
-                   plan: Optional[WindowPlan] = None, device: Optional[torch.device] = None) -> tuple[Tensor, Tensor]:
-    """``(logits (1, C), embedding (1, D))`` of a long mono waveform given as 1-D blocks (module doc).
-
-    ``chunk_frames`` bounds the spectrogram frames held and passed to the model at once.
-    ``plan`` (CNN students) defaults to :func:`plan_windows`.
+    ``progress(done_samples, total_samples_or_0)`` is called after every decoded block.
     """
-    spectrogram = SpectrogramStream(frontend, step_frames=max(1, chunk_frames // 2), device=device)
-    consumer: "_TransformerWindows | _OwnedWindows"
-    if hasattr(model, "needs_sliding_windows"):
-        consumer = _TransformerWindows(model)
+    engine = WindowEngine(tagger, window, hop, batch_size=batch_size)
+    block_samples = OFFLINE_STEP_FRAMES * engine.grid.hop_samples // engine.grid.hop_frames
+    if isinstance(audio, Tensor):
+        waveform = audio.reshape(-1) if audio.dim() == 1 or audio.shape[0] == 1 else None
+        if waveform is None:
+            raise ValueError(f"expected one mono waveform (samples,), got shape {tuple(audio.shape)}")
+        blocks: Iterable[Tensor] = waveform.split(block_samples)
+        source = "waveform"
+        total = waveform.numel()
     else:
-        n_mels = int(getattr(frontend, "n_mels", None) or getattr(frontend, "num_mel_bins", 128))
-        consumer = _OwnedWindows(model, plan or plan_windows(model, chunk_frames, n_mels), pools_globally(model))
-    received = False
+        blocks = stream_audio(audio, engine.sample_rate, block_samples)
+        source = str(audio) if isinstance(audio, (str, Path)) else "bytes"
+        total = 0
+    logits = []
     for block in blocks:
-        for piece in spectrogram.push(block):
-            consumer.consume(piece)
-            received = True
-    for piece in spectrogram.flush():
-        consumer.consume(piece)
-        received = True
-    if not received:
-        raise ValueError("no audio to tag: the waveform is empty")
-    return consumer.finish()
+        logits.append(engine.push(block))
+        if progress is not None:
+            progress(engine.num_samples, total)
+    logits.append(engine.finish())
+    return tags_from_logits(tagger, torch.cat(logits), engine.grid, engine.num_samples, source)
+
+
+# --------------------------------------------------------------------------------------
+# frame level: logits per output frame of a CNN student, no time pooling
+# --------------------------------------------------------------------------------------
+def frame_resolution(tagger: nn.Module) -> float:
+    """Seconds per output frame of a student: its total time stride x the frontend hop
+    (32 x 10 ms = 0.32 s for the default frontend and strides)."""
+    from .long_input import _time_stride_and_field
+
+    model = tagger.model
+    if not hasattr(model, "forward_frames"):
+        raise ValueError(f"{type(model).__name__} has no frame-level output (the CNN students mn / dymn have)")
+    n_mels = int(getattr(tagger.frontend, "n_mels", 128))
+    stride, _ = _time_stride_and_field(model, n_mels)
+    return stride * _frame_hop(tagger.frontend) / tagger.sample_rate
+
+
+@torch.no_grad()
+def frame_tags(tagger: nn.Module, audio: Union[AudioSource, Tensor]) -> TagsOverTime:
+    """Class probabilities per output frame of a CNN student (mn / dymn) for a file or waveform.
+
+    Frame ``j`` covers ``[j * r, (j + 1) * r)`` with ``r`` = :func:`frame_resolution`. Exact for the
+    ``fully_convolutional`` head (the mean of the frame *logits* over time is the clip logits);
+    a decision-level approximation for the MLP / attention heads (``model.frame_logits_exact``).
+    The whole input goes through the model at once (memory grows with its length: use
+    :func:`tag_over_time` for hours of audio).
+    """
+    from ..audio import load_audio
+    from .tagger import check_finite_waveform
+
+    waveform = audio.reshape(-1) if isinstance(audio, Tensor) else load_audio(audio, tagger.sample_rate)
+    waveform = waveform.reshape(1, -1).float()
+    check_finite_waveform(waveform, tagger.sample_rate)
+    if waveform.shape[-1] < tagger.min_samples:  # frames stand for real time: pad only to one STFT window
+        waveform = torch.nn.functional.pad(waveform, (0, tagger.min_samples - waveform.shape[-1]))
+    resolution = frame_resolution(tagger)
+    spectrogram = tagger.frontend(waveform.to(tagger.device))
+    if spectrogram.dim() == 3:
+        spectrogram = spectrogram.unsqueeze(1)
+    features = tagger.model.forward_features(spectrogram)
+    logits = tagger.model.forward_frames(features)[0].transpose(0, 1).float().cpu()  # (T', C)
+    probabilities = tagger.logits_to_probabilities(logits).numpy().astype(np.float32)
+    indices = np.arange(probabilities.shape[0])
+    return TagsOverTime(probabilities=probabilities, starts=indices * resolution, ends=(indices + 1) * resolution,
+                        labels=_label_names(tagger), duration=waveform.shape[-1] / tagger.sample_rate,
+                        window=resolution, hop=resolution,
+                        source=str(audio) if isinstance(audio, (str, Path)) else "waveform")
+
+
+# --------------------------------------------------------------------------------------
+# events
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Event:
+    label: str
+    index: int
+    onset: float  # seconds
+    offset: float  # seconds
+    peak_probability: float
+
+
+def _thresholds(threshold: Union[float, Sequence[float], np.ndarray], num_classes: int) -> np.ndarray:
+    values = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (num_classes,)).copy() \
+        if np.ndim(threshold) == 0 else np.asarray(threshold, dtype=np.float64)
+    if values.shape != (num_classes,):
+        raise ValueError(f"expected one threshold or {num_classes} (one per class), got {values.shape[0]}")
+    if not np.all((values >= 0) & (values <= 1)):
+        raise ValueError(f"thresholds must lie in [0, 1], got min {values.min()} max {values.max()}")
+    return values
+
+
+def _check_median_window(median_window: int) -> int:
+    if isinstance(median_window, bool) or not isinstance(median_window, int) or median_window < 1 \
+            or median_window % 2 == 0:
+        raise ValueError(f"median_window must be an odd number of windows >= 1, got {median_window!r}")
+    return median_window
+
+
+class EventTracker:
+    """Events from per-window probabilities fed one window (or several) at a time.
+
+    ``update(probabilities (n, C))`` returns the events that ended; ``finish()`` the rest.
+    Decisions lag the input by ``median_window // 2`` windows (the median filter's look-ahead).
+    An event that is still going on is never emitted twice: it is reported once, when it ends.
+    """
+
+    def __init__(self, labels: Sequence[str], grid_start: Callable[[int], float], hop: float, window: float,
+                 duration: Optional[float] = None, threshold: Union[float, Sequence[float]] = DEFAULT_THRESHOLD,
+                 median_window: int = DEFAULT_MEDIAN_WINDOW) -> None:
+        self.labels = list(labels)
+        self.thresholds = _thresholds(threshold, len(self.labels))
+        self.median_window = _check_median_window(median_window)
+        self.radius = self.median_window // 2
+        self.start_of = grid_start
+        self.hop, self.window = hop, window
+        self.duration = duration
+        # raw active/inactive decisions and probabilities of the windows still needed by the filter
+        # (windows from `_base` on; older ones are dropped so a long stream holds a few windows)
+        self._decisions: list[np.ndarray] = []
+        self._probabilities: list[np.ndarray] = []
+        self._base = 0
+        self._received = 0
+        self._filtered = 0  # windows whose filtered decision has been taken
+        self._onset_window = np.full(len(self.labels), -1)
+        self._peak = np.zeros(len(self.labels))
+
+    def _time(self, index: int, edge: str, last: bool = False) -> float:
+        if edge == "onset" and index == 0:
+            return 0.0  # the first window stands for the start of the recording
+        if edge == "offset" and last and self.duration is not None:
+            return self.duration  # ... and the last one for its end
+        centre = self.start_of(index) + self.window / 2
+        time = centre - self.hop / 2 if edge == "onset" else centre + self.hop / 2
+        time = max(0.0, time)
+        return min(time, self.duration) if self.duration is not None else time
+
+    def _filtered_decision(self, index: int) -> np.ndarray:
+        last = self._received - 1
+        rows = [self._decisions[min(max(j, 0), last) - self._base]
+                for j in range(index - self.radius, index + self.radius + 1)]
+        return np.sum(rows, axis=0) > self.radius
+
+    def _advance(self, final: bool) -> list[Event]:
+        events = []
+        limit = self._received if final else self._received - self.radius
+        while self._filtered < limit:
+            index = self._filtered
+            active = self._filtered_decision(index)
+            for c in np.flatnonzero(active & (self._onset_window < 0)):
+                self._onset_window[c], self._peak[c] = index, 0.0
+            self._peak[active] = np.maximum(self._peak[active], self._probabilities[index - self._base][active])
+            for c in np.flatnonzero(~active & (self._onset_window >= 0)):
+                events.append(self._event(int(c), index - 1))
+            self._filtered += 1
+        keep_from = max(0, self._filtered - self.radius)  # the filter looks back `radius` windows
+        if keep_from > self._base:
+            del self._decisions[:keep_from - self._base]
+            del self._probabilities[:keep_from - self._base]
+            self._base = keep_from
+        return events
+
+    def _event(self, c: int, last_window: int, at_end: bool = False) -> Event:
+        event = Event(self.labels[c], c, self._time(int(self._onset_window[c]), "onset"),
+                      self._time(last_window, "offset", last=at_end), float(self._peak[c]))
+        self._onset_window[c] = -1
+        return event
+
+    def update(self, probabilities: Union[np.ndarray, Tensor]) -> list[Event]:
+        probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1, len(self.labels))
+        for row in probabilities:
+            self._decisions.append(row > self.thresholds)
+            self._probabilities.append(row)
+            self._received += 1
+        return self._advance(final=False)
+
+    def finish(self, duration: Optional[float] = None) -> list[Event]:
+        if duration is not None:
+            self.duration = duration
+        events = self._advance(final=True) if self._received else []
+        for c in np.flatnonzero(self._onset_window >= 0):
+            events.append(self._event(int(c), self._received - 1, at_end=True))
+        return sorted(events, key=lambda e: (e.onset, e.index))
+
+
+def detect_events(tags: TagsOverTime, threshold: Union[float, Sequence[float]] = DEFAULT_THRESHOLD,
+                  median_window: int = DEFAULT_MEDIAN_WINDOW) -> list[Event]:
+    """Sound events (onset/offset per class) of tags over time; see the module doc for the rule."""
+    # the duration is given at the end, as a stream learns it: events are the same offline and live
+    tracker = EventTracker(tags.labels, lambda i: i * tags.hop, tags.hop, tags.window, None, threshold, median_window)
+    events = tracker.update(tags.probabilities)
+    return sorted(events + tracker.finish(tags.duration), key=lambda e: (e.onset, e.index))
+
+
+def events_to_csv(events: Sequence[Event], path: Union[str, Path]) -> Path:
+    """CSV with ``onset,offset,label,index,peak_probability`` (seconds), one row per event."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["onset", "offset", "label", "index", "peak_probability"])
+    for e in events:
+        writer.writerow([f"{e.onset:.3f}", f"{e.offset:.3f}", e.label, e.index, f"{e.peak_probability:.4f}"])
+    return write_text_atomic(path, buffer.getvalue())
+
+
+def events_to_json(events: Sequence[Event]) -> str:
+    return json.dumps([e.__dict__ for e in events], indent=1)
+
+
+# --------------------------------------------------------------------------------------
+# the picture
+# --------------------------------------------------------------------------------------
+@dataclass
+class PlotStyle:
+    top_k: int = 10
+    width: float = 12.0
+    row_height: float = 0.42
+    cmap: str = "magma"
+    title: Optional[str] = None
+    events: Sequence[Event] = field(default_factory=list)
+
+
+def plot_tags_over_time(tags: TagsOverTime, path: Union[str, Path], style: Optional[PlotStyle] = None) -> Path:
+    """PNG heatmap of the top classes' probabilities over time (rows = the classes with the
+    highest peak probability, highest first; each window drawn around its centre, seconds on the
+    x axis), with the detected events drawn as green bars when given. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    style = style or PlotStyle()
+    classes = tags.top_classes(style.top_k)
+    matrix = tags.probabilities[:, classes].T  # (classes, windows)
+    height = 1.6 + style.row_height * len(classes)
+    figure, axis = plt.subplots(figsize=(style.width, height), dpi=110)
+    # each window is drawn over the slot around its centre (half-way to the neighbouring centres),
+    # the first from 0 s and the last to the end of the recording: the picture covers the file
+    centres = tags.centres
+    edges = np.concatenate([[0.0], (centres[1:] + centres[:-1]) / 2, [max(tags.duration, centres[-1])]])
+    mesh = axis.pcolormesh(edges, np.arange(len(classes) + 1), matrix, cmap=style.cmap, vmin=0.0, vmax=1.0,
+                           shading="flat")
+    axis.set_yticks(np.arange(len(classes)) + 0.5)
+    axis.set_yticklabels([tags.labels[c] for c in classes])
+    axis.invert_yaxis()
+    axis.set_xlim(0.0, edges[-1])
+    axis.set_xlabel("time (s)")
+    for event in style.events:
+        if event.index in classes:
+            row = classes.index(event.index)
+            axis.plot([event.onset, event.offset], [row + 0.5, row + 0.5], color="#39d353", linewidth=3,
+                      solid_capstyle="butt")
+    name = Path(tags.source).name if tags.source else ""
+    axis.set_title(style.title or f"{name}  (window {tags.window:g} s, hop {tags.hop:g} s)")
+    colorbar = figure.colorbar(mesh, ax=axis, pad=0.01)
+    colorbar.set_label("probability")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
+    return path
