@@ -1,17 +1,84 @@
-"""`inference.py`: tag an audio file with a pretrained or local model (or an ensemble) and print the top-k labels."""
+"""`inference.py` / `efficient-tagging-infer`: tag audio files with a pretrained or local model (or an ensemble).
+
+    python experiments/inference.py --model_name mn10_as --audio_path x.wav          # top-k of one file
+    python experiments/inference.py recordings/ more.mp3 --output tags.csv           # every probability
+
+Give files and/or folders (positional or after `--audio_path`); folders are searched recursively
+for `efficient_tagging.tagging.files.AUDIO_EXTENSIONS`, other files there are skipped and counted.
+One file given as a file prints EfficientAT's "Acoustic Event Detected" block (or, with --json, a
+list of {label, index, probability}), exactly as before; several files print one block per file
+after a line naming it (--json: a list of {path, top_k}). `--output tags.csv|tags.json` writes
+every class probability of every tagged file instead (see `tagging.files.ProbabilitiesWriter`).
+The work itself (finding files, decoding ahead in threads, batching files of equal length, atomic
+CSV/JSON) lives in `efficient_tagging.tagging.files`; this module parses flags and prints.
+
+Exit status (also in --help):
+    0  every file was tagged
+    1  nothing was tagged: the model/labels/device could not be set up, no audio file was found,
+       every file failed, or the output could not be written (--output is then left untouched)
+    2  usage error (bad or conflicting flags)
+    3  some files failed to decode (each named on stderr and in the summary line); the rest were
+       tagged and written
+  130  interrupted (Ctrl-C); --output is left untouched
+1 keeps its earlier meaning (the command failed, no result), so one-file scripts and the
+"non-zero means failure" rule keep working; a partial result is a new outcome with a code of its own.
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import re
 import sys
-from typing import Optional, Sequence
+import textwrap
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
+import torch
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ..tagging.ensemble import TeacherEnsemble
-from ..train.distributed import select_device
+from ..tagging.files import (AUDIO_EXTENSIONS, FileTags, ProbabilitiesWriter, class_names_of, find_audio_files,
+                             tag_files, top_tags)
 from ..tagging.tagger import load_tagger
 from .help import HelpFormatter
+
+# Imported where used: the training floor (select_device; the package brings metrics and tracking) and the
+# ONNX runner (needs the optional onnxruntime), so that --help imports no plotting or tracking packages.
+
+EXIT_ALL_TAGGED = 0
+EXIT_NOTHING_TAGGED = 1
+EXIT_USAGE = 2  # argparse's own code
+EXIT_SOME_FAILED = 3
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+inputs:
+  files and folders, positional and/or after --audio_path; folders are searched recursively for
+{extensions}
+  (any case); other and hidden files there are skipped and counted. Any rate, mono or multi-channel
+  (averaged); files longer than 60 s are tagged in windows (torch backend: in bounded memory).
+
+output:
+  without --output: the top-k labels of each file on stdout (one file given as a file: EfficientAT's
+  block, unchanged). --output X.csv: header `path,<every class>`, one row per tagged file, every
+  probability to 9 significant digits (float32 exactly). --output X.json: a list of {{path,
+  duration_s, probabilities: {{class: p}}, top_k: [{{label, index, probability}}]}}. Written
+  atomically: an interrupted run leaves no half file. Failed files are named on stderr, followed by
+  a summary line "tagged N files, M failed: a.mp3, b.wav".
+
+exit status:
+  0  every file was tagged
+  1  nothing was tagged (model, labels or device could not be set up; no audio found; every file
+     failed; output not writable); --output is left untouched
+  2  usage error
+  3  some files failed to decode (named); the rest were tagged and written
+  130  interrupted; --output is left untouched
+"""
+
+DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
 def positive_int(text: str) -> int:
@@ -21,58 +88,251 @@ def positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (the number of labels to print), got {value}")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: cpu, cuda, cuda:N or mps (whether it exists is checked when the run starts)."""
+    if not DEVICE_PATTERN.match(text.strip()):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    return text.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Tag an audio file with a pretrained or local model and print the top-k AudioSet labels.",
-        formatter_class=HelpFormatter)
-    parser.add_argument("--audio_path", required=True, help="audio file in any format FFmpeg/PyAV decodes")
+        description="Tag audio files with a pretrained or local model and print the top-k labels, or write "
+                    "every class probability to a CSV/JSON file.",
+        epilog=EPILOG.format(extensions=textwrap.fill(" ".join(sorted(AUDIO_EXTENSIONS)), width=100,
+                                                    initial_indent="  ", subsequent_indent="  ")), formatter_class=HelpFormatter)
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="audio files and/or folders (recursive)")
+    parser.add_argument("--audio_path", nargs="+", action="extend", default=None, metavar="PATH",
+                        help="audio file(s) or folder(s) in any format FFmpeg/PyAV decodes (EfficientAT's flag; "
+                             "the same as positional paths)")
     parser.add_argument("--model_name", default="mn10_as",
                         help="catalogue name (see `python complexity/complexity.py --table`); with --model_path "
                              "it gives the architecture/frontend of a plain official state_dict")
     parser.add_argument("--model_path", default=None,
-                        help="local checkpoint: this project's checkpoint, or a plain official state_dict "
-                             "(then --model_name says which architecture it is)")
+                        help="local checkpoint: this project's checkpoint, a plain official state_dict "
+                             "(then --model_name says which architecture it is), or an exported .onnx model")
     parser.add_argument("--ensemble", nargs="+", default=None, metavar="NAME",
                         help="tag with the mean logits of several catalogue models (e.g. PaSST teachers and "
-                             "students; each with its own frontend); replaces --model_name/--model_path")
-    parser.add_argument("--top_k", type=positive_int, default=10, help="number of labels to print (at least 1)")
+                             "students; each with its own frontend); replaces --model_name/--model_path. It takes every word up to the "
+                             "next flag: put audio paths before it or after --audio_path")
+    parser.add_argument("--backend", choices=("torch", "onnx"), default=None,
+                        help="run the model with PyTorch or ONNX Runtime (onnx: --model_path is an exported "
+                             ".onnx file; default: onnx if --model_path ends in .onnx, else torch)")
+    parser.add_argument("--top_k", type=positive_int, default=10,
+                        help="labels to print per file, and to list under top_k in an --output .json file")
     parser.add_argument("--labels_path", default=None,
                         help="AudioSet class_labels_indices.csv (default: cache, downloaded if missing)")
     parser.add_argument("--cache_dir", default=None, help="download cache (default: $EFFICIENT_TAGGING_CACHE, "
                                                           "the repo's pretrained/ or ~/.cache/efficient_tagging)")
-    parser.add_argument("--cuda", action="store_true", help="run on the GPU; an error if there is none")
-    parser.add_argument("--json", action="store_true", help="print the tags as JSON")
+    parser.add_argument("--device", type=device_name, default=None,
+                        help="cpu, cuda, cuda:N or mps; one that is not there is an error (default: cpu)")
+    parser.add_argument("--cuda", action="store_true", help="the same as --device cuda (EfficientAT's flag)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the top-k tags as JSON")
+    output.add_argument("--output", type=Path, default=None, metavar="FILE",
+                        help="write every class probability of every tagged file to FILE (.csv or .json) "
+                             "instead of printing top-k tags")
+    parser.add_argument("--batch_size", type=positive_int, default=8,
+                        help="files of identical decoded length tagged in one forward pass (never padded "
+                             "together; the result equals one file at a time)")
+    parser.add_argument("--num_workers", type=non_negative_int, default=2,
+                        help="threads decoding files ahead of the model (0: decode in the main thread)")
+    parser.add_argument("--no_progress", action="store_true",
+                        help="no progress bar (default: a bar on stderr when it is a terminal)")
     return parser
 
 
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flag combinations argparse cannot express; a bad one exits with status 2."""
+    args.inputs = [*args.paths, *(args.audio_path or [])]
+    if not args.inputs:
+        parser.error("give audio files or folders (positional, or after --audio_path)")
+    if args.cuda and args.device not in (None, "cuda"):
+        parser.error(f"--cuda and --device {args.device} contradict each other; give one")
+    if args.backend is None:
+        args.backend = "onnx" if args.model_path and str(args.model_path).lower().endswith(".onnx") else "torch"
+    if args.backend == "onnx":
+        if args.ensemble:
+            parser.error("--ensemble runs PyTorch models; it cannot be combined with --backend onnx")
+        if not args.model_path:
+            parser.error("--backend onnx needs --model_path pointing to an exported .onnx model")
+        if args.device == "mps":
+            parser.error("--backend onnx runs on cpu or cuda, not mps")
+    if args.output is not None and args.output.suffix.lower() not in (".csv", ".json"):
+        parser.error(f"--output {args.output}: the name must end in .csv or .json (it chooses the format)")
+    if args.output is not None and args.output.is_dir():
+        parser.error(f"--output {args.output} is a folder; give a file name ending in .csv or .json")
+
+
+def select_tagging_device(args: argparse.Namespace) -> torch.device:
+    """The device asked for, checked to exist (DeviceUnavailable otherwise: never a silent CPU run)."""
+    from ..train.distributed import DeviceUnavailable, select_device
+
+    if args.cuda:
+        return select_device(True)
+    device = torch.device(args.device or "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"--device {args.device} given but no CUDA device is available; "
+                                    f"use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(f"--device {args.device} given but this machine has "
+                                    f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"--device {args.device} given but MPS is not available here; use --device cpu")
+    return device
+
+
+def load_onnx_tagger(model_path: str, device: torch.device) -> Any:
+    """The exported model behind --backend onnx, on the CPU or the CUDA execution provider."""
+    try:
+        from ..export.onnx import OnnxTagger
+    except ImportError as error:
+        raise RuntimeError(f"--backend onnx needs efficient_tagging.export.onnx, which this installation "
+                           f"lacks or cannot import ({error})") from error
+    if device.type == "cuda":
+        providers: list[Any] = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
+    else:
+        providers = ["CPUExecutionProvider"]
+    return OnnxTagger(model_path, providers=providers, threads=None)
+
+
+def load_tagger_for(args: argparse.Namespace, device: torch.device) -> Any:
+    """The tagger --model_name/--model_path/--ensemble/--backend describe, on `device`."""
+    if args.backend == "onnx":
+        return load_onnx_tagger(args.model_path, device)
+    if args.ensemble:
+        tagger = TeacherEnsemble.from_names(args.ensemble, cache_dir=args.cache_dir, labels_path=args.labels_path)
+    else:
+        tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path, cache_dir=args.cache_dir)
+    return tagger.to(device)
+
+
+def tag_block(tags: Sequence[Any]) -> str:
+    """EfficientAT's printed result, unchanged."""
+    lines = ["************* Acoustic Event Detected: *****************"]
+    lines += [f"{tag.label}: {tag.probability:.3f}" for tag in tags]
+    lines.append("********************************************************")
+    return "\n".join(lines)
+
+
+def tags_json(tags: Sequence[Any]) -> list[dict[str, Any]]:
+    return [{"label": t.label, "index": t.index, "probability": t.probability} for t in tags]
+
+
+def summary_line(tagged: int, failed: Sequence[FileTags], skipped: int, output: Optional[Path]) -> str:
+    line = f"tagged {tagged} file{'' if tagged == 1 else 's'}, {len(failed)} failed"
+    if failed:
+        line += ": " + ", ".join(str(result.path) for result in failed)
+    if skipped:
+        line += f" ({skipped} non-audio or hidden file{'' if skipped == 1 else 's'} skipped)"
+    if output is not None and tagged:
+        line += f"; probabilities written to {output}"
+    return line
+
+
+def say(text: str, stream: Any = None) -> None:
+    """Print a line (stderr by default) without breaking a progress bar on the terminal."""
+    tqdm.write(text, file=stream if stream is not None else sys.stderr)
+
+
+class TagReport:
+    """Takes each file's result as it comes: prints its top-k (or adds it to --output) and counts it."""
+
+    def __init__(self, args: argparse.Namespace, class_names: Sequence[str], writer: Optional[ProbabilitiesWriter],
+                 one_file: bool) -> None:
+        self.args, self.class_names, self.writer, self.one_file = args, class_names, writer, one_file
+        self.tagged = 0
+        self.failed: list[FileTags] = []
+        self.json_rows: list[dict[str, Any]] = []
+
+    def add(self, result: FileTags) -> None:
+        if not result.ok:
+            self.failed.append(result)
+            say(f"error: {result.error}")
+            return
+        self.tagged += 1
+        if self.writer is not None:
+            self.writer.write(result)
+            return
+        tags = top_tags(result.probabilities, self.class_names, self.args.top_k)
+        if self.args.json:
+            self.json_rows.append({"path": str(result.path), "top_k": tags_json(tags)})
+        else:
+            say(tag_block(tags) if self.one_file else f"{result.path}\n{tag_block(tags)}", sys.stdout)
+
+    def print_json(self) -> None:
+        if self.args.json and self.json_rows:  # one file: EfficientAT's bare list, as before
+            print(json.dumps(self.json_rows[0]["top_k"] if self.one_file else self.json_rows, indent=1))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)  # paths may come before, between or after the flags
+    check_arguments(parser, args)
     # library warnings (e.g. a truncated file: decoded vs stated duration) go to stderr
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+
+    found = find_audio_files(args.inputs)
+    if not found.files:
+        say(f"error: no audio files found in {', '.join(args.inputs)} ({len(found.skipped)} non-audio or hidden "
+            f"files skipped)")
+        return EXIT_NOTHING_TAGGED
     try:
-        if args.ensemble:
-            tagger = TeacherEnsemble.from_names(args.ensemble, cache_dir=args.cache_dir, labels_path=args.labels_path)
-        else:
-            tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path,
-                                 cache_dir=args.cache_dir)
-        tagger = tagger.to(select_device(args.cuda))  # --cuda without a GPU: an error, not a silent CPU run
-        tags = tagger.tag_file(args.audio_path, top_k=args.top_k)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps([{"label": t.label, "index": t.index, "probability": t.probability} for t in tags], indent=1))
-    else:
-        print("************* Acoustic Event Detected: *****************")
-        for tag in tags:
-            print(f"{tag.label}: {tag.probability:.3f}")
-        print("********************************************************")
-    return 0
+        device = select_tagging_device(args)
+        tagger = load_tagger_for(args, device)
+        class_names = class_names_of(tagger)
+        writer = ProbabilitiesWriter(args.output, class_names, args.top_k) if args.output is not None else None
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
+        say(f"error: {error}")
+        return EXIT_NOTHING_TAGGED
+
+    # EfficientAT's form: one path that is a file prints the bare block, as it always did
+    one_file = len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir()
+    progress = False if args.no_progress or one_file else None  # None: a bar only on a terminal
+    report = TagReport(args, class_names, writer, one_file)
+    not_written = f" ({args.output} not written)" if writer is not None else ""
+    try:
+        # with a bar on screen, log lines (e.g. truncation warnings) go around it, not through it
+        with contextlib.nullcontext() if progress is False else logging_redirect_tqdm():
+            for result in tag_files(tagger, found.files, batch_size=args.batch_size,
+                                    num_workers=args.num_workers, progress=progress):
+                report.add(result)
+        if writer is not None and report.tagged:
+            writer.close()
+        elif writer is not None:
+            writer.discard()  # nothing tagged: an earlier file of that name stays as it was
+    except KeyboardInterrupt:
+        if writer is not None:
+            writer.discard()
+        say("interrupted" + not_written)
+        return EXIT_INTERRUPTED
+    except (OSError, ValueError, RuntimeError) as error:  # e.g. the model failing on the device, a full disk
+        if writer is not None:
+            writer.discard()
+        say(f"error: {error}{not_written}")
+        return EXIT_NOTHING_TAGGED
+    report.print_json()
+    if not (one_file and report.tagged and writer is None):  # EfficientAT's one-file output stays as it was
+        say(summary_line(report.tagged, report.failed, len(found.skipped), args.output))
+    if not report.tagged:
+        return EXIT_NOTHING_TAGGED
+    return EXIT_SOME_FAILED if report.failed else EXIT_ALL_TAGGED
 
 
 if __name__ == "__main__":
