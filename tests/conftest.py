@@ -86,3 +86,38 @@ def labelling_args(data: Path, output: Path, teachers, *extra: str) -> list[str]
     teachers = [teachers] if isinstance(teachers, (str, Path)) else teachers
     return ["--hdf5", str(data), "--output", str(output), "--teachers", *map(str, teachers), "--clip_length", "1",
             "--batch_size", "4", "--num_workers", "0", "--flush_every", "2", "--no_progress", *extra]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _interactive_sigint():
+    """Run the tests with Python's Ctrl-C handler even when pytest was started with SIGINT ignored.
+
+    A job started in the background by a non-interactive shell (`cmd &`, nohup, some CI runners)
+    inherits SIGINT = SIG_IGN; Python then keeps it ignored, our stop-on-signal code rightly
+    leaves it ignored, and so would every subprocess the tests start (an ignored disposition
+    survives exec). The Ctrl-C tests describe an interactive process: install Python's handler
+    (a caught signal is reset to the default in exec'd children) for the session.
+    """
+    import signal
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Every test leaves SIGINT/SIGTERM as it found them: later tests (and the subprocesses they
+    start, which inherit SIG_IGN) depend on the default Ctrl-C behaviour."""
+    import signal
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    yield
+    after = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    if after != before:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+        pytest.fail(f"the test changed the signal handlers (SIGINT, SIGTERM) from {before} to {after}")
