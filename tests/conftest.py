@@ -121,3 +121,84 @@ def _signal_handlers_restored():
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
         pytest.fail(f"the test changed the signal handlers (SIGINT, SIGTERM) from {before} to {after}")
+
+
+def metro_long(seconds: float, sample_rate: int = 32000) -> torch.Tensor:
+    """`seconds` of real audio built from the shared metro recording (10 s): the recording, then
+    reversed, shifted, half-speed-and-back and quieter copies of it, so no two 10-s stretches match."""
+    from efficient_tagging.audio import load_audio
+
+    metro = load_audio(METRO_WAV, sample_rate=sample_rate).reshape(-1)
+    parts = [metro, metro.flip(0), 0.5 * metro.roll(sample_rate + 18000), metro[::2].repeat_interleave(2),
+             metro.flip(0).roll(1234), 0.3 * metro]
+    return torch.cat(parts)[: int(round(seconds * sample_rate))].contiguous()
+
+
+def randomised_student(arch: str = "mn", seed: int = 0, logit_std: float = 1.0, dynamic_scale: float = 0.2,
+                       **config) -> torch.nn.Module:
+    """A random mn / dymn student with realistic activations at every input length, in eval mode.
+
+    The fixtures' recipe (README of the reference fixtures): conv/linear weights N(0, 1/fan_in),
+    biases N(0, 0.01), norm weights U(0.5, 1.5); BatchNorm statistics measured on real audio
+    (the metro recording at 1, 3, 10 and 30 s, and demo clips: a random DyMN calibrated at one
+    length, or on one kind of sound, explodes on others). DyMN's dynamic maps (kernel attention, Dy-ReLU coefficients, coordinate attention)
+    are scaled by `dynamic_scale` (the fixtures use 0.5 for one input; 0.2 keeps the random network
+    stable from 1 to 60 s); the classifier is scaled so that the logits of 10 s have std `logit_std`.
+    """
+    import math
+
+    from efficient_tagging.frontends import build_frontend
+    from efficient_tagging.models import get_model
+    from efficient_tagging.models.dymn import ContextGenerator, DynamicConv2d, DyReLUB
+
+    generator = torch.Generator().manual_seed(seed)
+    model = get_model(arch=arch, **config)
+    dynamic: set[int] = set()
+    for module in model.modules():
+        parts = {DynamicConv2d: "residuals", DyReLUB: "coef_net"}
+        if type(module) in parts:
+            dynamic |= {id(p) for p in getattr(module, parts[type(module)]).parameters()}
+        if isinstance(module, ContextGenerator):
+            dynamic |= {id(p) for p in [*module.conv_f.parameters(), *module.conv_t.parameters()]}
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm)):
+                if module.weight is not None:
+                    module.weight.copy_(torch.rand(module.weight.shape, generator=generator) + 0.5)
+                    module.bias.copy_(0.01 * torch.randn(module.bias.shape, generator=generator))
+                if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                    module.reset_running_stats()
+                    module.momentum = None  # cumulative average over the calibration passes
+                continue
+            for name, parameter in module.named_parameters(recurse=False):
+                if parameter.dim() == 1:
+                    parameter.copy_(0.01 * torch.randn(parameter.shape, generator=generator))
+                    continue
+                fan_in = parameter[0].numel()
+                if isinstance(module, DynamicConv2d):
+                    fan_in = module.in_channels // module.groups * module.kernel_size ** 2
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
+                if id(parameter) in dynamic:
+                    parameter.mul_(dynamic_scale)
+        frontend = build_frontend({})
+        audio = metro_long(60)
+        model.train()
+        for seconds in (1, 3, 10, 30):
+            n = seconds * 32000
+            model(frontend(torch.stack([audio[:n], audio[-n:]])).unsqueeze(1))
+        # and the embedded demo clips (tones and events over a -55 dB floor: far quieter bands
+        # than the recording), which the export checks run on
+        import numpy as np
+
+        from efficient_tagging.data.demo import synthesise_clip
+
+        rng = np.random.default_rng(seed)
+        demo = [torch.from_numpy(synthesise_clip(rng, 32000, 4.0)[0]).float() for _ in range(4)]
+        model(frontend(torch.stack(demo)).unsqueeze(1))
+        model.eval()
+        logits = model(frontend(audio[:320000].reshape(1, -1)).unsqueeze(1))[0]
+        classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        classifier.weight.mul_(logit_std / float(logits.std()))
+        if classifier.bias is not None:
+            classifier.bias.mul_(logit_std / float(logits.std()))
+    return model

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-COMMANDS = ["audioset", "label", "prepare", "tag", "tag_over_time", "complexity", "fbank_stats"]
+COMMANDS = ["audioset", "label", "prepare", "tag", "tag_over_time", "export", "complexity", "fbank_stats"]
 
 
 def _parser(name: str) -> argparse.ArgumentParser:

@@ -140,6 +140,10 @@ def _members(tagger: nn.Module) -> list[nn.Module]:
         if not (hasattr(member, "frontend") and hasattr(member, "model")):
             raise TypeError(f"tags over time need taggers with a frontend and a model (AudioTagger), got "
                             f"{type(member).__name__}")
+        if member.model is None or member.frontend is None:  # an ONNX graph with the frontend inside
+            raise ValueError(f"{getattr(member, 'path', type(member).__name__)} takes waveforms (the frontend is in "
+                             f"the graph), but tags over time and streaming run the model on slices of one "
+                             f"continuous spectrogram: export without --with_frontend and tag with that file")
     rates = {int(m.sample_rate) for m in members}
     if len(rates) != 1 or int(tagger.sample_rate) not in rates:
         raise ValueError(f"tags over time with an ensemble need members of one sample rate; got "
@@ -382,7 +386,7 @@ def frame_resolution(tagger: nn.Module) -> float:
 
     model = tagger.model
     if not hasattr(model, "forward_frames"):
-        raise ValueError(f"{type(model).__name__} has no frame-level output (the CNN students mn / dymn have)")
+        raise ValueError(f"{type(model).__name__} has no frame-level output (the PyTorch CNN students mn / dymn have; an ONNX export pools over time)")
     n_mels = int(getattr(tagger.frontend, "n_mels", 128))
     stride, _ = _time_stride_and_field(model, n_mels)
     return stride * _frame_hop(tagger.frontend) / tagger.sample_rate
