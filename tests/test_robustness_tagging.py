@@ -201,8 +201,10 @@ def test_long_file_is_tagged_in_bounded_windows_close_to_the_whole_file(tmp_path
     with torch.no_grad():
         whole = torch.sigmoid(tagger(decoded[None]))  # the one-pass result (memory grows with length)
     seen = []
-    original = model.forward_features
-    model.forward_features = lambda x: (seen.append(x.shape[-1]), original(x))[1]
+    with torch.no_grad():
+        running = tagger.inference_model()  # the module that computes the logits (the fast copy by default)
+    original = running.forward_features
+    running.forward_features = lambda x: (seen.append(x.shape[-1]), original(x))[1]
     chunked = tagger.file_probabilities(path)
     assert len(seen) >= 5 and max(seen) <= tagger.chunk_frames  # the model never sees more than a chunk
     # the documented tolerance for 20-s chunks (module doc of tagging.long_input): squeeze-excitation sees

@@ -209,12 +209,25 @@ class AudioTagger(TaggingMixin, nn.Module):
     `chunk_seconds` (default 60): `probabilities` / `tag_waveform` / `tag_file` tag longer inputs
     in windows of at most this length, in memory that does not grow with the input
     (`tagging.long_input` gives the rule and its measured accuracy); `forward` always runs one pass.
+
+    `fast` (default True): without gradients, the model runs as an inference copy
+    (`models.inference.inference_copy`: BatchNorm folded into the convolutions, channels-last
+    weights) under `torch.inference_mode` -- the same logits within float rounding (max relative
+    error ~2e-6 on mn10, tests/test_inference_fast_path.py), about 1.8x faster on CPU. The copy is
+    rebuilt when the model's weights, device, dtype or mode change; with gradients enabled, in
+    train mode, or with `fast=False`, the model itself runs.
     """
 
     def __init__(self, model: nn.Module, frontend: Optional[nn.Module] = None,
                  label_map: Optional[LabelMap] = None, sample_rate: Optional[int] = None,
-                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS, short_inputs: str = "repeat") -> None:
+                 chunk_seconds: float = DEFAULT_CHUNK_SECONDS, short_inputs: str = "repeat",
+                 fast: bool = True) -> None:
         super().__init__()
+        if not isinstance(fast, bool):
+            raise ValueError(f"fast must be True or False, got {fast!r}")
+        self.fast = fast
+        self._fast_model: Optional[nn.Module] = None
+        self._fast_signature: Optional[tuple] = None
         if short_inputs not in SHORT_INPUT_POLICIES:
             raise ValueError(f"short_inputs must be one of {', '.join(SHORT_INPUT_POLICIES)}, got {short_inputs!r}")
         self.short_inputs = short_inputs
@@ -280,8 +293,36 @@ class AudioTagger(TaggingMixin, nn.Module):
                 f"waveform of shape {tuple(waveform.shape)} is too short: the frontend needs at least "
                 f"{self.min_samples} samples ({1000 * self.min_samples / self.sample_rate:.1f} ms at "
                 f"{self.sample_rate} Hz); tag_waveform / tag_file zero-pad shorter inputs")
-        logits, _ = forward_spectrogram(self.model, self.frontend(waveform.to(self.device)))
-        return logits
+        if not self._fast_path_applies():
+            logits, _ = forward_spectrogram(self.model, self.frontend(waveform.to(self.device)))
+            return logits
+        model = self.inference_model()
+        with torch.inference_mode():
+            logits, _ = forward_spectrogram(model, self.frontend(waveform.to(self.device)))
+        return logits.clone()  # a normal tensor again (inference tensors refuse in-place ops outside the mode)
+
+    def _fast_path_applies(self) -> bool:
+        return self.fast and not torch.is_grad_enabled() and not self.model.training
+
+    def _model_signature(self) -> tuple:
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return (tuple(id(t) for t in tensors), tuple(t._version for t in tensors),
+                tuple({(t.device, t.dtype) for t in tensors}), self.model.training)
+
+    def inference_model(self) -> nn.Module:
+        """The module that computes this tagger's logits now: the fast inference copy (see the class
+        doc) when `fast` is on, gradients are off and the model is in eval mode; else the model."""
+        if not self._fast_path_applies():
+            return self.model
+        signature = self._model_signature()
+        if self._fast_model is None or signature != self._fast_signature:
+            from ..models.inference import count_foldable_batchnorms, inference_copy
+
+            # no BatchNorm to fold (the transformer teachers): no copy, the model runs as it is
+            fast = inference_copy(self.model) if count_foldable_batchnorms(self.model) else self.model
+            self.__dict__["_fast_model"] = fast  # not a registered submodule: not in state_dict(), not moved by .to()
+            self._fast_signature = signature
+        return self._fast_model
 
     @torch.no_grad()
     def stream_logits(self, make_blocks: BlockFactory) -> Tensor:
@@ -298,7 +339,8 @@ class AudioTagger(TaggingMixin, nn.Module):
                            "its length)", type(self.frontend).__name__)
             return self(torch.cat(list(rest)).reshape(1, -1))
         plan = None if hasattr(self.model, "needs_sliding_windows") else self.window_plan()
-        logits, _ = stream_forward(self.frontend, self.model, rest, self.chunk_frames, plan=plan, device=self.device)
+        logits, _ = stream_forward(self.frontend, self.inference_model(), rest, self.chunk_frames, plan=plan,
+                                   device=self.device)
         return logits
 
 

@@ -178,7 +178,8 @@ class _MemberWindows:
             batch = ready[begin:begin + self.batch_size]
             windows = torch.cat([self.frames.frames(i * grid.hop_frames, i * grid.hop_frames + grid.window_frames)
                                  for i in batch])
-            logits, _ = forward_spectrogram(self.member.model, windows)
+            model = self.member.inference_model() if hasattr(self.member, "inference_model") else self.member.model
+            logits, _ = forward_spectrogram(model, windows)
             out.append(logits.float().cpu())
         if ready:
             self.next_window = ready[-1] + 1

@@ -1,0 +1,165 @@
+"""Tagging latency of mn10 on one 10-s clip, batch 1 (issue 12, target 1): the default path vs eager.
+
+Paths, timed in interleaved rounds in one process (these CPUs change speed by up to 3x for tens of
+seconds, so every round times every path once and the table reports medians):
+
+* model only, on the log-mel spectrogram of the clip:
+  - ``reference eager``: EfficientAT's own mn10 (``--reference_checkout PATH``), same weights, no_grad;
+  - ``ours eager``: ``AudioTagger(model, fast=False)`` -- the model as built, under no_grad;
+  - ``ours default``: ``AudioTagger(model)`` -- the inference copy (BatchNorm folded, channels-last)
+    under inference_mode, what the tagging CLI and ``AudioTagger`` run;
+  - ``bf16 (opt-in)``: the inference copy in bfloat16 (weights and activations);
+  - ``onnxruntime`` (``--onnx``, needs the onnx extra): the exported spectrogram graph;
+* end to end (``tag_file``: decode + resample + mel + model + top-k) for eager and default.
+
+Weights: random with realistic activations (``tests/conftest.py: randomised_student``, logits of
+std 3). Errors: max |delta logit| / max |logit| against ours eager; bf16 also top-5 agreement and
+mean |delta prob|.
+
+    python benchmarks/bench_tagging_latency.py                      # ~2 min on 2 cores
+    python benchmarks/bench_tagging_latency.py --reference_checkout /path/to/EfficientAT --onnx
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import METRO_WAV, metro_long, randomised_student  # noqa: E402
+from efficient_tagging.tagging.tagger import AudioTagger  # noqa: E402
+
+
+def reference_model(checkout: Path, state_dict: dict) -> torch.nn.Module:
+    """EfficientAT's mn10 from a checkout, with our weights (its keys are ours: strict load)."""
+    previous = os.getcwd()
+    sys.path.insert(0, str(checkout))
+    os.chdir(checkout)  # the reference reads metadata/ relative to the working directory at import
+    try:
+        from models.mn.model import get_model as reference_get_model
+
+        with contextlib.redirect_stdout(open(os.devnull, "w")):  # it prints the whole model
+            model = reference_get_model(width_mult=1.0, pretrained_name=None)
+    finally:
+        os.chdir(previous)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reference_checkout", type=Path, default=None, help="an EfficientAT checkout to time")
+    parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (exports the model, ~40 s)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (model-only paths)")
+    parser.add_argument("--file_rounds", type=int, default=8, help="interleaved rounds (end-to-end paths)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    model = randomised_student("mn", width_mult=1.0, logit_std=3.0)
+    eager, default = AudioTagger(model, fast=False), AudioTagger(model)
+    clip = metro_long(10).reshape(1, -1)
+    with torch.no_grad():
+        spectrogram = eager.frontend(clip).unsqueeze(1)
+        fast_model = default.inference_model()
+        expected = model(spectrogram)[0]
+    from efficient_tagging.models.inference import inference_copy
+
+    bf16_model = inference_copy(model).to(torch.bfloat16)
+
+    def run_eager() -> torch.Tensor:
+        with torch.no_grad():
+            return model(spectrogram)[0]
+
+    def run_default() -> torch.Tensor:
+        with torch.inference_mode():
+            return fast_model(spectrogram)[0]
+
+    def run_bf16() -> torch.Tensor:
+        with torch.inference_mode():
+            return bf16_model(spectrogram.to(torch.bfloat16))[0].float()
+
+    paths: dict[str, Callable[[], torch.Tensor]] = {"ours eager (fp32)": run_eager, "ours default": run_default,
+                                                    "bf16 (opt-in)": run_bf16}
+    if args.reference_checkout is not None:
+        reference = reference_model(args.reference_checkout, model.state_dict())
+
+        def run_reference() -> torch.Tensor:
+            with torch.no_grad():
+                return reference(spectrogram)[0]
+
+        paths = {"reference eager (fp32)": run_reference, **paths}
+    workdir = None
+    if args.onnx:
+        from efficient_tagging.export.onnx import OnnxTagger, export_onnx
+
+        workdir = tempfile.TemporaryDirectory()
+        runner = OnnxTagger(export_onnx(eager, Path(workdir.name) / "mn10.onnx", check_audio=clip[0]),
+                            threads=args.threads)
+        array = spectrogram.numpy()
+        paths["onnxruntime (fp32)"] = lambda: torch.from_numpy(runner.session.run(["logits"], {"spectrogram": array})[0])
+
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    outputs: dict[str, torch.Tensor] = {}
+    for name, run in paths.items():  # warm-up (and the outputs compared below)
+        outputs[name] = run().float()
+    for _ in range(args.rounds):
+        for name, run in paths.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+
+    file_paths = {"ours eager (fp32)": eager, "ours default": default}
+    file_times: dict[str, list[float]] = {name: [] for name in file_paths}
+    source = METRO_WAV if METRO_WAV.is_file() else None
+    if source is not None:
+        for tagger in file_paths.values():
+            tagger.tag_file(source)
+        for _ in range(args.file_rounds):
+            for name, tagger in file_paths.items():
+                start = time.perf_counter()
+                tagger.tag_file(source, top_k=10)
+                file_times[name].append(time.perf_counter() - start)
+
+    base = statistics.median(times["ours eager (fp32)"])
+    ref = statistics.median(times["reference eager (fp32)"]) if "reference eager (fp32)" in times else None
+    print(f"mn10, one 10-s clip, batch 1, {args.threads} threads, torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}; medians of {args.rounds} interleaved rounds")
+    print(f"{'path':26s} {'ms':>8s} {'vs eager':>9s} {'vs ref':>7s} {'max rel err':>12s}  agreement")
+    probabilities = torch.sigmoid(expected)
+    for name in paths:
+        median = statistics.median(times[name])
+        error = float((outputs[name] - expected).abs().max() / expected.abs().max())
+        agreement = ""
+        if name.startswith("bf16") or name.startswith("onnx"):
+            p = torch.sigmoid(outputs[name])
+            same = set(p[0].topk(5).indices.tolist()) == set(probabilities[0].topk(5).indices.tolist())
+            agreement = f"top-5 {'same' if same else 'DIFFERENT'}, mean |dprob| {float((p - probabilities).abs().mean()):.1e}"
+        versus_ref = f"{ref / median:6.2f}x" if ref else "      -"
+        print(f"{name:26s} {1000 * median:8.1f} {base / median:8.2f}x {versus_ref} {error:12.1e}  {agreement}")
+    if source is not None:
+        print(f"\nend to end, tag_file({source.name}): decode + resample + mel + model + top-10; "
+              f"medians of {args.file_rounds} rounds")
+        file_base = statistics.median(file_times["ours eager (fp32)"])
+        for name, values in file_times.items():
+            median = statistics.median(values)
+            print(f"{name:26s} {1000 * median:8.1f} {file_base / median:8.2f}x")
+    with contextlib.suppress(Exception):
+        if workdir is not None:
+            workdir.cleanup()
+
+
+if __name__ == "__main__":
+    main()
