@@ -104,3 +104,17 @@ def test_dymn_and_teachers():
     with torch.no_grad():
         assert tagger.inference_model() is teacher  # nothing to fold: no copy of a large model
         assert torch.allclose(tagger(waveform[:, :64000]), AudioTagger(teacher, fast=False)(waveform[:, :64000]))
+
+
+def test_tagging_commands_take_eager_to_turn_the_fast_path_off(tmp_path):
+    import argparse
+
+    from efficient_tagging.cli.tag import build_parser, load_tagger_for
+    from efficient_tagging.models import save_checkpoint
+
+    checkpoint = tmp_path / "mn.pt"
+    save_checkpoint(checkpoint, randomised_student("mn", width_mult=0.4))
+    for flags, fast in (([], True), (["--eager"], False)):
+        args = build_parser().parse_args(["--model_path", str(checkpoint), *flags, "x.wav"])
+        args.backend = "torch"
+        assert load_tagger_for(args, torch.device("cpu")).fast is fast

@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="AudioSet class_labels_indices.csv (default: cache, downloaded if missing)")
     parser.add_argument("--cache_dir", default=None, help="download cache (default: $EFFICIENT_TAGGING_CACHE, "
                                                           "the repo's pretrained/ or ~/.cache/efficient_tagging)")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the PyTorch model as built: no BatchNorm folding, channels-last or inference_mode "
+                             "(the default fast path gives the same logits within float rounding, ~1.7x faster)")
     parser.add_argument("--device", type=device_name, default=None,
                         help="cpu, cuda, cuda:N or mps; one that is not there is an error (default: cpu)")
     parser.add_argument("--cuda", action="store_true", help="the same as --device cuda (EfficientAT's flag)")
@@ -219,6 +222,9 @@ def load_tagger_for(args: argparse.Namespace, device: torch.device) -> Any:
         tagger = TeacherEnsemble.from_names(args.ensemble, cache_dir=args.cache_dir, labels_path=args.labels_path)
     else:
         tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path, cache_dir=args.cache_dir)
+    for member in getattr(tagger, "members", None) or [tagger]:
+        if hasattr(member, "fast"):
+            member.fast = not getattr(args, "eager", False)
     return tagger.to(device)
 
 

@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: onnx when --model_path ends in .onnx)")
     parser.add_argument("--labels_path", default=None, help="AudioSet class_labels_indices.csv (default: cache)")
     parser.add_argument("--cache_dir", default=None, help="download cache")
+    parser.add_argument("--eager", action="store_true",
+                        help="run the PyTorch model as built: no BatchNorm folding, channels-last or inference_mode "
+                             "(the default fast path gives the same logits within float rounding, ~1.7x faster)")
     parser.add_argument("--device", type=device_name, default=None, help="cpu, cuda, cuda:1, mps (default: cpu)")
     parser.add_argument("--cuda", action="store_true", help="the same as --device cuda (EfficientAT's flag)")
     grid = parser.add_argument_group("windows")
