@@ -107,8 +107,6 @@ def test_dymn_and_teachers():
 
 
 def test_tagging_commands_take_eager_to_turn_the_fast_path_off(tmp_path):
-    import argparse
-
     from efficient_tagging.cli.tag import build_parser, load_tagger_for
     from efficient_tagging.models import save_checkpoint
 
