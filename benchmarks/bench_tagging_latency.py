@@ -1,4 +1,4 @@
-"""Tagging latency of mn10 on one 10-s clip, batch 1 (issue 12, target 1): the default path vs eager.
+"""Tagging latency of mn10 (or dymn10) on one 10-s clip, batch 1 (issue 12, target 1): the default path vs eager.
 
 Paths, timed in interleaved rounds in one process (these CPUs change speed by up to 3x for tens of
 seconds, so every round times every path once and the table reports medians):
@@ -42,13 +42,16 @@ from conftest import METRO_WAV, metro_long, randomised_student  # noqa: E402
 from efficient_tagging.tagging.tagger import AudioTagger  # noqa: E402
 
 
-def reference_model(checkout: Path, state_dict: dict) -> torch.nn.Module:
-    """EfficientAT's mn10 from a checkout, with our weights (its keys are ours: strict load)."""
+def reference_model(checkout: Path, state_dict: dict, arch: str) -> torch.nn.Module:
+    """EfficientAT's mn10 / dymn10 from a checkout, with our weights (its keys are ours: strict load)."""
     previous = os.getcwd()
     sys.path.insert(0, str(checkout))
     os.chdir(checkout)  # the reference reads metadata/ relative to the working directory at import
     try:
-        from models.mn.model import get_model as reference_get_model
+        if arch == "dymn":
+            from models.dymn.model import get_model as reference_get_model
+        else:
+            from models.mn.model import get_model as reference_get_model
 
         with contextlib.redirect_stdout(open(os.devnull, "w")):  # it prints the whole model
             model = reference_get_model(width_mult=1.0, pretrained_name=None)
@@ -61,6 +64,7 @@ def reference_model(checkout: Path, state_dict: dict) -> torch.nn.Module:
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reference_checkout", type=Path, default=None, help="an EfficientAT checkout to time")
+    parser.add_argument("--arch", choices=("mn", "dymn"), default="mn", help="mn10 or dymn10")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (exports the model, ~40 s)")
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (model-only paths)")
     parser.add_argument("--file_rounds", type=int, default=8, help="interleaved rounds (end-to-end paths)")
@@ -68,7 +72,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    model = randomised_student("mn", width_mult=1.0, logit_std=3.0)
+    model = randomised_student(args.arch, width_mult=1.0, logit_std=3.0)
     eager, default = AudioTagger(model, fast=False), AudioTagger(model)
     clip = metro_long(10).reshape(1, -1)
     with torch.no_grad():
@@ -94,7 +98,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     paths: dict[str, Callable[[], torch.Tensor]] = {"ours eager (fp32)": run_eager, "ours default": run_default,
                                                     "bf16 (opt-in)": run_bf16}
     if args.reference_checkout is not None:
-        reference = reference_model(args.reference_checkout, model.state_dict())
+        reference = reference_model(args.reference_checkout, model.state_dict(), args.arch)
 
         def run_reference() -> torch.Tensor:
             with torch.no_grad():
@@ -135,7 +139,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     base = statistics.median(times["ours eager (fp32)"])
     ref = statistics.median(times["reference eager (fp32)"]) if "reference eager (fp32)" in times else None
-    print(f"mn10, one 10-s clip, batch 1, {args.threads} threads, torch {torch.__version__}, "
+    print(f"{args.arch}10, one 10-s clip, batch 1, {args.threads} threads, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}; medians of {args.rounds} interleaved rounds")
     print(f"{'path':26s} {'ms':>8s} {'vs eager':>9s} {'vs ref':>7s} {'max rel err':>12s}  agreement")
     probabilities = torch.sigmoid(expected)

@@ -93,7 +93,12 @@ def test_gradients_train_mode_and_fast_false_use_the_model_itself(mn10):
 
 def test_dymn_and_teachers():
     dymn = randomised_student("dymn", width_mult=0.4, logit_std=1.0)
-    assert count_foldable_batchnorms(dymn) > 0  # its static convolutions (dynamic ones keep their norms)
+    norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in dymn.modules())
+    assert count_foldable_batchnorms(dymn) == norms  # dynamic convolutions too (each candidate kernel scaled)
+    folded = fold_batchnorm(dymn)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert set(folded.state_dict()) - set(dymn.state_dict())  # the folded copy has conv biases ...
+    assert set(dymn.state_dict()) == set(randomised_student("dymn", width_mult=0.4).state_dict())  # ... not the model
     waveform = metro_long(10).reshape(1, -1)
     with torch.no_grad():
         assert _relative_error(AudioTagger(dymn)(waveform), AudioTagger(dymn, fast=False)(waveform)) <= 1e-4

@@ -33,7 +33,7 @@ follow EfficientAT so that its released `dymnXY_*` files load with `strict=True`
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -160,6 +160,9 @@ class DynamicConv2d(nn.Module):
         self.weight = nn.Parameter(torch.empty(1, 1, num_kernels, kernel_numel))
         # Linear H -> K producing the attention logits; a Sequential for the `residuals.0` key.
         self.residuals = nn.Sequential(nn.Linear(context_dim, num_kernels))
+        # None for every trained model (no key in the state_dict); set by `fold_norm_` in inference copies
+        self.bias: Optional[nn.Parameter]
+        self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -175,9 +178,21 @@ class DynamicConv2d(nn.Module):
         kernels = kernels.reshape(b * self.out_channels, self.in_channels // self.groups,
                                   self.kernel_size, self.kernel_size)
         # Fold the batch into the channel axis: sample i only sees its own kernel group.
-        out = F.conv2d(x.reshape(1, b * c, f, t), kernels, None, self.stride, self.padding,
+        bias = None if self.bias is None else self.bias.repeat(b)
+        out = F.conv2d(x.reshape(1, b * c, f, t), kernels, bias, self.stride, self.padding,
                        self.dilation, self.groups * b)
         return out.reshape(b, self.out_channels, out.shape[-2], out.shape[-1])
+
+    @torch.no_grad()
+    def fold_norm_(self, norm: nn.BatchNorm2d) -> None:
+        """Fold the eval-mode BatchNorm that follows into every candidate kernel (and a bias): the
+        mixed kernel is linear in the candidates, so scaling each scales the mix (inference only)."""
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        candidates = self.weight.reshape(self.num_kernels, self.out_channels, -1)
+        self.weight.copy_((candidates * scale[None, :, None]).reshape_as(self.weight))
+        bias = shift if self.bias is None else self.bias * scale + shift
+        self.bias = nn.Parameter(bias.clone(), requires_grad=False)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -319,6 +334,32 @@ class DynamicInvertedResidual(nn.Module):
         self.proj_norm = norm(out_channels)
 
         self.context_gen = ContextGenerator(in_channels, context_dim, expanded_channels, stride=stride)
+
+    @torch.no_grad()
+    def fold_batchnorm_(self) -> int:
+        """Fold each convolution's BatchNorm into it, in place (inference copies only: see
+        `models.inference.fold_batchnorm`); returns how many norms were folded."""
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+        folded = 0
+        for conv_name, norm_name in (("exp_conv", "exp_norm"), ("depth_conv", "depth_norm"), ("proj_conv", "proj_norm")):
+            conv, norm = getattr(self, conv_name), getattr(self, norm_name)
+            if type(norm) is not nn.BatchNorm2d:
+                continue
+            if isinstance(conv, DynamicConv2d):
+                conv.fold_norm_(norm)
+            elif isinstance(conv, StaticWrapper) and isinstance(conv.module, nn.Conv2d):
+                conv.module = fuse_conv_bn_eval(conv.module, norm)
+            else:
+                continue
+            setattr(self, norm_name, nn.Identity())
+            folded += 1
+        gen = self.context_gen
+        if type(gen.joint_norm) is nn.BatchNorm2d:
+            gen.joint_conv = fuse_conv_bn_eval(gen.joint_conv, gen.joint_norm)
+            gen.joint_norm = nn.Identity()
+            folded += 1
+        return folded
 
     def forward(self, x: Tensor) -> Tensor:
         ctx = self.context_gen(x)

@@ -5,7 +5,9 @@
 weights and bias: ``bn(conv(x)) = conv'(x)`` with ``w' = w * g / sqrt(v + eps)`` and
 ``b' = (b - m) * g / sqrt(v + eps) + beta`` per output channel, one pass over the activations instead
 of two. Only Sequential containers are rewritten, because there the order of the children is the
-order of the computation. :func:`inference_copy` adds the channels-last memory layout, which the
+order of the computation, plus blocks that fold their own norms (``fold_batchnorm_``: DyMN's
+dynamic convolutions, whose candidate kernels each take the norm's scale, as the mixed kernel is
+linear in them). :func:`inference_copy` adds the channels-last memory layout, which the
 CPU convolution kernels (oneDNN) prefer.
 
 The copies are for inference only (no training: BatchNorm statistics are frozen into the weights)
@@ -38,8 +40,13 @@ def _foldable_pairs(model: nn.Module) -> list[tuple[nn.Sequential, str, str]]:
 
 
 def count_foldable_batchnorms(model: nn.Module) -> int:
-    """How many BatchNorm2d layers :func:`fold_batchnorm` would fuse."""
-    return len(_foldable_pairs(model))
+    """How many BatchNorm2d layers :func:`fold_batchnorm` fuses: those after a Conv2d in a Sequential,
+    plus those a block folds itself (`fold_batchnorm_`, e.g. DyMN's dynamic convolutions)."""
+    own = sum(1 for module in model.modules() if callable(getattr(module, "fold_batchnorm_", None))
+              for name in ("exp_norm", "depth_norm", "proj_norm", "context_gen")
+              if type(getattr(module, name, None)) is nn.BatchNorm2d
+              or type(getattr(getattr(module, name, None), "joint_norm", None)) is nn.BatchNorm2d)
+    return len(_foldable_pairs(model)) + own
 
 
 @torch.no_grad()
@@ -50,6 +57,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         conv, norm = container._modules[conv_name], container._modules[norm_name]
         container._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
         container._modules[norm_name] = nn.Identity()
+    for module in list(folded.modules()):  # families whose blocks know their own order (DyMN)
+        fold = getattr(module, "fold_batchnorm_", None)
+        if callable(fold):
+            fold()
     return folded
 
 
