@@ -168,6 +168,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(runtime, "--cuda", action="store_true", help="train on the GPU (cuda:LOCAL_RANK under torchrun)")
     flag(runtime, "--precision", choices=["32", "16", "bf16"],
          help="autocast precision; 16 uses a gradient scaler")
+    flag(runtime, "--no_channels_last", dest="channels_last", action="store_false",
+         help="keep the model in the default (contiguous) memory layout instead of channels-last (slower, "
+              "same maths)")
+    flag(runtime, "--no_fused_optimizer", dest="fused_optimizer", action="store_false",
+         help="the for-loop Adam/AdamW instead of the fused one (slower, same maths within float rounding)")
     flag(runtime, "--seed", type=int, help="seed of every random draw (data order, augmentation, initialisation)")
     flag(runtime, "--out_dir", help="where last.pt and best.pt are written")
     flag(runtime, "--resume", action="store_true", help="continue exactly from out_dir/last.pt")

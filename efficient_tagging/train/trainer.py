@@ -127,6 +127,10 @@ class TrainConfig:
     temperature: float = 1.0
     # --- runtime ---------------------------------------------------------------------------
     precision: str = "32"
+    # speed, not recipe (same maths, measured in benchmarks/RESULTS.md): channels-last weights and
+    # activations (oneDNN / cuDNN convolutions prefer them) and the fused (single-kernel) Adam/AdamW
+    channels_last: bool = True
+    fused_optimizer: bool = True
     cuda: bool = False
     seed: int = 0
     dataset: str = "audioset"  # what the model is trained on: stored in its checkpoint
@@ -544,7 +548,10 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
     model_kwargs = dict(getattr(model, "config", {}))
     arch = getattr(model, "arch", config.arch)
     optimizer_class = torch.optim.AdamW if config.adamw else torch.optim.Adam
-    optimizer = optimizer_class(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = optimizer_class(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay,
+                                **({"fused": True} if config.fused_optimizer else {}))
     scheduler = make_lr_scheduler(optimizer, exp_warmup_linear_down(config.warm_up_len, config.ramp_down_len,
                                                                     config.ramp_down_start, config.last_lr_value),
                                   steps_per_epoch, per_step=config.lr_per_step)
