@@ -87,7 +87,7 @@ from ..audio import AudioSource, load_audio
 from ..frontends import AugmentMelSTFT, build_frontend
 from ..labels import LabelMap
 from ..models.layers import sliding_window_starts
-from ..tagging.tagger import AudioTagger, BlockFactory, TaggingMixin, check_finite_waveform
+from ..tagging.tagger import AudioTagger, BlockFactory, TaggingMixin, check_model_input
 
 logger = logging.getLogger(__name__)
 
@@ -882,12 +882,7 @@ class OnnxTagger(TaggingMixin):
             waveform = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
         if waveform.dim() == 1:
             waveform = waveform.reshape(1, -1)
-        check_finite_waveform(waveform, self.sample_rate)
-        if waveform.shape[-1] < self.min_samples:
-            raise ValueError(
-                f"waveform of shape {tuple(waveform.shape)} is too short: the frontend needs at least "
-                f"{self.min_samples} samples ({1000 * self.min_samples / self.sample_rate:.1f} ms at "
-                f"{self.sample_rate} Hz); tag_waveform / tag_file pad shorter inputs")
+        check_model_input(waveform, self.min_samples, self.sample_rate)
         waveform = waveform.detach().float().cpu()
         if self.frontend is None:
             return self._run(waveform.numpy())

@@ -80,6 +80,16 @@ def check_finite_waveform(waveform: Tensor, sample_rate: Optional[int] = None) -
         f"or replace them (e.g. torch.nan_to_num(waveform, 0.0, 0.0, 0.0))")
 
 
+def check_model_input(waveform: Tensor, min_samples: int, sample_rate: int) -> None:
+    """What a tagger's `forward` refuses: NaN/Inf, or fewer samples than one frontend window."""
+    check_finite_waveform(waveform, sample_rate)
+    if waveform.shape[-1] < min_samples:
+        raise ValueError(
+            f"waveform of shape {tuple(waveform.shape)} is too short: the frontend needs at least "
+            f"{min_samples} samples ({1000 * min_samples / sample_rate:.1f} ms at {sample_rate} Hz); "
+            f"tag_waveform / tag_file repeat or pad shorter inputs")
+
+
 class TaggingMixin:
     """Tagging on top of `forward(waveform (B, samples)) -> logits (B, C)`.
 
@@ -287,12 +297,7 @@ class AudioTagger(TaggingMixin, nn.Module):
 
     def forward(self, waveform: Tensor) -> Tensor:
         """Logits (B, C) of a waveform batch (B, samples): one pass over the whole input."""
-        check_finite_waveform(waveform, self.sample_rate)
-        if waveform.shape[-1] < self.min_samples:
-            raise ValueError(
-                f"waveform of shape {tuple(waveform.shape)} is too short: the frontend needs at least "
-                f"{self.min_samples} samples ({1000 * self.min_samples / self.sample_rate:.1f} ms at "
-                f"{self.sample_rate} Hz); tag_waveform / tag_file zero-pad shorter inputs")
+        check_model_input(waveform, self.min_samples, self.sample_rate)
         if not self._fast_path_applies():
             logits, _ = forward_spectrogram(self.model, self.frontend(waveform.to(self.device)))
             return logits
