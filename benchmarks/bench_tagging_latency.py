@@ -18,6 +18,7 @@ mean |delta prob|.
 
     python benchmarks/bench_tagging_latency.py                      # ~2 min on 2 cores
     python benchmarks/bench_tagging_latency.py --reference_checkout /path/to/EfficientAT --onnx
+    python benchmarks/bench_tagging_latency.py --batch_size 32 --rounds 5    # batched (32 clips)
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--reference_checkout", type=Path, default=None, help="an EfficientAT checkout to time")
     parser.add_argument("--arch", choices=("mn", "dymn"), default="mn", help="mn10 or dymn10")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (exports the model, ~40 s)")
+    parser.add_argument("--batch_size", type=int, default=1,
+                        help="clips per model call (different 10-s stretches of the long test audio)")
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (model-only paths)")
     parser.add_argument("--file_rounds", type=int, default=8, help="interleaved rounds (end-to-end paths)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -74,9 +77,12 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     model = randomised_student(args.arch, width_mult=1.0, logit_std=3.0)
     eager, default = AudioTagger(model, fast=False), AudioTagger(model)
-    clip = metro_long(10).reshape(1, -1)
+    audio = metro_long(60)
+    starts = [(i * 37 * 32000 // 10) % (50 * 32000) for i in range(args.batch_size)]  # 3.7-s steps, wrapping
+    batch = torch.stack([audio[start:start + 320000] for start in starts])
+    clip = batch[:1]
     with torch.no_grad():
-        spectrogram = eager.frontend(clip).unsqueeze(1)
+        spectrogram = eager.frontend(batch).unsqueeze(1)
         fast_model = default.inference_model()
         expected = model(spectrogram)[0]
     from efficient_tagging.models.inference import inference_copy
@@ -139,7 +145,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     base = statistics.median(times["ours eager (fp32)"])
     ref = statistics.median(times["reference eager (fp32)"]) if "reference eager (fp32)" in times else None
-    print(f"{args.arch}10, one 10-s clip, batch 1, {args.threads} threads, torch {torch.__version__}, "
+    print(f"{args.arch}10, 10-s clips, batch {args.batch_size}, {args.threads} threads, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}; medians of {args.rounds} interleaved rounds")
     print(f"{'path':26s} {'ms':>8s} {'vs eager':>9s} {'vs ref':>7s} {'max rel err':>12s}  agreement")
     probabilities = torch.sigmoid(expected)
@@ -149,8 +155,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         agreement = ""
         if name.startswith("bf16") or name.startswith("onnx"):
             p = torch.sigmoid(outputs[name])
-            same = set(p[0].topk(5).indices.tolist()) == set(probabilities[0].topk(5).indices.tolist())
-            agreement = f"top-5 {'same' if same else 'DIFFERENT'}, mean |dprob| {float((p - probabilities).abs().mean()):.1e}"
+            same = sum(set(p[i].topk(5).indices.tolist()) == set(probabilities[i].topk(5).indices.tolist())
+                       for i in range(p.shape[0]))
+            agreement = (f"top-5 same {same}/{p.shape[0]}, mean |dprob| "
+                         f"{float((p - probabilities).abs().mean()):.1e}")
         versus_ref = f"{ref / median:6.2f}x" if ref else "      -"
         print(f"{name:26s} {1000 * median:8.1f} {base / median:8.2f}x {versus_ref} {error:12.1e}  {agreement}")
     if source is not None:

