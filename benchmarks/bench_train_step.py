@@ -20,9 +20,7 @@ path's (fp32 paths must agree within float rounding).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import os
 import platform
 import statistics
 import sys
@@ -35,7 +33,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from bench_tagging_latency import reference_model  # noqa: E402  (EfficientAT's model from a checkout)
 from efficient_tagging.frontends import build_frontend  # noqa: E402
 from efficient_tagging.models import get_model  # noqa: E402
 
@@ -47,21 +47,6 @@ def native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def reference_model(checkout: Path, state_dict: dict) -> torch.nn.Module:
-    previous = os.getcwd()
-    sys.path.insert(0, str(checkout))
-    os.chdir(checkout)  # the reference reads metadata/ relative to the working directory at import
-    try:
-        from models.mn.model import get_model as reference_get_model
-
-        with contextlib.redirect_stdout(open(os.devnull, "w")):
-            model = reference_get_model(width_mult=1.0, pretrained_name=None)
-    finally:
-        os.chdir(previous)
-    model.load_state_dict(state_dict, strict=True)
-    return model
 
 
 def make_step(model: torch.nn.Module, frontend: torch.nn.Module, batch: dict, *, channels_last: bool,
@@ -105,7 +90,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     paths: dict[str, Callable[[], float]] = {}
     if args.reference_checkout is not None:
-        paths["reference loop (fp32)"] = make_step(reference_model(args.reference_checkout, model.state_dict()),
+        paths["reference loop (fp32)"] = make_step(reference_model(args.reference_checkout, model.state_dict(), "mn"),
                                                    frontend, batch, channels_last=False, fused=False, bf16=False)
     paths["plain fp32"] = make_step(model, frontend, batch, channels_last=False, fused=False, bf16=False)
     paths["default (fp32)"] = make_step(model, frontend, batch, channels_last=True, fused=True, bf16=False)
