@@ -202,3 +202,18 @@ def randomised_student(arch: str = "mn", seed: int = 0, logit_std: float = 1.0, 
         if classifier.bias is not None:
             classifier.bias.mul_(logit_std / float(logits.std()))
     return model
+
+
+def published_tagger(name: str = "mn10_as"):
+    """The tagger of a published catalogue model if its weights are in the download cache; skips the
+    test otherwise (CI has no network, and these checks need trained weights, not random ones)."""
+    from efficient_tagging.hub import cache_dir
+    from efficient_tagging.tagging import AudioTagger
+
+    try:
+        cached = any(p.name.startswith(name) for p in cache_dir().rglob("*.pt"))
+    except OSError:
+        cached = False
+    if not cached:
+        pytest.skip(f"{name} weights not in the download cache")
+    return AudioTagger.from_pretrained(name, labels_path=LABELS_CSV)

@@ -268,16 +268,9 @@ def test_teachers_are_refused_with_a_clear_error(tmp_path):
 def test_int8_top5_agrees_with_fp32_on_metro_with_the_published_weights(tmp_path):
     """The acceptance check for int8 (random weights cannot show it: they are chaotic under
     quantization noise). Runs when the published mn10_as weights are in the download cache."""
-    from conftest import LABELS_CSV
-    from efficient_tagging.hub import cache_dir
+    from conftest import published_tagger
 
-    try:
-        cached = any(p.name.startswith("mn10_as") for p in cache_dir().rglob("*.pt"))
-    except OSError:
-        cached = False
-    if not cached:
-        pytest.skip("mn10_as weights not in the download cache")
-    tagger = AudioTagger.from_pretrained("mn10_as", labels_path=LABELS_CSV)
+    tagger = published_tagger("mn10_as")
     fp32 = export_onnx(tagger, tmp_path / "mn10_as.onnx", check_audio=metro_long(10))
     int8 = quantize_int8(fp32, tmp_path / "mn10_as.int8.onnx", calibration_waveforms(SR, [METRO_WAV]))
     report = agreement_report(OnnxTagger(fp32), OnnxTagger(int8), {"metro": metro_long(10)})

@@ -104,15 +104,9 @@ def test_metro_then_silence_csv_png_events(tmp_path, tagger, metro_then_silence)
 def test_train_classes_active_only_at_the_start_with_trained_weights(tmp_path, metro_then_silence):
     """With the published mn10_as weights (in the download cache), rail/train classes are active
     in the first windows only. Skipped when the weights are not cached (no network in CI)."""
-    from efficient_tagging.hub import cache_dir
+    from conftest import published_tagger
 
-    try:
-        cached = any(p.name.startswith("mn10_as") for p in cache_dir().rglob("*.pt"))
-    except OSError:
-        cached = False
-    if not cached:
-        pytest.skip("mn10_as weights not in the download cache")
-    tagger = AudioTagger.from_pretrained("mn10_as", labels_path=LABELS_CSV)
+    tagger = published_tagger("mn10_as")
     tags = tag_over_time(tagger, metro_then_silence)
     rail = [i for i, name in enumerate(tags.labels) if any(w in name.lower() for w in ("train", "rail", "subway"))]
     peak = tags.probabilities[:, rail].max(axis=1)
