@@ -475,7 +475,7 @@ def export_onnx(tagger_or_model: Union[AudioTagger, nn.Module], path: PathLike, 
                 check_audio: Optional[Tensor] = None) -> Path:
     """Export a tagger (or a bare model, wrapped with its frontend) to ONNX; returns `path`.
 
-    Dynamic batch and time axes (teachers: time up to their trained window). `with_frontend=True`
+    Dynamic batch and time axes (students; teachers are refused). `with_frontend=True`
     puts the mel frontend into the graph (input: waveform (B, samples) at the tagger's sample
     rate), otherwise the input is the spectrogram (B, 1, n_mels, frames). `probabilities=True`
     adds a `probabilities` output. `opset` >= 17; `exporter`: "dynamo" (default, torch.export) or
@@ -516,29 +516,18 @@ def export_onnx(tagger_or_model: Union[AudioTagger, nn.Module], path: PathLike, 
         raise ValueError(f"{type(model).__name__}: ONNX export of the transformer teachers is not supported "
                          f"(torch.export cannot keep their time axis dynamic); export a student (mn / dymn)")
     if with_frontend:
-        if teacher:
-            raise ValueError(f"{type(model).__name__}: transformer teachers export without the frontend (their "
-                             f"sliding windows over long inputs run outside the graph); use with_frontend=False")
         _check_graph_frontend(tagger.frontend)
-    if teacher and exporter != "dynamo":
-        raise ValueError("transformer teachers export with exporter='dynamo' only")
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"output path should end in .onnx, got {path}")
 
     output_names = ["logits", "probabilities"] if probabilities else ["logits"]
-    window_frames = hop_frames = None
+    window_frames = hop_frames = None  # metadata of teacher graphs (none are exported; see the module doc)
     hop = int(getattr(tagger.frontend, "hopsize", 0) or 320)
-    min_frames = 1 if teacher else _min_frames(model, tagger)
+    min_frames = _min_frames(model, tagger)
     min_samples = max(int(tagger.min_samples), (min_frames - 1) * hop + 1)
-    if teacher:
-        window_frames = int(model.window_frames)
-        hop_frames = max(1, window_frames // 4)
-        frames = window_frames - max(1, window_frames // 10)
-        time_min, time_max = _teacher_min_frames(model), window_frames
-    else:
-        frames = max(min_frames + 1, int(round(example_seconds * tagger.sample_rate / hop)))
-        time_min, time_max = min_frames, None
+    frames = max(min_frames + 1, int(round(example_seconds * tagger.sample_rate / hop)))
+    time_min, time_max = min_frames, None
     graph_model = exportable_model(model)
     spectrogram_graph = _SpectrogramGraph(graph_model, None, probabilities, tagger.task).eval()
     example = _example_spectrogram(tagger, frames, audio=check_audio)
@@ -732,15 +721,6 @@ def _min_frames(model: nn.Module, tagger: AudioTagger) -> int:
         middle = (low + high) // 2
         low, high = (low, middle) if long_enough(middle) else (middle, high)
     return low if long_enough(low) else high
-
-
-def _teacher_min_frames(model: nn.Module) -> int:
-    """Two time patches: with one, the exported graph's patch-grid reshapes specialise."""
-    patch = getattr(model, "patch_size", 16)
-    stride = getattr(model, "stride", None) or getattr(model, "tstride", 10)
-    patch = int(patch[-1]) if isinstance(patch, (tuple, list)) else int(patch)
-    stride = int(stride[-1]) if isinstance(stride, (tuple, list)) else int(stride)
-    return patch + stride
 
 
 def _preprocessing_of(tagger: AudioTagger) -> dict[str, Any]:
