@@ -3,7 +3,8 @@
 Everything the project reads goes through `decode_audio`: files on disk, encoded bytes
 from an HDF5 `mp3` column, any format FFmpeg understands (wav, flac, mp3, ogg, m4a, ...).
 Decoding keeps the file's own sample rate; `resample` then converts with a windowed-sinc
-resampler (torchaudio's, as the reference fixtures did), never by dropping samples.
+resampler (`efficient_tagging.resample`: plain torch, equal to the torchaudio resampler the
+reference fixtures were made with), never by dropping samples.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import av
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from torch import Tensor
+
+from .resample import LOWPASS_FILTER_WIDTH, ROLLOFF, sinc_kernel_width, sinc_resample
 
 AudioSource = Union[str, Path, bytes, bytearray, memoryview, np.ndarray]
 
@@ -163,25 +165,35 @@ def decode_audio(source: AudioSource, name: Optional[str] = None) -> tuple[np.nd
 
 
 def resample(samples: Union[np.ndarray, torch.Tensor], orig_sr: int, target_sr: int) -> torch.Tensor:
-    """Band-limited resampling along the last axis (windowed sinc); returns a float32 tensor."""
+    """Band-limited resampling along the last axis (windowed sinc); returns a float32 tensor.
+
+    Any leading axes are separate signals, resampled together; a tensor stays on its device.
+    Output length `ceil(samples * target_sr / orig_sr)`. See `efficient_tagging.resample`.
+    """
     waveform = torch.as_tensor(samples, dtype=torch.float32)
     if orig_sr == target_sr:
         return waveform
     if orig_sr <= 0 or target_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {target_sr}")
-    return AF.resample(waveform, orig_sr, target_sr)
+    return sinc_resample(waveform, orig_sr, target_sr)
 
 
 def resampler_settings() -> dict:
-    """What determines `resample`'s output besides the rates: the resampler and its library version.
+    """What determines `resample`'s output besides the rates: the resampler, its parameters, torch.
 
-    Caches of resampled audio (data.waveform_cache) key on this, so a change of resampler or of
-    torchaudio invalidates them instead of serving audio the current code would not produce.
+    Caches of resampled audio (data.waveform_cache) key on this, so a change of resampler (or of
+    the torch whose float32 sin/cos/conv1d it runs on) invalidates them instead of serving audio
+    the current code would not produce. The resampler is this project's own since torchaudio was
+    dropped: its CPU output equals torchaudio's bit for bit in every case measured, but equality
+    is not guaranteed for every input, torch build and length (output lengths above 2**24 samples
+    differ on purpose), so the description changed and caches made with torchaudio are rebuilt once.
     """
-    import torchaudio
-
-    return {"resampler": "torchaudio.functional.resample", "method": "sinc_interp_hann",
-            "lowpass_filter_width": 6, "rolloff": 0.99, "torchaudio": torchaudio.__version__}
+    return {"resampler": "efficient_tagging.resample.sinc_resample",
+            "computes": "Hann-windowed sinc low-pass at rolloff * min(rates) / 2, gcd-reduced rates, strided "
+                        "conv1d in float32, kernel evaluated in float32 as torchaudio's sinc_interp_hann, "
+                        "zero padding at both ends, exact ceil(n * new / orig) output samples",
+            "method": "sinc_interp_hann", "lowpass_filter_width": LOWPASS_FILTER_WIDTH, "rolloff": ROLLOFF,
+            "torch": torch.__version__.split("+")[0]}
 
 
 def decoder_settings() -> dict:
@@ -191,16 +203,16 @@ def decoder_settings() -> dict:
 
 
 def resampler_context(orig_sr: int, target_sr: int) -> int:
-    """Input samples either side of a block that `resample` (torchaudio's windowed sinc) reads.
+    """Input samples either side of a block that `resample` (the windowed sinc) reads.
 
-    torchaudio reduces the rates by their gcd to `orig`/`new` and convolves with a kernel that
+    The resampler reduces the rates by their gcd to `orig`/`new` and convolves with a kernel that
     reaches `width = ceil(6 * orig / (0.99 * min(orig, new)))` input samples beyond each block
-    of `orig` inputs (lowpass_filter_width 6, rolloff 0.99, its defaults). Returned as a
-    multiple of `orig` (so output positions stay integral), at least `width`.
+    of `orig` inputs (`efficient_tagging.resample.sinc_kernel_width`). Returned as a multiple of
+    `orig` (so output positions stay integral), at least `width`.
     """
     gcd = math.gcd(int(orig_sr), int(target_sr))
-    orig, new = orig_sr // gcd, target_sr // gcd
-    width = math.ceil(6 * orig / (min(orig, new) * 0.99))
+    orig = orig_sr // gcd
+    width = sinc_kernel_width(orig_sr, target_sr)
     return orig * math.ceil((width + 1) / orig)
 
 
@@ -259,7 +271,7 @@ class StreamingResampler:
             left = min(self.context, self._position)
             start = self._position - left - self._buffer_start
             segment = buffer[start:start + left + self.step + self.context]
-            out = AF.resample(segment, self.orig_sr, self.target_sr)
+            out = sinc_resample(segment, self.orig_sr, self.target_sr)
             first = left // self._orig * self._new
             yield out[first:first + self.step // self._orig * self._new]
             self._position += self.step
@@ -276,7 +288,7 @@ class StreamingResampler:
         left = self._position - self._buffer_start
         if self._buffer_start + self._buffered <= self._position:
             return
-        out = AF.resample(buffer, self.orig_sr, self.target_sr)
+        out = sinc_resample(buffer, self.orig_sr, self.target_sr)
         self._pieces, self._buffered = [], 0
         yield out[left // self._orig * self._new:]
 

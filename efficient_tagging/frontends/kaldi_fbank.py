@@ -4,9 +4,12 @@
 ``YuanGongND/ast`` (``src/dataloader.py``) for 16 kHz mono audio in [-1, 1]:
 
 1. remove the waveform's mean (global, per clip);
-2. ``torchaudio.compliance.kaldi.fbank(w, htk_compat=True, sample_frequency=16000,
-   use_energy=False, window_type='hanning', num_mel_bins=128, dither=0.0, frame_shift=10)``
-   (25 ms frames, 10 ms hop, ``1 + (n - 400) // 160`` frames; 998 for 10 s);
+2. the Kaldi fbank the reference computes with ``torchaudio.compliance.kaldi.fbank(w,
+   htk_compat=True, sample_frequency=16000, use_energy=False, window_type='hanning',
+   num_mel_bins=128, dither=0.0, frame_shift=10)`` (25 ms frames, 10 ms hop,
+   ``1 + (n - 400) // 160`` frames; 998 for 10 s), here computed by
+   :func:`~efficient_tagging.frontends.kaldi.kaldi_fbank` (plain torch, the whole batch at once,
+   on the input's device; torchaudio is not needed);
 3. append rows of 0.0, or cut, to ``target_length`` frames (padding happens *before*
    normalisation, so padded rows end up at ``-mean / (2 std)``, not 0);
 4. normalise ``(fbank - norm_mean) / (2 * norm_std)``.
@@ -26,8 +29,9 @@ import math
 from typing import Any, Iterable, Optional
 
 import torch
-import torchaudio
 from torch import Tensor, nn
+
+from .kaldi import kaldi_fbank, kaldi_fbank_frames
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +70,9 @@ class ASTFbank(nn.Module):
             and the rest of this project.
 
     Input: ``(B, samples)``, ``(B, 1, samples)`` or a single clip ``(samples,)`` (treated as
-    a batch of one). Each clip is processed separately with torchaudio's Kaldi fbank, in
-    float32 (float64 input stays float64), with autocast disabled.
+    a batch of one). The whole batch is computed at once on the input's device, in float32
+    (float64 input stays float64; other floating dtypes are computed in float32), with autocast
+    disabled.
     """
 
     def __init__(self, target_length: Optional[int] = 1024, norm_mean: float = AUDIOSET_MEAN,
@@ -86,6 +91,9 @@ class ASTFbank(nn.Module):
         if sample_rate <= 0 or num_mel_bins < 1 or frame_shift <= 0:
             raise ValueError(f"sample_rate, num_mel_bins and frame_shift must be positive, got {sample_rate}, "
                              f"{num_mel_bins}, {frame_shift}")
+        if num_mel_bins < 4:
+            raise ValueError(f"num_mel_bins must be at least 4 (Kaldi's filterbank needs them), got {num_mel_bins}")
+        kaldi_fbank_frames(0, sample_frequency=sample_rate, frame_shift=frame_shift)  # raises for a hop < 1 sample
         self.target_length = target_length
         self.norm_mean = float(norm_mean)
         self.norm_std = float(norm_std)
@@ -110,29 +118,26 @@ class ASTFbank(nn.Module):
 
     @property
     def fbank_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments passed to ``torchaudio.compliance.kaldi.fbank``."""
+        """The Kaldi options, in torchaudio's names: what the reference passes to
+        ``torchaudio.compliance.kaldi.fbank``, and what :func:`~efficient_tagging.frontends.kaldi.kaldi_fbank`
+        receives here."""
         return dict(htk_compat=True, sample_frequency=self.sample_rate, use_energy=False, window_type="hanning",
                     num_mel_bins=self.num_mel_bins, dither=0.0, frame_shift=self.frame_shift)
 
     @property
     def frame_length_samples(self) -> int:
-        return int(self.sample_rate * 0.025)  # torchaudio's default 25 ms window
+        return int(self.sample_rate * 0.025)  # Kaldi's default 25 ms window
 
     def num_frames(self, num_samples: int) -> int:
         """Raw fbank frames for a clip of ``num_samples`` (before pad/cut)."""
-        hop = int(self.sample_rate * self.frame_shift * 0.001)
-        return 1 + (num_samples - self.frame_length_samples) // hop if num_samples >= self.frame_length_samples else 0
+        return kaldi_fbank_frames(num_samples, sample_frequency=self.sample_rate, frame_shift=self.frame_shift)
 
     def extra_repr(self) -> str:
         return (f"target_length={self.target_length}, norm_mean={self.norm_mean}, norm_std={self.norm_std}, "
                 f"normalize={self.normalize}, sample_rate={self.sample_rate}, num_mel_bins={self.num_mel_bins}, "
                 f"layout={self.layout!r}, cut_long={self.cut_long}")
 
-    def raw_fbank(self, waveform: Tensor) -> Tensor:
-        """Log-mel ``(frames, num_mel_bins)`` of one clip ``(samples,)`` or ``(channels, samples)``,
-        before pad/cut and normalisation (the clip mean is removed first if ``subtract_mean``)."""
-        if waveform.dim() == 1:
-            waveform = waveform.unsqueeze(0)
+    def _check_waveform(self, waveform: Tensor) -> Tensor:
         if not waveform.is_floating_point():
             raise TypeError(f"expected a floating-point waveform scaled to [-1, 1], got dtype {waveform.dtype}")
         if waveform.dtype not in (torch.float32, torch.float64):
@@ -140,19 +145,35 @@ class ASTFbank(nn.Module):
         if waveform.shape[-1] < self.frame_length_samples:
             raise ValueError(f"a clip needs at least {self.frame_length_samples} samples (one 25 ms frame at "
                              f"{self.sample_rate} Hz), got waveform of shape {tuple(waveform.shape)}")
+        return waveform
+
+    def _batch_fbank(self, waveform: Tensor) -> Tensor:
+        """Raw log-mel ``(B, frames, bins)`` of a checked batch ``(B, samples)``."""
+        if self.subtract_mean:
+            waveform = waveform - waveform.mean(dim=-1, keepdim=True)
+        return kaldi_fbank(waveform, **self.fbank_kwargs)
+
+    def raw_fbank(self, waveform: Tensor) -> Tensor:
+        """Log-mel ``(frames, num_mel_bins)`` of one clip ``(samples,)`` or ``(channels, samples)``,
+        before pad/cut and normalisation (the clip mean is removed first if ``subtract_mean``).
+
+        With several channels, the mean of all of them is removed and the first channel is used
+        (what the reference's call does with a multi-channel tensor)."""
+        if waveform.dim() == 1:
+            waveform = waveform.unsqueeze(0)
+        waveform = self._check_waveform(waveform)
         if self.subtract_mean:
             waveform = waveform - waveform.mean()
-        with torch.autocast(device_type=waveform.device.type, enabled=False):
-            return torchaudio.compliance.kaldi.fbank(waveform, **self.fbank_kwargs)
+        return kaldi_fbank(waveform[0], **self.fbank_kwargs)
 
     def pad_or_cut(self, fbank: Tensor) -> Tensor:
-        """Append rows of 0.0 to, or cut (if ``cut_long``), ``(frames, bins)`` to ``target_length`` frames."""
+        """Append rows of 0.0 to, or cut (if ``cut_long``), ``(..., frames, bins)`` to ``target_length`` frames."""
         if self.target_length is None:
             return fbank
-        missing = self.target_length - fbank.shape[0]
+        missing = self.target_length - fbank.shape[-2]
         if missing > 0:
-            return torch.cat([fbank, fbank.new_zeros(missing, fbank.shape[1])], dim=0)
-        return fbank[: self.target_length] if self.cut_long else fbank
+            return torch.nn.functional.pad(fbank, (0, 0, 0, missing))
+        return fbank[..., : self.target_length, :] if self.cut_long else fbank
 
     def forward(self, waveform: Tensor) -> Tensor:
         if not isinstance(waveform, Tensor):
@@ -164,9 +185,12 @@ class ASTFbank(nn.Module):
         if waveform.dim() != 2:
             raise ValueError(f"ASTFbank expects a waveform of shape (B, samples), (B, 1, samples) or (samples,), "
                              f"got {tuple(waveform.shape)}")
-        features = [self.pad_or_cut(self.raw_fbank(clip)) for clip in waveform]
-        out = torch.stack(features) if features else waveform.new_zeros(0, self.target_length or 0,
-                                                                        self.num_mel_bins)
+        if waveform.shape[0] == 0:
+            out = waveform.new_zeros(0, self.target_length or 0, self.num_mel_bins)
+            if not out.is_floating_point():
+                out = out.float()
+        else:
+            out = self.pad_or_cut(self._batch_fbank(self._check_waveform(waveform)))
         if self.normalize:
             out = (out - self.norm_mean) / (self.norm_std * 2)
         if self.layout == "b1ft":
@@ -198,12 +222,13 @@ def compute_fbank_stats(waveforms: Iterable[Tensor], sample_rate: int = SAMPLE_R
         if item.dim() != 2:
             raise ValueError(f"compute_fbank_stats expects clips (samples,) or batches (B, samples), got "
                              f"{tuple(item.shape)}")
-        for clip in item:
-            values = fbank.raw_fbank(clip.float())
-            values = fbank.pad_or_cut(values).double()
-            total += values.sum().cpu()
-            total_sq += values.square().sum().cpu()
-            count += values.numel()
+        if item.shape[0] == 0:
+            continue
+        # the whole batch at once: padded rows are zeros here (normalize=False)
+        values = fbank(item.float()).double()
+        total += values.sum().cpu()
+        total_sq += values.square().sum().cpu()
+        count += values.numel()
     if count < 2:
         raise ValueError("compute_fbank_stats needs at least one clip with two fbank values")
     mean = total / count
