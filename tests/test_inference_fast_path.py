@@ -1,5 +1,6 @@
 """The fast inference path of AudioTagger (issue 12): BatchNorm folded into the convolutions,
-channels-last weights, inference_mode -- the default -- equals the eager model within float rounding,
+channels-last weights, oneDNN fused convolutions (activation and skip addition as post-ops,
+prepacked weights), inference_mode -- the default -- equals the eager model within float rounding,
 follows weight changes, and steps aside for gradients, train mode and `fast=False`."""
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 import torch
 
 from conftest import METRO_WAV, metro_long, randomised_student, requires_shared
-from efficient_tagging.models.inference import count_foldable_batchnorms, fold_batchnorm, inference_copy
+from efficient_tagging.models.inference import (OneDnnConv2d, count_foldable_batchnorms, fold_batchnorm, inference_copy,
+                                                pointwise_fusion_available)
+from efficient_tagging.models.mobilenet import InvertedResidual
 from efficient_tagging.tagging.tagger import AudioTagger
 
 pytestmark = requires_shared
@@ -121,3 +124,57 @@ def test_tagging_commands_take_eager_to_turn_the_fast_path_off(tmp_path):
         args = build_parser().parse_args(["--model_path", str(checkpoint), *flags, "x.wav"])
         args.backend = "torch"
         assert load_tagger_for(args, torch.device("cpu")).fast is fast
+
+
+needs_onednn = pytest.mark.skipif(not pointwise_fusion_available(),
+                                  reason="this torch build has no oneDNN fused convolutions")
+
+
+@needs_onednn
+def test_onednn_fusion_takes_every_conv_activation_and_skip_addition(mn10):
+    fast = inference_copy(mn10)
+    fused = [m for m in fast.modules() if isinstance(m, OneDnnConv2d)]
+    assert len(fused) == sum(isinstance(m, torch.nn.Conv2d) for m in mn10.modules()) == 46
+    post_ops = {m.post_op for m in fused}
+    assert post_ops == {"relu", "hardswish", "none"}
+    # every activation after a conv went into it; the ReLU/Hardswish left are the SE and head ones
+    remaining = [m for m in fast.features.modules() if isinstance(m, (torch.nn.ReLU, torch.nn.Hardswish))]
+    assert len(remaining) == sum(1 for m in mn10.features.modules() if type(m).__name__ == "SqueezeExcitation")
+    residual_blocks = sum(1 for m in mn10.modules() if isinstance(m, InvertedResidual) and m.use_res_connect)
+    assert sum(type(m).__name__ == "_FusedInvertedResidual" for m in fast.modules()) == residual_blocks == 10
+    assert not any(isinstance(m, OneDnnConv2d) for m in inference_copy(mn10, fuse=False).modules())
+    # weights packed for the first call's shape, exact for every later shape and batch size
+    frontend = AudioTagger(mn10).frontend
+    audio = metro_long(32)
+    with torch.no_grad():
+        batches = {"10 s": frontend(audio[:320000].reshape(1, -1)),  # the packing call
+                   "3 x 3 s": frontend(audio[:288000].reshape(3, -1)),
+                   "0.2 s": frontend(audio[:6400].reshape(1, -1)),
+                   "32 x 1 s": frontend(audio[:1024000].reshape(32, -1))}
+    for name, spectrogram in batches.items():
+        spectrogram = spectrogram.unsqueeze(1)
+        with torch.no_grad():
+            expected = mn10(spectrogram)[0]
+        with torch.inference_mode():
+            got = fast(spectrogram.contiguous(memory_format=torch.channels_last))[0]
+        assert _relative_error(got, expected) <= 1e-4, name  # measured 0.5e-6 - 3.6e-6
+    # a residual addition goes out of place: the block's input is not overwritten
+    block = next(m for m in fast.modules() if type(m).__name__ == "_FusedInvertedResidual")
+    x = torch.randn(1, block.project.out_channels, 8, 20).contiguous(memory_format=torch.channels_last)
+    before = x.clone()
+    with torch.inference_mode():
+        block(x)
+    assert torch.equal(x, before)
+
+
+@needs_onednn
+def test_onednn_conv_refuses_what_it_cannot_compute_and_the_copy_falls_back(mn10, monkeypatch):
+    conv = OneDnnConv2d(torch.nn.Conv2d(2, 4, 3, padding=1), "relu")
+    with pytest.raises(RuntimeError, match="float32 CPU inference"):
+        conv(torch.randn(1, 2, 5, 5, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="eval mode"):
+        conv.train()(torch.randn(1, 2, 5, 5))
+    # bf16 weights (the opt-in path) and builds without the kernels keep plain convolutions
+    assert not any(isinstance(m, OneDnnConv2d) for m in inference_copy(copy.deepcopy(mn10).bfloat16()).modules())
+    monkeypatch.setattr("efficient_tagging.models.inference._probe_pointwise_kernels", lambda: False)
+    assert not any(isinstance(m, OneDnnConv2d) for m in inference_copy(mn10).modules())

@@ -222,8 +222,10 @@ class AudioTagger(TaggingMixin, nn.Module):
 
     `fast` (default True): without gradients, the model runs as an inference copy
     (`models.inference.inference_copy`: BatchNorm folded into the convolutions, channels-last
-    weights) under `torch.inference_mode` -- the same logits within float rounding (max relative
-    error ~2e-6 on mn10, tests/test_inference_fast_path.py), about 1.8x faster on CPU. The copy is
+    weights and, for float32 on a CPU, oneDNN convolutions with the activation and skip addition
+    fused in and prepacked weights) under `torch.inference_mode` -- the same logits within float
+    rounding (max relative error ~4e-6 on mn10, tests/test_inference_fast_path.py), about 2x faster
+    on CPU (benchmarks/RESULTS.md). The copy is
     rebuilt when the model's weights, device, dtype or mode change; with gradients enabled, in
     train mode, or with `fast=False`, the model itself runs.
     """
