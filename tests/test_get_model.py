@@ -149,6 +149,21 @@ def test_own_checkpoint_round_trip_keeps_config_and_labels(tmp_path):
     assert restored_from_url.config == restored.config
 
 
+def test_checkpoints_are_mapped_not_read_and_the_old_format_still_loads(tmp_path):
+    reference = MobileNet(width_mult=0.4)
+    torch.save({"model": reference.state_dict(), "optimizer": {"state": {}}}, tmp_path / "zip.pt")
+    torch.save(reference.state_dict(), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    mapped, _ = read_checkpoint(tmp_path / "zip.pt")
+    legacy, _ = read_checkpoint(tmp_path / "legacy.pt")  # torch < 1.6 format: cannot be mapped, read whole
+    for key, value in reference.state_dict().items():
+        assert torch.equal(mapped[key], value) and torch.equal(legacy[key], value)
+    weight = "features.0.0.weight"
+    before = (tmp_path / "zip.pt").read_bytes()
+    mapped[weight].add_(1.0)  # a private mapping: the file stays as it was
+    assert (tmp_path / "zip.pt").read_bytes() == before
+    assert torch.equal(read_checkpoint(tmp_path / "zip.pt")[0][weight], reference.state_dict()[weight])
+
+
 def test_plain_local_state_dict_needs_and_uses_the_given_config(tmp_path):
     reference = MobileNet(width_mult=0.4)
     torch.save(reference.state_dict(), tmp_path / "plain.pt")

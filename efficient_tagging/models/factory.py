@@ -118,13 +118,25 @@ def _looks_like_path(name: str) -> bool:
             or Path(name).is_file())
 
 
+def _load_weights_only(path: Path) -> Any:
+    # Memory-mapped: tensors are read when used, so a training checkpoint's optimizer state (2x the
+    # weights for Adam) is never read just to tag with its weights. Private mapping: writing to a
+    # loaded tensor does not touch the file. Files in torch's pre-1.6 format cannot be mapped.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a checkpoint file safely; returns `(state_dict, metadata)` (metadata empty for plain files)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        content = _load_weights_only(path)
     except Exception as error:  # torch raises many types for corrupt / non-torch files
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(content, dict):

@@ -362,7 +362,9 @@ def load_tagger(model_name: Optional[str], model_path: Union[str, Path, None] = 
         if not model_name:
             raise ValueError("give a catalogue model name or a checkpoint path")
         return AudioTagger.from_pretrained(model_name, labels_path=labels_path, cache_dir=cache_dir)
+    if not model_name:  # the checkpoint must describe itself: one read, in from_pretrained
+        return AudioTagger.from_pretrained(str(model_path), labels_path=labels_path, cache_dir=cache_dir)
     _, metadata = read_checkpoint(model_path)
-    if metadata or not model_name:
+    if metadata:
         return AudioTagger.from_pretrained(str(model_path), labels_path=labels_path, cache_dir=cache_dir)
     return AudioTagger.from_pretrained(model_name, weights=model_path, labels_path=labels_path, cache_dir=cache_dir)
