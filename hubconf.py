@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re as _re
 
-dependencies = ["torch", "torchaudio", "timm", "numpy", "av"]
+dependencies = ["torch", "timm", "numpy", "av"]
 
 import efficient_tagging as _efficient_tagging  # noqa: E402  (torch.hub reads `dependencies` first)
 from efficient_tagging.models import registry as _registry  # noqa: E402
