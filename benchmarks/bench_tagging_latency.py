@@ -10,7 +10,12 @@ seconds, so every round times every path once and the table reports medians):
     under inference_mode, what the tagging CLI and ``AudioTagger`` run;
   - ``bf16 (opt-in)``: the inference copy in bfloat16 (weights and activations);
   - ``onnxruntime`` (``--onnx``, needs the onnx extra): the exported spectrogram graph;
-* end to end (``tag_file``: decode + resample + mel + model + top-k) for eager and default.
+* end to end (``tag_file``: decode + resample + mel + model + top-k) for eager and default, and with
+  ``--reference_checkout`` (and librosa installed, as the reference needs) the reference's
+  ``inference.py`` path: ``librosa.load(path, sr=32000, mono=True)`` -> its ``AugmentMelSTFT`` ->
+  its model -> sigmoid -> top-10.
+
+Every round times every path once, in an order rotated by one path per round.
 
 Weights: random with realistic activations (``tests/conftest.py: randomised_student``, logits of
 std 3). Errors: max |delta logit| / max |logit| against ours eager; bf16 also top-5 agreement and
@@ -60,6 +65,32 @@ def reference_model(checkout: Path, state_dict: dict, arch: str) -> torch.nn.Mod
         os.chdir(previous)
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+def reference_file_path(checkout: Path, model: torch.nn.Module) -> Optional[Callable[[Path], torch.Tensor]]:
+    """EfficientAT's inference.py computation for one file (None without librosa)."""
+    try:
+        import librosa
+    except ImportError:
+        print("(librosa not installed: no reference end-to-end path; pip install librosa soxr)")
+        return None
+    sys.path.insert(0, str(checkout))
+    from models.preprocess import AugmentMelSTFT as ReferenceMel
+
+    mel = ReferenceMel(n_mels=128, sr=32000, win_length=800, hopsize=320).eval()
+
+    def run(path: Path) -> torch.Tensor:
+        waveform, _ = librosa.load(str(path), sr=32000, mono=True)
+        with torch.no_grad():
+            logits, _ = model(mel(torch.from_numpy(waveform[None, :])).unsqueeze(0))
+        return torch.sigmoid(logits.float()).squeeze().topk(10).indices
+
+    return run
+
+
+def rotated(names: list, round_index: int) -> list:
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -125,22 +156,28 @@ def main(argv: Optional[list[str]] = None) -> None:
     outputs: dict[str, torch.Tensor] = {}
     for name, run in paths.items():  # warm-up (and the outputs compared below)
         outputs[name] = run().float()
-    for _ in range(args.rounds):
-        for name, run in paths.items():
+    for round_index in range(args.rounds):
+        for name in rotated(list(paths), round_index):
             start = time.perf_counter()
-            run()
+            paths[name]()
             times[name].append(time.perf_counter() - start)
 
-    file_paths = {"ours eager (fp32)": eager, "ours default": default}
+    file_paths: dict[str, Callable[[Path], object]] = {
+        "ours eager (fp32)": lambda path: eager.tag_file(path, top_k=10),
+        "ours default": lambda path: default.tag_file(path, top_k=10)}
+    if args.reference_checkout is not None:
+        reference_run = reference_file_path(args.reference_checkout, reference)
+        if reference_run is not None:
+            file_paths = {"reference inference.py": reference_run, **file_paths}
     file_times: dict[str, list[float]] = {name: [] for name in file_paths}
     source = METRO_WAV if METRO_WAV.is_file() else None
     if source is not None:
-        for tagger in file_paths.values():
-            tagger.tag_file(source)
-        for _ in range(args.file_rounds):
-            for name, tagger in file_paths.items():
+        for run_file in file_paths.values():
+            run_file(source)
+        for round_index in range(args.file_rounds):
+            for name in rotated(list(file_paths), round_index):
                 start = time.perf_counter()
-                tagger.tag_file(source, top_k=10)
+                file_paths[name](source)
                 file_times[name].append(time.perf_counter() - start)
 
     base = statistics.median(times["ours eager (fp32)"])
@@ -165,9 +202,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"\nend to end, tag_file({source.name}): decode + resample + mel + model + top-10; "
               f"medians of {args.file_rounds} rounds")
         file_base = statistics.median(file_times["ours eager (fp32)"])
+        file_ref = statistics.median(file_times["reference inference.py"]) if "reference inference.py" in file_times \
+            else None
+        print(f"{'path':26s} {'ms':>8s} {'vs eager':>9s} {'vs ref':>7s}")
         for name, values in file_times.items():
             median = statistics.median(values)
-            print(f"{name:26s} {1000 * median:8.1f} {file_base / median:8.2f}x")
+            versus_ref = f"{file_ref / median:6.2f}x" if file_ref else "      -"
+            print(f"{name:26s} {1000 * median:8.1f} {file_base / median:8.2f}x {versus_ref}")
     with contextlib.suppress(Exception):
         if workdir is not None:
             workdir.cleanup()

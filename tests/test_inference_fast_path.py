@@ -168,13 +168,26 @@ def test_onednn_fusion_takes_every_conv_activation_and_skip_addition(mn10):
 
 
 @needs_onednn
-def test_onednn_conv_refuses_what_it_cannot_compute_and_the_copy_falls_back(mn10, monkeypatch):
-    conv = OneDnnConv2d(torch.nn.Conv2d(2, 4, 3, padding=1), "relu")
-    with pytest.raises(RuntimeError, match="float32 CPU inference"):
-        conv(torch.randn(1, 2, 5, 5, dtype=torch.float64))
-    with pytest.raises(RuntimeError, match="eval mode"):
-        conv.train()(torch.randn(1, 2, 5, 5))
-    # bf16 weights (the opt-in path) and builds without the kernels keep plain convolutions
+def test_onednn_conv_computes_the_same_outside_its_kernel_and_the_copy_falls_back(mn10, monkeypatch):
+    plain = torch.nn.Conv2d(2, 4, 3, padding=1).eval()
+    x, other = torch.randn(1, 2, 5, 5), torch.randn(1, 4, 5, 5)
+    for post_op, activation in (("relu", torch.relu), ("hardswish", torch.nn.functional.hardswish)):
+        conv = OneDnnConv2d(plain, post_op)
+        with torch.no_grad():
+            expected = activation(plain(x) + other)
+            assert torch.allclose(conv(x, residual=other), expected, atol=1e-6)  # the oneDNN kernel
+            assert torch.allclose(conv.double()(x.double(), residual=other.double()), expected.double(), atol=1e-6)
+            assert torch.allclose(conv.bfloat16()(x.bfloat16(), residual=other.bfloat16()).float(), expected,
+                                  atol=0.1)
+        conv.float()
+        gradient_input = x.clone().requires_grad_(True)
+        conv(gradient_input).sum().backward()  # autograd: plain ops
+        assert gradient_input.grad is not None
+    # a copy cast to bf16 by hand still tags; bf16 weights (the opt-in path) and builds without the
+    # kernels keep plain convolutions
+    spectrogram = torch.randn(1, 1, 128, 50)
+    with torch.inference_mode():
+        inference_copy(mn10).bfloat16()(spectrogram.bfloat16())
     assert not any(isinstance(m, OneDnnConv2d) for m in inference_copy(copy.deepcopy(mn10).bfloat16()).modules())
     monkeypatch.setattr("efficient_tagging.models.inference._probe_pointwise_kernels", lambda: False)
     assert not any(isinstance(m, OneDnnConv2d) for m in inference_copy(mn10).modules())

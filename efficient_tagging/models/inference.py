@@ -27,6 +27,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .mobilenet import InvertedResidual
@@ -97,8 +98,9 @@ class OneDnnConv2d(nn.Module):
     shape (like inductor's freezing, which packs for the example shape); inputs of other shapes stay
     exact, oneDNN then picks its primitive for them. The packed copy is a plain attribute: not in
     ``state_dict()`` and not moved by ``.to()`` -- these modules live in inference copies, which their
-    owner rebuilds when the device or weights change. Float32 CPU inputs only; anything else (or a
-    training-mode call) is an error, not a silent slow path.
+    owner rebuilds when the device or weights change. The fused kernel runs for float32 CPU inputs
+    without gradients; anything else (a copy cast to bfloat16 or moved to a GPU, autograd) computes
+    the same function with plain ops.
     """
 
     def __init__(self, conv: nn.Conv2d, post_op: str = "none") -> None:
@@ -124,10 +126,23 @@ class OneDnnConv2d(nn.Module):
         return self._packed
 
     def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        if self.training or x.device.type != "cpu" or x.dtype != torch.float32:
-            raise RuntimeError(f"OneDnnConv2d is for float32 CPU inference in eval mode (got {x.dtype} on "
-                               f"{x.device}, training={self.training}); use the original model")
+        if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                or torch.is_grad_enabled() or (residual is not None and self.post_op not in ("none", "relu"))):
+            # (oneDNN fuses only ReLU after an addition; MobileNet projections have no activation)
+            # e.g. a copy moved to bfloat16 or to a GPU by hand, or gradients wanted: the same function
+            # from plain ops (the packed weights are float32 CPU and carry no autograd)
+            return self._plain(x, residual)
         return _convolution_pointwise(x, self._packed_weight(x), self.bias, self, residual)
+
+    def _plain(self, x: Tensor, residual: Optional[Tensor]) -> Tensor:
+        out = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if residual is not None:
+            out = out + residual
+        if self.post_op == "relu":
+            return F.relu(out)
+        if self.post_op == "hardswish":
+            return F.hardswish(out)
+        return out
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
