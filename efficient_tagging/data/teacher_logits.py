@@ -119,6 +119,8 @@ class TeacherLogits:
             if check_finite:
                 self._check_finite(handle, chunk_rows)
         self._handle: Optional[h5py.File] = None
+        # the "logits" dataset, opened once per process: a group lookup per item costs as much as the row read
+        self._logits: Optional[h5py.Dataset] = None
         self._pid: Optional[int] = None
 
     def _build_index(self, handle: h5py.File) -> dict[str, int]:
@@ -160,16 +162,23 @@ class TeacherLogits:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_handle"] = None
+        state["_logits"] = None
         state["_pid"] = None
         return state
 
     def _file(self) -> h5py.File:
         if self._pid != os.getpid():
             self._handle = None  # a parent's handle is unusable after fork
+            self._logits = None
             self._pid = os.getpid()
         if self._handle is None:
             self._handle = h5py.File(self.path, "r")
         return self._handle
+
+    def _logits_column(self) -> h5py.Dataset:
+        if self._logits is None or self._pid != os.getpid():
+            self._logits = self._file()["logits"]
+        return self._logits
 
     @property
     def index(self) -> dict[str, int]:
@@ -192,7 +201,7 @@ class TeacherLogits:
         row = self.index.get(audio_name)
         if row is None:
             return None
-        return np.asarray(self._file()["logits"][row], dtype=np.float32)
+        return np.asarray(self._logits_column()[row], dtype=np.float32)
 
     def coverage(self, audio_names: Iterable[str]) -> tuple[int, int]:
         """(found, missing) counts of `audio_names` in this file, for reporting."""
@@ -209,6 +218,7 @@ class TeacherLogits:
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
         self._handle = None
+        self._logits = None
 
 
 #: below this fraction of training clips with teacher logits, opening the join warns loudly

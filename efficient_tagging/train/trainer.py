@@ -261,6 +261,16 @@ def cap_num_workers(requested: int, log: bool = True) -> int:
     return cores
 
 
+def data_wait_record(epoch: int, data_wait_s: float, step_time_s: float) -> dict[str, Any]:
+    """One epoch's data-loading timing: seconds blocked waiting for batches, seconds of all its steps
+    (waits included) and their ratio `data_wait_fraction` in [0, 1] (0 for an epoch without steps)."""
+    step_time_s = max(float(step_time_s), 0.0)
+    data_wait_s = min(max(float(data_wait_s), 0.0), step_time_s)
+    fraction = data_wait_s / step_time_s if step_time_s > 0 else 0.0
+    return {"epoch": int(epoch), "data_wait_fraction": fraction, "data_wait_s": data_wait_s,
+            "step_time_s": step_time_s}
+
+
 def build_frontend(config: TrainConfig) -> AugmentMelSTFT:
     return AugmentMelSTFT(n_mels=config.n_mels, sr=config.sample_rate, win_length=config.window_size,
                           hopsize=config.hop_size, n_fft=config.n_fft, freqm=config.freqm, timem=config.timem,
@@ -608,6 +618,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
 
     # --- the loop ---------------------------------------------------------------------------------
     skipped_clips, clips_seen, masked_teacher_clips = 0, 0, 0
+    timing_history: list[dict[str, Any]] = []  # data_wait_record of every epoch this process trained
     final_metrics: dict[str, Any] = history[-1] if history else {}
     epoch_lr = optimizer.param_groups[0]["lr"]
     stop.armed = True  # from here on a signal stops the run cleanly after the current step
@@ -625,10 +636,19 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         epoch_totals.update(resumed_totals or {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0})
         resumed_totals = None
         epoch_start, clips_done = time.time(), 0
-        bar = tqdm(loader, total=steps_per_epoch - step_in_epoch, desc=f"epoch {epoch + 1}/{config.n_epochs}",
+        bar = tqdm(total=steps_per_epoch - step_in_epoch, desc=f"epoch {epoch + 1}/{config.n_epochs}",
                    disable=not show_progress, dynamic_ncols=True)
         stop_signal = 0
-        for batch in bar:
+        # Data wait: time blocked in next() (worker start-up included) out of the epoch's step time, so
+        # a run shows whether decoding keeps up with the model (near 0) or the model waits (near 1).
+        data_wait, loop_start = 0.0, time.perf_counter()
+        batches = iter(loader)
+        while True:
+            wait_start = time.perf_counter()
+            batch = next(batches, None)
+            data_wait += time.perf_counter() - wait_start
+            if batch is None:
+                break
             waveform = batch["waveform"].to(device, non_blocking=True)
             labels = batch["target"].to(device)
             teacher = batch["teacher_logits"].to(device) if use_teacher else None
@@ -675,9 +695,11 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
             epoch_totals["steps"] += 1
             clips_done += waveform.shape[0]
             clips_per_s = clips_done * dist_info.world_size / max(time.time() - epoch_start, 1e-6)
+            bar.update(1)
             bar.set_postfix(loss=f"{epoch_totals['loss'] / epoch_totals['steps']:.4f}",
                             lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            clips_s=f"{clips_per_s:.1f}")
+                            clips_s=f"{clips_per_s:.1f}",
+                            data_wait=f"{data_wait / max(time.perf_counter() - loop_start, 1e-9):.0%}")
             if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0 \
                     and step_in_epoch < steps_per_epoch:
                 save_training_state("last", epoch, step_in_epoch)
@@ -687,7 +709,10 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
             stop_signal = _stop_signal(stop, dist_info)
             if stop_signal:
                 break
+        step_time = time.perf_counter() - loop_start
+        del batches  # shuts the epoch's workers down now, not while evaluation runs its own
         bar.close()
+        epoch_timing = data_wait_record(epoch + 1, data_wait, step_time)
         if stop_signal:
             # A mid-epoch state (even after the epoch's last step: the resumed run then only
             # evaluates), so --resume continues exactly where this run stopped.
@@ -709,6 +734,9 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         }
         if temperature is not None:
             epoch_record["dymn_temperature"] = temperature
+        # Timing is kept out of `history` (whose records a resumed run reproduces exactly, apart from
+        # train_clips_per_s): it goes to the summary's `epoch_timing`, the tracker and the epoch line.
+        timing_history.append(epoch_timing)
         step_in_epoch = 0
         evaluate_now = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.n_epochs
         improved = False
@@ -724,10 +752,11 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         if is_main:
             evaluated = ("  " + "  ".join(f"{name} {epoch_record[name]:.4f}" for name in EPOCH_METRICS[task])
                          if evaluate_now else "")
-            print(f"epoch {epoch + 1}/{config.n_epochs}: train_loss {epoch_record['train_loss']:.4f}{evaluated}",
-                  flush=True)
+            print(f"epoch {epoch + 1}/{config.n_epochs}: train_loss {epoch_record['train_loss']:.4f}{evaluated}"
+                  f"  data_wait {epoch_timing['data_wait_fraction']:.0%}", flush=True)
             if tracker is not None:
-                tracker.log_metrics(epoch_record, step=epoch + 1)
+                tracker.log_metrics({**epoch_record, "data_wait_fraction": epoch_timing["data_wait_fraction"]},
+                                    step=epoch + 1)
         save_training_state("last", epoch + 1, 0, final_metrics)
         if improved:
             save_training_state("best", epoch + 1, 0, final_metrics)
@@ -752,6 +781,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         **{k: final_metrics[k] for k in DETAIL_METRICS if k in final_metrics and k != "per_class_ap"},
         "class_names": list(label_map.names) if label_map else None,
         "history": history,
+        "epoch_timing": timing_history,
         "skipped_clips": skipped_total,
         "clips_without_teacher": masked_total,
         "teacher_coverage": teacher_coverage,
