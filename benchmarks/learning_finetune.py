@@ -436,7 +436,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         pairs.append((seed, nokd, kd))
 
     from efficient_tagging.train.finetune import OWN_RECIPE
+    from efficient_tagging.train.losses import kd_temperature
     kd_lambda = pairs[0][2]["payload"].get("kd_lambda", OWN_RECIPE.get("kd_lambda"))  # not passed: the recipe's
+    # not passed either: the task's default (the generated set is single-label)
+    temperature = kd_temperature(pairs[0][2]["payload"].get("task") or "multiclass", OWN_RECIPE.get("temperature"))
     epochs = pairs[0][1]["epoch"]
     rows: list[dict[str, Any]] = [{**teacher, "name": f"mn width {args.teacher_width:g}, from scratch (teacher)"},
                                   {"name": "labelling the training CSV with the teacher's last.pt",
@@ -475,7 +478,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     epochs_note = (f"--n_epochs {args.n_epochs} (given)" if args.n_epochs is not None
                    else f"the recipe's default n_epochs ({epochs})")
     print(f"epochs: {epochs_note}; KD with the recipe's default kd_lambda"
-          f"{'' if kd_lambda is None else f' = {kd_lambda:g}'}")
+          f"{'' if kd_lambda is None else f' = {kd_lambda:g}'} and the task's default temperature {temperature:g}")
     verdict_learn = all(nokd["accuracy"] is not None and nokd["accuracy"] > 3 * chance for _, nokd, _ in pairs)
     # "not worse": the mean paired difference is not below zero by more than its standard error
     verdict_kd = mean_difference >= -difference_se - 1e-9
@@ -502,7 +505,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             f"torch {torch.__version__}, {torch.get_num_threads()} threads; all steps took {total / 60:.0f} min "
             f"of wall time.", "",
             f"Dataset: {info_line}. Every run has the own-data recipe's defaults ({epochs_note}; KD: "
-            f"`--teacher_preds`, default kd_lambda{'' if kd_lambda is None else f' {kd_lambda:g}'}); "
+            f"`--teacher_preds`, default kd_lambda{'' if kd_lambda is None else f' {kd_lambda:g}'}, "
+            f"default temperature {temperature:g}); "
             f"the teacher is trained once with `--model_width {args.teacher_width:g}`, the students once per "
             f"training seed ({', '.join(str(seed) for seed in args.train_seeds)}) with and without KD:", "",
             "```", _short(teacher["command"], work), _short(label_command, work), _short(first_nokd["command"], work),

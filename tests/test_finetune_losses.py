@@ -196,6 +196,28 @@ def test_reference_partial_wavmix_matches_openmic_mixup_dataset():
 
 
 # ---------------------------------------------------------------- KD
+def test_default_temperature_is_four_for_single_label_and_one_for_multi_label():
+    from efficient_tagging.train.finetune import RECIPES
+    from efficient_tagging.train.losses import kd_temperature
+    from efficient_tagging.train.trainer import TrainConfig
+    rng, logits, perm, lam = _batch(bs=6, classes=5, seed=11)
+    teacher = torch.from_numpy(rng.normal(size=(6, 5)).astype(np.float32) * 3)
+    classes = torch.from_numpy(rng.integers(0, 5, size=6))
+    multi_hot = torch.from_numpy((rng.random((6, 5)) > 0.6).astype(np.float32))
+    for kind, targets, default in (("multiclass", classes, 4.0), ("multilabel", multi_hot, 1.0)):
+        assert kd_temperature(kind) == default and kd_temperature(kind, 2.0) == 2.0
+        implicit, _ = task_loss(kind, logits, targets, teacher_logits=teacher, mixup=(perm, lam))
+        explicit, _ = task_loss(kind, logits, targets, teacher_logits=teacher, mixup=(perm, lam), temperature=default)
+        other, _ = task_loss(kind, logits, targets, teacher_logits=teacher, mixup=(perm, lam), temperature=2.0)
+        assert implicit.item() == explicit.item() and other.item() != implicit.item()
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        kd_temperature("multiclass", 0.0)
+    # the AudioSet recipe keeps the reference's 1; fine-tuning and plain configs take the task's default
+    assert TrainConfig().temperature is None and all(r["temperature"] is None for r in RECIPES.values())
+    from efficient_tagging.train.audioset import AUDIOSET_DEFAULTS, DEMO_DEFAULTS
+    assert AUDIOSET_DEFAULTS["temperature"] == 1.0 and DEMO_DEFAULTS["temperature"] == 1.0
+
+
 def test_single_label_kd_is_hintons_kl_scaled_by_t_squared():
     rng, logits, perm, lam = _batch(bs=5, classes=6, seed=6)
     teacher = torch.from_numpy(rng.normal(size=(5, 6)).astype(np.float32) * 3)

@@ -162,7 +162,10 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     kd = parser.add_argument_group("knowledge distillation")
     flag(kd, "--kd_lambda", type=float,
          help="weight of the label loss; 1 - kd_lambda weighs the distillation loss; 0 = no distillation")
-    flag(kd, "--temperature", type=float, help="teacher logits are divided by this before the sigmoid")
+    flag(kd, "--temperature", type=float,
+         help="distillation temperature: teacher logits are divided by it before the sigmoid (multi-label) or, "
+              "with the student's, before the softmax of Hinton's loss (single-label); none = 1 for multi-label, "
+              "4 for single-label tasks")
 
     runtime = parser.add_argument_group("runtime")
     flag(runtime, "--cuda", action="store_true", help="train on the GPU (cuda:LOCAL_RANK under torchrun)")

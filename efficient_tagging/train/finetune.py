@@ -54,7 +54,7 @@ FINETUNE_BASE: dict[str, Any] = {
     "mixstyle_p": 0.0, "mixstyle_alpha": 0.4,
     "sampler": "uniform", "epoch_len": None, "sampler_replacement": False,
     "pretrain_final_temp": 1.0, "head_type": "mlp", "se_dims": "c", "width_mult": 1.0,
-    "num_workers": 12, "kd_lambda": 0.1, "temperature": 1.0, "checkpoint_every_steps": 0,
+    "num_workers": 12, "kd_lambda": 0.1, "temperature": None, "checkpoint_every_steps": 0,
 }
 
 RECIPES: dict[str, dict[str, Any]] = {

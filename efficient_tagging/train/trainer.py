@@ -43,7 +43,7 @@ from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed
 from ..interrupt import StopOnSignal, signal_name
 from .interrupt import TrainingInterrupted
 from .run_lock import RunDirectoryBusy, RunDirectoryLock
-from .losses import TASK_KINDS, masked_bce_loss, single_label_loss, task_loss
+from .losses import TASK_KINDS, kd_temperature, masked_bce_loss, single_label_loss, task_loss
 from .metrics import (accuracy_by_group, evaluate_masked_predictions, evaluate_predictions,
                       multiclass_metrics)
 from .schedules import exp_warmup_linear_down, make_lr_scheduler
@@ -124,7 +124,9 @@ class TrainConfig:
     weight_decay: float = 0.0  # EfficientAT's ex_audioset.py: Adam without weight decay
     # --- distillation ----------------------------------------------------------------------
     kd_lambda: float = 0.1  # label-loss weight; 0 switches distillation off, as in EfficientAT
-    temperature: float = 1.0
+    # None = the task kind's default (`losses.kd_temperature`): 1 for multi-label (the AudioSet
+    # recipe's), 4 for single-label (Hinton's loss)
+    temperature: Optional[float] = None
     # --- runtime ---------------------------------------------------------------------------
     precision: str = "32"
     # speed, not recipe (same maths, measured in benchmarks/RESULTS.md): channels-last weights and
@@ -153,7 +155,7 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 <= self.kd_lambda <= 1.0:
             raise ValueError(f"kd_lambda must be in [0, 1], got {self.kd_lambda}")
-        if self.temperature <= 0:
+        if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
@@ -523,6 +525,10 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
                                                allow_none=config.allow_no_teacher_coverage,
                                                clips_from=[data_source], report=is_main)
                         if use_teacher else None)
+    temperature = kd_temperature(task, config.temperature)
+    if use_teacher and is_main:
+        logger.info("distillation: kd_lambda %g, temperature %g%s", config.kd_lambda, temperature,
+                    "" if config.temperature is not None else f" (the default for task {task})")
 
     if config.sampler == "uniform":
         weights = np.ones(len(train_set), dtype=np.float64)
@@ -625,9 +631,9 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
     for epoch in range(start_epoch, config.n_epochs):
         base_sampler.set_epoch(epoch)
         sampler.skip = step_in_epoch * config.batch_size
-        temperature = None
+        attention_temperature = None
         if hasattr(unwrap(model), "update_temperature"):  # DyMN: anneal the attention temperature
-            temperature = unwrap(model).update_temperature(epoch)
+            attention_temperature = unwrap(model).update_temperature(epoch)
         # the LR of this epoch's first step
         epoch_lr = resumed_epoch_lr if resumed_epoch_lr is not None else optimizer.param_groups[0]["lr"]
         resumed_epoch_lr = None
@@ -674,7 +680,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
             known = batch["known"].to(device) if task == "partial_multilabel" else None
             loss, parts = task_loss(task, logits, labels, known_mask=known, teacher_logits=teacher,
                                     has_teacher=has_teacher, kd_lambda=config.kd_lambda,
-                                    temperature=config.temperature, mixup=teacher_mixes or None)
+                                    temperature=temperature, mixup=teacher_mixes or None)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -732,8 +738,8 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
             "learning_rate": epoch_lr,
             "train_clips_per_s": clips_done * dist_info.world_size / max(time.time() - epoch_start, 1e-6),
         }
-        if temperature is not None:
-            epoch_record["dymn_temperature"] = temperature
+        if attention_temperature is not None:
+            epoch_record["dymn_temperature"] = attention_temperature
         # Timing is kept out of `history` (whose records a resumed run reproduces exactly, apart from
         # train_clips_per_s): it goes to the summary's `epoch_timing`, the tracker and the epoch line.
         timing_history.append(epoch_timing)
@@ -785,6 +791,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         "skipped_clips": skipped_total,
         "clips_without_teacher": masked_total,
         "teacher_coverage": teacher_coverage,
+        "kd_temperature": temperature if use_teacher else None,
         "checkpoints": {"last": str(last_path), "best": str(_training_state_path(out_dir, "best"))},
         "num_classes": num_classes,
         "model": {"arch": arch, "config": _plain(model_kwargs)},
