@@ -13,7 +13,7 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import av
 import numpy as np
@@ -106,35 +106,58 @@ def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
                 raise AudioDecodeError(f"{label}: contains no audio stream")
             stream = container.streams.audio[0]
             sample_rate = int(stream.codec_context.sample_rate or stream.rate)
-            # Convert every frame to planar float32 at the native rate and layout; the
-            # channel average happens here (FFmpeg's own downmix would apply mix levels).
-            converter = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=sample_rate)
-            pending: list[np.ndarray] = []
+            # Every frame as planar float32 at the native rate and layout; the channel average
+            # happens here (FFmpeg's own downmix would apply mix levels). Decoders that already
+            # give planar float32 (mp3, aac, vorbis, opus) are read as they are: the conversion
+            # would be a copy; others (s16 wav/flac, packed float, a mid-stream format change)
+            # go through the converter, which then takes every later frame, in order.
+            layout = stream.layout.name
+            converter = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+            converting = False
+            # per channel, views of the frames' plane buffers (each keeps its frame alive) until a
+            # block is full; the channel average runs once per block, elementwise the same as per frame
+            channels: list[list[np.ndarray]] = []
             pending_samples = 0
 
-            def converted_frames() -> Iterator[np.ndarray]:
+            def planar_frames() -> Iterator[Any]:
+                nonlocal converting
                 for frame in container.decode(stream):
-                    for converted in converter.resample(frame):
-                        yield converted.to_ndarray()
-                for converted in converter.resample(None):
-                    yield converted.to_ndarray()
+                    if not converting and frame.format.name == "fltp" and frame.layout.name == layout \
+                            and frame.sample_rate == sample_rate:
+                        yield frame
+                    else:
+                        converting = True
+                        yield from converter.resample(frame)
+                if converting:
+                    yield from converter.resample(None)
 
-            for planes in converted_frames():
-                if planes.shape[-1] == 0:
-                    continue
-                pending.append(planes.mean(axis=0).astype(np.float32, copy=False))
-                pending_samples += planes.shape[-1]
-                if pending_samples >= block_samples:
-                    block = np.concatenate(pending)
-                    if not np.all(np.isfinite(block)):
-                        raise _non_finite_error(label, block, decoded, sample_rate)
-                    decoded += block.size
-                    pending, pending_samples = [], 0
-                    yield block, sample_rate
-            if pending:
-                block = np.concatenate(pending)
+            def take_block() -> np.ndarray:
+                joined = [np.concatenate(views) for views in channels]
+                block = joined[0] if len(joined) == 1 else np.vstack(joined).mean(axis=0).astype(np.float32, copy=False)
                 if not np.all(np.isfinite(block)):
                     raise _non_finite_error(label, block, decoded, sample_rate)
+                return block
+
+            for frame in planar_frames():
+                count = frame.samples
+                if count == 0:
+                    continue
+                planes = frame.planes
+                if len(channels) != len(planes):
+                    if channels:  # the converter keeps the stream's layout: cannot happen short of a bug
+                        raise AudioDecodeError(f"{label}: channel count changed from {len(channels)} to "
+                                               f"{len(planes)} mid-stream")
+                    channels = [[] for _ in planes]
+                for views, plane in zip(channels, planes):
+                    views.append(np.frombuffer(plane, dtype=np.float32, count=count))
+                pending_samples += count
+                if pending_samples >= block_samples:
+                    block = take_block()
+                    decoded += block.size
+                    channels, pending_samples = [[] for _ in channels], 0
+                    yield block, sample_rate
+            if pending_samples:
+                block = take_block()
                 decoded += block.size
                 yield block, sample_rate
             stated = stated_duration(container, stream)

@@ -35,6 +35,7 @@ from .data.hdf5 import AudioSetDataset
 from .tagging.ensemble import TeacherEnsemble
 from .data.teacher_logits import (TeacherLogits, TeacherLogitsWriter, merge_teacher_logits,
                                    shard_path)
+from .hardware import resolve_precision
 from .interrupt import SignalReceived, StopOnSignal, signal_name
 from .train.metrics import evaluate_masked_predictions, evaluate_predictions, multiclass_metrics
 
@@ -57,7 +58,7 @@ def _collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _autocast(device: torch.device, precision: str):
     if precision not in ("32", "16", "bf16"):
-        raise ValueError(f"precision must be '32', '16' or 'bf16', got {precision!r}")
+        raise ValueError(f"precision must be 'auto', '32', '16' or 'bf16', got {precision!r}")
     if precision == "32":
         return torch.autocast(device_type=device.type, enabled=False)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -173,7 +174,7 @@ def label_hdf5(teacher: nn.Module, hdf5_paths: Union[PathLike, Sequence[PathLike
 @torch.no_grad()
 def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, sources: Sequence[str] = (),
                   batch_size: int = 32, num_workers: int = 0,
-                  device: Union[str, torch.device] = "cpu", precision: str = "32", teacher_names: Sequence[str] = (),
+                  device: Union[str, torch.device] = "cpu", precision: str = "auto", teacher_names: Sequence[str] = (),
                   attrs: Optional[dict[str, Any]] = None, flush_every_batches: int = 10, dtype: str = "float32",
                   progress: bool = True, shard: tuple[int, int] = (0, 1), metrics: bool = True,
                   crash_after_batches: Optional[int] = None,
@@ -196,6 +197,12 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
     output is locked for the run's lifetime (a second run on it fails with `OutputLockedError`).
     `crash_after_batches` / `signal_after_batches=(signum, n)` are test hooks.
 
+    `precision`: "auto" (default) runs bf16 weights under bf16 autocast where the device multiplies
+    bf16 natively (`hardware.native_bf16`: CUDA bf16, AVX512-BF16/AMX CPUs) and float32 elsewhere;
+    "32" turns reduced precision off. bf16 changes the logits by up to ~0.02 (PaSST-S, AST; measured
+    in benchmarks/RESULTS.md); the precision used is stored in the output's attributes, and a
+    resumed run must use the same.
+
     Returns a summary: clips labelled now / before, missing (undecodable) clips with names,
     clips/s and, when the data has labels (and `metrics`), the teacher's mAP on the labelled clips.
     """
@@ -206,6 +213,10 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
         raise ValueError(f"flush_every_batches must be >= 1, got {flush_every_batches}")
     output_path = Path(output_path)
     device = torch.device(device)
+    requested, precision = precision, resolve_precision(precision, device)
+    if requested == "auto":
+        logger.info("precision auto: %s (%s)", precision, "native bf16 on this device" if precision == "bf16"
+                    else "no native bf16 on this device")
     autocast = _autocast(device, precision)
     sample_rate = int(getattr(teacher, "sample_rate", 32000))
     if int(getattr(dataset, "sample_rate", sample_rate)) != sample_rate:
@@ -311,7 +322,7 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
                                "labelled_now": labelled, "labelled_before": len(done) - missing_before,
                                "missing_undecodable": len(writer.missing_names()) if writer is not None else 0,
                                "missing_names": writer.missing_names() if writer is not None else [],
-                               "clips_per_s": labelled / elapsed, "seconds": elapsed}
+                               "clips_per_s": labelled / elapsed, "seconds": elapsed, "precision": precision}
     if not completed:
         raise LabellingInterrupted(stop.signum if stop.signum is not None else signal.SIGINT, summary)
     if missing:

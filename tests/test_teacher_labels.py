@@ -70,7 +70,8 @@ def test_undecodable_clip_is_recorded_missing_not_zeros(setup, reference):
     assert stored.missing == [CORRUPT]
     assert stored.lookup(CORRUPT) is None  # the trainer's join masks it out
     assert len(stored) == NUM_CLIPS - 1 and stored.lookup("Ytiny_0000.flac") is not None
-    assert stored.attrs["teachers"] == ["teacher0.pt"] and stored.attrs["precision"] == "32"
+    from efficient_tagging.hardware import resolve_precision
+    assert stored.attrs["teachers"] == ["teacher0.pt"] and stored.attrs["precision"] == resolve_precision("auto")
     assert stored.attrs["preprocessing"][0]["n_mels"] == 32 and stored.attrs["sample_rate"] == 16000
     assert stored.attrs["ensemble_rule"] == "mean of logits" and stored.attrs["source_files"]
     stored.close()
@@ -152,9 +153,38 @@ def test_resume_refuses_another_teacher_setup(setup, reference, tmp_path):
 def test_bf16_fast_path_stays_close_to_fp32(setup, reference, tmp_path):
     root, data, teachers = setup
     _label_in_process(data, tmp_path / "bf16.h5", teachers[:1], "--precision", "bf16")
-    _label_in_process(data, tmp_path / "fp32.h5", teachers[:1])
+    _label_in_process(data, tmp_path / "fp32.h5", teachers[:1], "--precision", "32")
     fast, fast_missing = _as_dict(tmp_path / "bf16.h5")
     exact, exact_missing = _as_dict(tmp_path / "fp32.h5")
     assert fast.keys() == exact.keys() and fast_missing == exact_missing
     difference = max(float(np.abs(fast[name] - exact[name]).max()) for name in exact)
     assert 0.0 < difference < 0.1  # bf16 really ran, and changes logits only slightly
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_default_precision_is_bf16_exactly_where_the_device_has_native_bf16(setup, tmp_path, monkeypatch, native):
+    import efficient_tagging.hardware as hardware
+    root, data, teachers = setup
+    monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": native)
+    summary = _label_in_process(data, tmp_path / "auto.h5", teachers[:1])
+    expected = "bf16" if native else "32"
+    assert summary["precision"] == expected
+    stored = TeacherLogits(tmp_path / "auto.h5")
+    assert stored.attrs["precision"] == expected
+    stored.close()
+    explicit = "bf16" if native else "32"
+    _label_in_process(data, tmp_path / "explicit.h5", teachers[:1], "--precision", explicit)
+    _assert_same(tmp_path / "auto.h5", tmp_path / "explicit.h5")
+    # a resumed file keeps its precision: the other one is refused, naming the attribute and both values
+    other = "32" if native else "bf16"
+    with pytest.raises(ValueError, match=f"precision: file '{expected}', now '{other}'"):
+        _label_in_process(data, tmp_path / "auto.h5", teachers[:1], "--precision", other)
+
+
+def test_native_bf16_needs_the_cpu_instructions(monkeypatch):
+    import efficient_tagging.hardware as hardware
+    monkeypatch.setattr(hardware, "_cpu_flags", lambda: frozenset({"avx512f", "avx512bw", "avx512vl"}))
+    assert hardware.native_bf16("cpu") is False and hardware.resolve_precision("auto") == "32"
+    assert hardware.resolve_precision("bf16") == "bf16" and hardware.resolve_precision("16") == "16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        hardware.resolve_precision("fp8")

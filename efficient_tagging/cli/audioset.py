@@ -161,8 +161,10 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
     if is_main and not teacher_logits_path.is_file():
         print("[demo] labelling the demo training set with the teacher", flush=True)
         tagger = AudioTagger(get_model(str(teacher_checkpoint)))
+        # float32 unless native: bf16 exists on some CPUs only, and the demo gives the same numbers everywhere
         label_hdf5(tagger, [data.train_path], teacher_logits_path, clip_length=data.clip_length, batch_size=64,
                    teacher_names=[f"demo_teacher_{teacher_dir.name}"],
+                   precision="auto" if args.demo_native_cpu else "32",
                    progress=not args.no_progress)
     if dist_info.enabled:
         torch.distributed.barrier()

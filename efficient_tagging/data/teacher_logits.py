@@ -40,6 +40,11 @@ PathLike = Union[str, Path]
 
 # Attributes allowed to differ when a file is resumed.
 _VOLATILE_ATTRS = ("created", "creation_time", "updated")
+
+
+def _short_value(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 # Attributes that describe one shard of a job, not the teacher setup (not compared or copied by merge).
 _SHARD_ATTRS = ("shard", "num_missing", "merged_from", "labelled_by")
 MISSING_DATASET = "missing_audio_name"
@@ -425,8 +430,11 @@ class TeacherLogitsWriter:
                      if key in handle.attrs and key not in _VOLATILE_ATTRS
                      and _decode_attr(handle.attrs[key]) != json.loads(value)]
         if differing:
-            return (f"existing attributes {differing} differ from the requested ones; these logits come from "
-                    f"another teacher setup (use resume=False or another path)")
+            values = "; ".join(f"{key}: file {_short_value(_decode_attr(handle.attrs[key]))}, now "
+                               f"{_short_value(json.loads(encoded[key]))}" for key in differing)
+            return (f"existing attributes {differing} differ from the requested ones ({values}); these logits come "
+                    f"from another teacher setup (rerun with the file's settings, or use resume=False or another "
+                    f"path)")
         return None
 
     def __len__(self) -> int:

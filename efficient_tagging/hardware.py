@@ -1,0 +1,62 @@
+"""What the machine computes natively, and the precision a job runs at when the user leaves it to us.
+
+`--precision auto` (the labelling default) means: bf16 where the hardware multiplies bf16
+natively, float32 elsewhere. "Natively" matters on CPUs: oneDNN accepts bf16 on any AVX-512 CPU,
+but without the AVX512-BF16 / AMX-BF16 instructions it emulates them and is slower than float32.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import platform
+from pathlib import Path
+from typing import Union
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+#: the precisions a job can be asked for; "auto" resolves to one of the others
+PRECISION_CHOICES = ("auto", "32", "16", "bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def native_bf16(device: Union[str, torch.device] = "cpu") -> bool:
+    """Whether `device` computes bf16 matrix products natively.
+
+    CUDA: the GPU supports bf16 (Ampere and newer). CPU: x86 with AVX512-BF16 or AMX-BF16 (read
+    from /proc/cpuinfo; elsewhere, e.g. macOS or ARM, False: float32 is the safe choice there)
+    and a oneDNN build that uses them.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    flags = _cpu_flags()
+    if not ({"avx512_bf16", "amx_bf16"} & flags):
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: Union[str, torch.device] = "cpu") -> str:
+    """`precision` with "auto" replaced: "bf16" where `device` has native bf16, else "32"."""
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "32"
