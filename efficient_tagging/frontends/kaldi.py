@@ -39,7 +39,7 @@ __all__ = ["KALDI_EPSILON", "kaldi_fbank", "kaldi_fbank_frames", "kaldi_mel_bank
 KALDI_EPSILON = float(torch.finfo(torch.float32).eps)
 PREEMPHASIS = 0.97
 WINDOWS = ("hanning", "povey")
-CPU_CHUNK_FRAMES = 8192
+CPU_CHUNK_FRAMES = 1024  # one 10-s clip (998 frames) per piece: see kaldi_fbank
 
 # Kaldi options (torchaudio's names) that are fixed here, with the only value supported. They are
 # accepted so that a reference recipe's complete option dict can be passed through unchanged.
@@ -217,9 +217,10 @@ def kaldi_fbank(waveform: Tensor, *, sample_frequency: float = 16000.0, num_mel_
     # In-place steps save a third of the memory traffic; they are only skipped when autograd must
     # see every intermediate.
     inplace = not (torch.is_grad_enabled() and waveform.requires_grad)
-    # On the CPU the batch goes through in pieces of about CPU_CHUNK_FRAMES frames: the whole
-    # batch's intermediates (B x frames x 512 floats) fall out of the caches, and one 32-clip pass
-    # was measured slower per clip than 8-clip pieces. An accelerator takes the batch in one pass.
+    # On the CPU the batch goes through in pieces of about CPU_CHUNK_FRAMES frames, so that a
+    # piece's intermediates (frames x 512 floats, ~2 MB for a 10-s clip) stay in the caches:
+    # measured on 32 10-s clips, 1-clip pieces 610 clips/s, 8-clip pieces 350, one pass 210
+    # (benchmarks/bench_frontends.py). An accelerator takes the batch in one pass.
     step = max(1, CPU_CHUNK_FRAMES // frames_per_clip) if device.type == "cpu" else max(1, clips.shape[0])
     with torch.autocast(device_type=device.type, enabled=False):
         pieces = [_fbank_rows(chunk, window, hop, padded, window_fn, banks_t, inplace)
