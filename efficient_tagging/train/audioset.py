@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .reproducibility import PORTABLE_ISA
 from .trainer import TrainConfig
 
 logger = logging.getLogger("efficient_tagging")
@@ -74,7 +75,9 @@ def demo_teacher_config(args: Any, train_path: Path, eval_path: Path, root: Path
     runtime_only = ("num_workers", "cuda", "train_hdf5", "eval_hdf5", "out_dir", "progress", "resume",
                     "resume_override", "crash_after_steps")
     # The CPU kernels change the trained teacher too (see train/reproducibility.py).
-    key = json.dumps({"demo_clips": args.demo_clips, "native_cpu": bool(getattr(args, "demo_native_cpu", False)),
+    native = bool(getattr(args, "demo_native_cpu", False))
+    key = json.dumps({"demo_clips": args.demo_clips, "native_cpu": native,
+                      **({} if native else {"portable_isa": PORTABLE_ISA}),
                       **{k: v for k, v in config.to_dict().items() if k not in runtime_only}},
                      sort_keys=True, default=str)
     digest = hashlib.sha1(key.encode()).hexdigest()[:8]
