@@ -188,3 +188,32 @@ def test_native_bf16_needs_the_cpu_instructions(monkeypatch):
     assert hardware.resolve_precision("bf16") == "bf16" and hardware.resolve_precision("16") == "16"
     with pytest.raises(ValueError, match="precision must be one of"):
         hardware.resolve_precision("fp8")
+
+
+def test_hdf5_clips_default_to_the_clip_length_stored_with_the_teacher(tmp_path):
+    """A teacher trained on short clips (the demo's 2-s teacher) labels them at that length, not
+    zero-padded to AudioSet's 10 s (which changed its logits and mAP: 0.927 instead of 0.949 on
+    the demo's eval split); --clip_length still overrides, and a teacher storing none gets 10 s."""
+    from efficient_tagging import get_model, save_checkpoint
+    from efficient_tagging.cli.label import run
+    from efficient_tagging.labels import LabelMap
+
+    data = make_tiny_audioset(tmp_path / "clips.h5", num_clips=6)
+    torch.manual_seed(0)
+    model = get_model(arch="mn", width_mult=0.1, num_classes=4, input_dim_f=32)
+    labels = LabelMap.from_names([f"tone_{i}" for i in range(4)])
+    teacher = save_checkpoint(tmp_path / "short.pt", model, labels=labels,
+                              preprocessing={"sr": 16000, "n_mels": 32, "hopsize": 320, "clip_length": 1.0})
+    common = ["--hdf5", str(data), "--teachers", str(teacher), "--batch_size", "4", "--num_workers", "0",
+              "--no_progress"]
+    run(common + ["--output", str(tmp_path / "default.h5")])
+    run(common + ["--output", str(tmp_path / "explicit.h5"), "--clip_length", "1"])
+    with h5py.File(tmp_path / "default.h5", "r") as handle:
+        assert float(handle.attrs["clip_length"]) == 1.0
+    _assert_same(tmp_path / "default.h5", tmp_path / "explicit.h5")
+
+    plain = save_tiny_teacher(tmp_path / "plain.pt")  # stores no clip length: the AudioSet recipe's 10 s
+    run(["--hdf5", str(data), "--teachers", str(plain), "--output", str(tmp_path / "plain.h5"), "--batch_size", "4",
+         "--num_workers", "0", "--no_progress"])
+    with h5py.File(tmp_path / "plain.h5", "r") as handle:
+        assert float(handle.attrs["clip_length"]) == 10.0

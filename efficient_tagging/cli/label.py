@@ -29,9 +29,12 @@ from ..interrupt import exit_code, signal_name
 from ..hardware import PRECISION_CHOICES
 from ..labelling import (LabellingInterrupted, label_dataset, load_teachers, merge_job, teacher_metrics,
                          teacher_preprocessing)
+from ..tagging.tagger import AUDIOSET_CLIP_SECONDS
 from ..train.distributed import barrier, cleanup, init_distributed, select_device
 from .dataset_flags import add_dataset_arguments, own_kind, source_from_args
 from .help import HelpFormatter
+
+logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=32, help="clips per forward pass")
     parser.add_argument("--num_workers", type=int, default=4, help="DataLoader worker processes (decoding)")
     parser.add_argument("--clip_length", type=float, default=None,
-                        help="seconds per clip (longer clips are cut, shorter zero-padded); default: the dataset's "
-                             "recipe (AudioSet, FSD50K, DCASE20, OpenMIC 10 s, ESC-50 5 s), own data: derived from "
-                             "the files as the fine-tuning command does")
+                        help="seconds per clip (longer clips are cut, shorter zero-padded); default: for --hdf5 data the "
+                             "clip length stored with the teacher checkpoint (what it was trained on), else 10 s; for "
+                             "a --dataset its recipe's (AudioSet, FSD50K, DCASE20, OpenMIC 10 s, ESC-50 5 s), own "
+                             "data: derived from the files as the fine-tuning command does")
     parser.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
                         help="with --dataset: the part to label; all = every labelled clip (ESC-50: all five folds, "
                              "FSD50K/OpenMIC/DCASE20: the training split, own data: the training CSV / all class "
@@ -164,10 +168,24 @@ def _source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Option
     return None
 
 
-def _open(source: DatasetSource, args: argparse.Namespace, sample_rate: int) -> Any:
+def hdf5_clip_length(args: argparse.Namespace, teacher: Any) -> tuple[float, str]:
+    """Seconds per clip for --hdf5 data, and where the number comes from: the flag, else the clip
+    length stored with the teacher (what it was trained on; an ensemble: its longest member's),
+    else the AudioSet recipe's 10 s."""
+    if args.clip_length is not None:
+        return float(args.clip_length), "--clip_length"
+    stored = getattr(teacher, "clip_length", None)
+    if stored:
+        return float(stored), "stored with the teacher; --clip_length overrides"
+    return AUDIOSET_CLIP_SECONDS, "the AudioSet recipe's: the teacher stores none; --clip_length overrides"
+
+
+def _open(source: DatasetSource, args: argparse.Namespace, sample_rate: int, teacher: Any = None) -> Any:
     """The part to label, at the teacher's rate, reporting (not replacing) undecodable clips."""
     if source.kind == "hdf5":
-        return AudioSetDataset(source.train_hdf5, sample_rate=sample_rate, clip_length=args.clip_length or 10.0,
+        clip_length, origin = hdf5_clip_length(args, teacher)
+        logger.info("clip length %g s (%s)", clip_length, origin)
+        return AudioSetDataset(source.train_hdf5, sample_rate=sample_rate, clip_length=clip_length,
                                replace_undecodable=False)
     return source.open(args.split, sample_rate=sample_rate, clip_length=args.clip_length, replace_undecodable=False)
 
@@ -218,7 +236,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
         teacher, names = load_teachers(args.teachers, cache_dir=args.cache_dir)
         attrs = {"teacher_paths": [str(Path(t).resolve()) if Path(t).is_file() else t for t in args.teachers],
                  "preprocessing": teacher_preprocessing(teacher)}
-        dataset = _open(source, args, int(getattr(teacher, "sample_rate", 32000)))
+        dataset = _open(source, args, int(getattr(teacher, "sample_rate", 32000)), teacher)
         if source.kind != "hdf5":
             attrs["dataset"] = source.describe(args.split)
         try:
