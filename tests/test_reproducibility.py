@@ -1,4 +1,5 @@
 """Portable CPU numerics: the demo's kernels and threads do not depend on the machine's CPU."""
+import json
 import os
 import subprocess
 import sys
@@ -52,18 +53,21 @@ def test_portable_numerics_equal_an_avx2_machine():
     assert called[2] == avx2_machine[2]
 
 
-def test_user_settings_are_kept(monkeypatch):
-    import torch
+def test_user_settings_are_kept():
+    """In a child process: the libraries read these variables once, at their first call, so setting
+    them in the pytest process (even briefly, with monkeypatch) would change its numbers for good
+    (MKL initialises inside `torch.set_num_threads`) and differ from those of the subprocesses that
+    later tests start."""
+    from efficient_tagging.train.reproducibility import PORTABLE_ISA
 
-    from efficient_tagging.train.reproducibility import portable_cpu_numerics
-
-    # set (and restored after the test) by monkeypatch, so nothing leaks into other tests
-    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "SSE41")
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
-    threads = torch.get_num_threads()
-    try:
-        settings = portable_cpu_numerics(threads=1)
-    finally:
-        torch.set_num_threads(threads)
-    assert settings["threads"] == 1
-    assert os.environ["ONEDNN_MAX_CPU_ISA"] == "SSE41" and os.environ["ATEN_CPU_CAPABILITY"] == "default"
+    user_values = {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE"}
+    assert set(PORTABLE_ISA) <= set(user_values)
+    probe = ("import json, os\n"
+             "from efficient_tagging.train.reproducibility import portable_cpu_numerics\n"
+             "settings = portable_cpu_numerics(threads=1)\n"
+             f"print(json.dumps([settings['threads'], {{n: os.environ[n] for n in {sorted(user_values)!r}}}]))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **user_values})
+    assert result.returncode == 0, result.stderr[-2000:]
+    threads, kept = json.loads(result.stdout.strip().splitlines()[-1])
+    assert threads == 1 and kept == user_values
