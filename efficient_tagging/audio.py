@@ -80,6 +80,32 @@ def _non_finite_error(label: str, samples: np.ndarray, offset: int, sample_rate:
         f"damaged or holds float samples that are not audio")
 
 
+# FFmpeg's integer -> float conversion (libswresample): a cast, then the power-of-two scale, in float32
+_PCM_FORMATS = {"s16": (np.int16, False), "s16p": (np.int16, True), "s32": (np.int32, False),
+                "s32p": (np.int32, True), "flt": (np.float32, False)}
+
+
+def _pcm_channels(frame: Any, count: int) -> Optional[list[np.ndarray]]:
+    """Per-channel float32 samples of a PCM frame, bit for bit what FFmpeg's converter to planar
+    float gives (x * 2**-15 for s16, x cast to float then * 2**-31 for s32, packed float split);
+    None for a format handled elsewhere."""
+    spec = _PCM_FORMATS.get(frame.format.name)
+    if spec is None:
+        return None
+    dtype, planar = spec
+    planes = frame.planes
+    if planar:
+        raw = [np.frombuffer(plane, dtype=dtype, count=count) for plane in planes]
+    else:
+        width = len(frame.layout.channels)
+        interleaved = np.frombuffer(planes[0], dtype=dtype, count=count * width)
+        raw = [interleaved[c::width] for c in range(width)]
+    if dtype is np.float32:
+        return [np.ascontiguousarray(channel) for channel in raw]
+    scale = np.float32(2.0 ** -15 if dtype is np.int16 else 2.0 ** -31)
+    return [np.multiply(channel, scale, dtype=np.float32) for channel in raw]
+
+
 def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
                       block_samples: int = DECODE_BLOCK_SAMPLES) -> Iterator[tuple[np.ndarray, int]]:
     """Decode a file path or encoded bytes block by block, never holding the whole file.
@@ -107,29 +133,40 @@ def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
             stream = container.streams.audio[0]
             sample_rate = int(stream.codec_context.sample_rate or stream.rate)
             # Every frame as planar float32 at the native rate and layout; the channel average
-            # happens here (FFmpeg's own downmix would apply mix levels). Decoders that already
-            # give planar float32 (mp3, aac, vorbis, opus) are read as they are: the conversion
-            # would be a copy; others (s16 wav/flac, packed float, a mid-stream format change)
-            # go through the converter, which then takes every later frame, in order.
+            # happens here (FFmpeg's own downmix would apply mix levels). Frames in planar float32
+            # (mp3, aac, vorbis, opus) are read as they are, and integer / packed-float PCM (wav,
+            # flac, ...) is converted here with FFmpeg's own formula (_pcm_channels); anything
+            # else (or a mid-stream change of format, layout or rate) goes through FFmpeg's
+            # converter, which then takes every later frame, in order.
             layout = stream.layout.name
             converter = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
             converting = False
-            # per channel, views of the frames' plane buffers (each keeps its frame alive) until a
-            # block is full; the channel average runs once per block, elementwise the same as per frame
+            # per channel, float32 arrays (views of fltp frames' plane buffers, each keeping its
+            # frame alive) until a block is full; the channel average runs once per block,
+            # elementwise the same as per frame
             channels: list[list[np.ndarray]] = []
             pending_samples = 0
 
-            def planar_frames() -> Iterator[Any]:
+            def planar_frames() -> Iterator[tuple[int, list[np.ndarray]]]:
                 nonlocal converting
                 for frame in container.decode(stream):
-                    if not converting and frame.format.name == "fltp" and frame.layout.name == layout \
-                            and frame.sample_rate == sample_rate:
-                        yield frame
-                    else:
-                        converting = True
-                        yield from converter.resample(frame)
+                    if not converting and frame.layout.name == layout and frame.sample_rate == sample_rate:
+                        count = frame.samples
+                        if frame.format.name == "fltp":
+                            yield count, [np.frombuffer(plane, dtype=np.float32, count=count) for plane in frame.planes]
+                            continue
+                        direct = _pcm_channels(frame, count)
+                        if direct is not None:
+                            yield count, direct
+                            continue
+                    converting = True
+                    for converted in converter.resample(frame):
+                        yield converted.samples, [np.frombuffer(plane, dtype=np.float32, count=converted.samples)
+                                                  for plane in converted.planes]
                 if converting:
-                    yield from converter.resample(None)
+                    for converted in converter.resample(None):
+                        yield converted.samples, [np.frombuffer(plane, dtype=np.float32, count=converted.samples)
+                                                  for plane in converted.planes]
 
             def take_block() -> np.ndarray:
                 joined = [np.concatenate(views) for views in channels]
@@ -138,18 +175,16 @@ def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
                     raise _non_finite_error(label, block, decoded, sample_rate)
                 return block
 
-            for frame in planar_frames():
-                count = frame.samples
+            for count, planes in planar_frames():
                 if count == 0:
                     continue
-                planes = frame.planes
                 if len(channels) != len(planes):
                     if channels:  # the converter keeps the stream's layout: cannot happen short of a bug
                         raise AudioDecodeError(f"{label}: channel count changed from {len(channels)} to "
                                                f"{len(planes)} mid-stream")
                     channels = [[] for _ in planes]
                 for views, plane in zip(channels, planes):
-                    views.append(np.frombuffer(plane, dtype=np.float32, count=count))
+                    views.append(plane)
                 pending_samples += count
                 if pending_samples >= block_samples:
                     block = take_block()

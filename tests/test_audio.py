@@ -104,9 +104,11 @@ def _decode_frame_by_frame(data: bytes) -> np.ndarray:
     return np.concatenate([p for p in parts if p.size])
 
 
-@pytest.mark.parametrize("codec,channels", [("mp3", 1), ("mp3", 2), ("wav", 1), ("flac", 2), ("aac", 2)])
+@pytest.mark.parametrize("codec,channels", [("mp3", 1), ("mp3", 2), ("wav", 1), ("wav", 2), ("wav_s32", 1),
+                                            ("wav_s32", 2), ("wav_float", 2), ("flac", 2), ("aac", 2)])
 def test_decoding_equals_frame_by_frame_conversion_bit_for_bit(codec, channels):
-    # mp3/aac decode to planar float32 and skip the format converter; wav/flac (s16) go through it
+    # mp3/aac decode to planar float32, read as they are; PCM (s16/s32/packed float wav, flac) is
+    # converted with FFmpeg's formula in numpy; the expected samples go through FFmpeg's converter
     rng = np.random.default_rng(channels)
     t = np.arange(3 * 22050) / 22050
     left = 0.4 * np.sin(2 * np.pi * 330 * t) + 0.05 * rng.standard_normal(t.size)
@@ -130,6 +132,7 @@ def _encode_channels(signal: np.ndarray, sample_rate: int, codec: str) -> bytes:
 
     import av
     codec_names = {"mp3": ("mp3", "mp3", "fltp"), "wav": ("wav", "pcm_s16le", "s16"),
+                   "wav_s32": ("wav", "pcm_s32le", "s32"), "wav_float": ("wav", "pcm_f32le", "flt"),
                    "flac": ("flac", "flac", "s16"), "aac": ("adts", "aac", "fltp")}
     container_format, codec_name, sample_format = codec_names[codec]
     layout = "stereo" if signal.ndim == 2 else "mono"
@@ -140,6 +143,10 @@ def _encode_channels(signal: np.ndarray, sample_rate: int, codec: str) -> bytes:
         stream.layout = layout
         if sample_format == "s16":  # packed int16: (1, N * channels), interleaved
             data = np.round(planar.T.reshape(1, -1) * 32767).astype(np.int16)
+        elif sample_format == "s32":  # packed int32
+            data = np.round(np.clip(planar.T.reshape(1, -1), -1, 1).astype(np.float64) * (2 ** 31 - 1)).astype(np.int32)
+        elif sample_format == "flt":  # packed float32
+            data = np.ascontiguousarray(planar.T.reshape(1, -1), dtype=np.float32)
         else:
             data = planar.astype(np.float32)
         frame = av.AudioFrame.from_ndarray(data, format=sample_format, layout=layout)
