@@ -85,6 +85,11 @@ _PCM_FORMATS = {"s16": (np.int16, False), "s16p": (np.int16, True), "s32": (np.i
                 "s32p": (np.int32, True), "flt": (np.float32, False)}
 
 
+def _float_planes(frame: Any) -> list[np.ndarray]:
+    """Views of a planar-float32 frame's channels (each keeps the frame alive)."""
+    return [np.frombuffer(plane, dtype=np.float32, count=frame.samples) for plane in frame.planes]
+
+
 def _pcm_channels(frame: Any, count: int) -> Optional[list[np.ndarray]]:
     """Per-channel float32 samples of a PCM frame, bit for bit what FFmpeg's converter to planar
     float gives (x * 2**-15 for s16, x cast to float then * 2**-31 for s32, packed float split);
@@ -153,7 +158,7 @@ def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
                     if not converting and frame.layout.name == layout and frame.sample_rate == sample_rate:
                         count = frame.samples
                         if frame.format.name == "fltp":
-                            yield count, [np.frombuffer(plane, dtype=np.float32, count=count) for plane in frame.planes]
+                            yield count, _float_planes(frame)
                             continue
                         direct = _pcm_channels(frame, count)
                         if direct is not None:
@@ -161,12 +166,10 @@ def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
                             continue
                     converting = True
                     for converted in converter.resample(frame):
-                        yield converted.samples, [np.frombuffer(plane, dtype=np.float32, count=converted.samples)
-                                                  for plane in converted.planes]
+                        yield converted.samples, _float_planes(converted)
                 if converting:
                     for converted in converter.resample(None):
-                        yield converted.samples, [np.frombuffer(plane, dtype=np.float32, count=converted.samples)
-                                                  for plane in converted.planes]
+                        yield converted.samples, _float_planes(converted)
 
             def take_block() -> np.ndarray:
                 joined = [np.concatenate(views) for views in channels]

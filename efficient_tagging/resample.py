@@ -32,6 +32,8 @@ import math
 import torch
 from torch import Tensor
 
+from .hardware import in_cpu_pieces
+
 __all__ = ["LOWPASS_FILTER_WIDTH", "ROLLOFF", "resampled_length", "sinc_kernel_width", "sinc_resample",
            "sinc_resample_kernel"]
 
@@ -122,11 +124,10 @@ def sinc_resample(waveform: Tensor, orig_sr: int, target_sr: int) -> Tensor:
     # On the CPU the signals go through in pieces of about CPU_CHUNK_SAMPLES input samples, so that
     # a piece's convolution output and its transposed copy stay in the caches: measured on 32
     # 10-s clips 44.1 -> 32 kHz, 4-clip pieces 440 clips/s, one pass 280 (the result is the same
-    # bit for bit). An accelerator takes the batch in one pass.
-    step = max(1, CPU_CHUNK_SAMPLES // max(1, length)) if waveform.device.type == "cpu" else signals.shape[0]
+    # bit for bit).
     with torch.autocast(device_type=waveform.device.type, enabled=False):
-        pieces = [_resample_rows(piece, kernel, width, orig, out_length) for piece in signals.split(step)]
-    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        out = in_cpu_pieces(lambda piece: _resample_rows(piece, kernel, width, orig, out_length),
+                            signals, CPU_CHUNK_SAMPLES, length)
     return out.reshape(*leading, out_length)
 
 

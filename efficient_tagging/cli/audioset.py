@@ -38,6 +38,7 @@ from ..train.run_lock import RunDirectoryBusy
 from ..train.tracking import RunTracker
 from ..train.trainer import ResumeMismatch, TrainConfig, cap_num_workers, evaluate, train
 from .train_flags import add_training_arguments, config_from_args
+from .dataset_flags import clip_length_with_source
 from .help import HelpFormatter
 
 logger = logging.getLogger("efficient_tagging")
@@ -224,16 +225,7 @@ def evaluation_data_settings(args: argparse.Namespace, tagger: AudioTagger) -> d
     frontend's: a flag cannot change it, and one that contradicts it is refused.
     """
     stored = getattr(tagger, "preprocessing", None) or {}
-    stored_clip = stored.get("clip_length")
-    if args.clip_length is not None:
-        clip_length = float(args.clip_length)
-        clip_source = "--clip_length" + (f"; the checkpoint says {float(stored_clip):g} s"
-                                         if stored_clip is not None and float(stored_clip) != clip_length else "")
-    elif stored_clip is not None:
-        clip_length, clip_source = float(stored_clip), "stored in the checkpoint; --clip_length overrides"
-    else:
-        clip_length = float(AUDIOSET_DEFAULTS["clip_length"])
-        clip_source = "the AudioSet default: the model stores none; --clip_length overrides"
+    clip_length, clip_source = clip_length_with_source(args.clip_length, stored.get("clip_length"))
     sample_rate = int(tagger.sample_rate)
     if args.sample_rate is not None and int(args.sample_rate) != sample_rate:
         raise SystemExit(f"error: --resample_rate {args.sample_rate} contradicts the model: its frontend takes "

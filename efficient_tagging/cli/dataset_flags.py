@@ -8,9 +8,10 @@ flags (`kind="esc50"` ...); `kind="any"` adds `--dataset KIND` and all of them.
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+from typing import Optional, Union
 
 from ..data.datasets.registry import DATASET_KINDS, DatasetSource, DatasetSourceError
+from ..tagging.tagger import AUDIOSET_CLIP_SECONDS
 
 LAYOUTS = {
     "esc50": "meta/esc50.csv + audio/*.wav (44.1 kHz; or a pre-resampled audio_32k/), as unzipped from "
@@ -96,3 +97,16 @@ def source_from_args(args: argparse.Namespace, kind: str) -> DatasetSource:
         values["train_hdf5"] = list(getattr(args, "hdf5", None) or getattr(args, "train_hdf5", None) or [])
         values["eval_hdf5"] = list(getattr(args, "eval_hdf5", None) or [])
     return DatasetSource(kind=kind, **values)
+
+
+def clip_length_with_source(flag: Optional[float], stored: Union[float, str, None],
+                            holder: str = "the checkpoint") -> tuple[float, str]:
+    """Seconds per clip for evaluating / labelling with a trained model, and where the number came
+    from (printed): `--clip_length`, else the clip length stored with the model (what it was
+    trained and evaluated on), else the AudioSet recipe's 10 s."""
+    if flag is not None:
+        differs = stored is not None and float(stored) != float(flag)
+        return float(flag), "--clip_length" + (f"; {holder} says {float(stored):g} s" if differs else "")
+    if stored is not None:
+        return float(stored), f"stored in {holder}; --clip_length overrides"
+    return AUDIOSET_CLIP_SECONDS, f"the AudioSet default: {holder} stores none; --clip_length overrides"

@@ -29,9 +29,8 @@ from ..interrupt import exit_code, signal_name
 from ..hardware import PRECISION_CHOICES
 from ..labelling import (LabellingInterrupted, label_dataset, load_teachers, merge_job, teacher_metrics,
                          teacher_preprocessing)
-from ..tagging.tagger import AUDIOSET_CLIP_SECONDS
 from ..train.distributed import barrier, cleanup, init_distributed, select_device
-from .dataset_flags import add_dataset_arguments, own_kind, source_from_args
+from .dataset_flags import add_dataset_arguments, clip_length_with_source, own_kind, source_from_args
 from .help import HelpFormatter
 
 logger = logging.getLogger(__name__)
@@ -168,22 +167,12 @@ def _source(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Option
     return None
 
 
-def hdf5_clip_length(args: argparse.Namespace, teacher: Any) -> tuple[float, str]:
-    """Seconds per clip for --hdf5 data, and where the number comes from: the flag, else the clip
-    length stored with the teacher (what it was trained on; an ensemble: its longest member's),
-    else the AudioSet recipe's 10 s."""
-    if args.clip_length is not None:
-        return float(args.clip_length), "--clip_length"
-    stored = getattr(teacher, "clip_length", None)
-    if stored:
-        return float(stored), "stored with the teacher; --clip_length overrides"
-    return AUDIOSET_CLIP_SECONDS, "the AudioSet recipe's: the teacher stores none; --clip_length overrides"
-
-
 def _open(source: DatasetSource, args: argparse.Namespace, sample_rate: int, teacher: Any = None) -> Any:
     """The part to label, at the teacher's rate, reporting (not replacing) undecodable clips."""
     if source.kind == "hdf5":
-        clip_length, origin = hdf5_clip_length(args, teacher)
+        # what the teacher was trained on (an ensemble: its longest member's), else AudioSet's 10 s
+        clip_length, origin = clip_length_with_source(args.clip_length, getattr(teacher, "clip_length", None) or None,
+                                                      "the teacher")
         logger.info("clip length %g s (%s)", clip_length, origin)
         return AudioSetDataset(source.train_hdf5, sample_rate=sample_rate, clip_length=clip_length,
                                replace_undecodable=False)

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..hardware import in_cpu_pieces
+
 __all__ = ["KALDI_EPSILON", "kaldi_fbank", "kaldi_fbank_frames", "kaldi_mel_banks", "kaldi_window"]
 
 # Kaldi floors every filterbank energy at float32 epsilon before the log (float64 input too).
@@ -220,12 +222,10 @@ def kaldi_fbank(waveform: Tensor, *, sample_frequency: float = 16000.0, num_mel_
     # On the CPU the batch goes through in pieces of about CPU_CHUNK_FRAMES frames, so that a
     # piece's intermediates (frames x 512 floats, ~2 MB for a 10-s clip) stay in the caches:
     # measured on 32 10-s clips, 1-clip pieces 610 clips/s, 8-clip pieces 350, one pass 210
-    # (benchmarks/bench_frontends.py). An accelerator takes the batch in one pass.
-    step = max(1, CPU_CHUNK_FRAMES // frames_per_clip) if device.type == "cpu" else max(1, clips.shape[0])
+    # (benchmarks/bench_frontends.py).
     with torch.autocast(device_type=device.type, enabled=False):
-        pieces = [_fbank_rows(chunk, window, hop, padded, window_fn, banks_t, inplace)
-                  for chunk in clips.split(step)]
-    out = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        out = in_cpu_pieces(lambda chunk: _fbank_rows(chunk, window, hop, padded, window_fn, banks_t, inplace),
+                            clips, CPU_CHUNK_FRAMES, frames_per_clip)
     return out.reshape(*leading, frames_per_clip, out.shape[-1])
 
 

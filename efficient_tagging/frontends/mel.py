@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from ..hardware import in_cpu_pieces
+
 # Kaldi's mel scale (natural log, 1127 factor), which both references use through
 # torchaudio.compliance.kaldi.get_mel_banks.
 _MEL_FACTOR = 1127.0
@@ -161,11 +163,8 @@ class AugmentMelSTFT(nn.Module):
         # piece's spectrum (513 x frames complex per clip, 4 MB for 10 s) stays in the caches:
         # measured on 32 10-s clips, 1-clip pieces ~400 clips/s, one pass ~155; the same values bit
         # for bit. Masks are drawn afterwards for the whole batch, so the random draws do not change.
-        step = waveform.shape[0]
-        if waveform.device.type == "cpu" and not torch.compiler.is_compiling():
-            step = max(1, CPU_CHUNK_SAMPLES // waveform.shape[1])
-        pieces = [self._log_mel(piece, mel_basis) for piece in waveform.split(step)]
-        log_mel = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        log_mel = in_cpu_pieces(lambda piece: self._log_mel(piece, mel_basis), waveform, CPU_CHUNK_SAMPLES,
+                                waveform.shape[1])
         if self.training:
             if self.freqm > 0:
                 log_mel = _iid_mask(log_mel, self.freqm, axis=1)
