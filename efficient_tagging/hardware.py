@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import platform
 from pathlib import Path
 from typing import Callable, Union
@@ -30,6 +31,45 @@ def _cpu_flags() -> frozenset[str]:
         if line.startswith("flags"):
             return frozenset(line.split(":", 1)[1].split())
     return frozenset()
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_info_field(name: str) -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if line.split(":", 1)[0].strip() == name:
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def cpu_vendor() -> str:
+    """"intel", "amd", or another lower-case word ("" where /proc/cpuinfo says nothing, e.g. macOS).
+
+    Needed because Intel's MKL runs different code on other vendors' CPUs: its reproducible
+    ISA branches (`MKL_CBWR=AVX2`) exist only on Intel; elsewhere it uses its AUTO branch.
+    """
+    vendor = _cpu_info_field("vendor_id").lower()
+    return {"genuineintel": "intel", "authenticamd": "amd"}.get(vendor, vendor)
+
+
+def cpu_description() -> str:
+    """One line for benchmark tables, run records and test messages, e.g.
+    "AMD EPYC (family 26 model 2), avx2 avx512f avx512_bf16, 2 cores"."""
+    flags = _cpu_flags()
+    isa = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8") if flag in flags]
+    name = _cpu_info_field("model name") or platform.processor() or platform.machine()
+    family, model = _cpu_info_field("cpu family"), _cpu_info_field("model")
+    where = f" (family {family} model {model})" if family else ""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{name}{where}, {' '.join(isa) or 'no AVX2'}, {cores} cores"
+
+
+def has_cpu_flag(flag: str) -> bool:
+    """Whether /proc/cpuinfo lists `flag` (e.g. "avx2"); False where it cannot be read."""
+    return flag in _cpu_flags()
 
 
 def native_bf16(device: Union[str, torch.device] = "cpu") -> bool:

@@ -1,4 +1,4 @@
-"""Portable CPU numerics: the demo's kernels and threads do not depend on the machine's CPU."""
+"""Portable CPU numerics: the demo's kernels and threads do not depend on which CPU of one vendor it runs on."""
 import json
 import os
 import subprocess
@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from efficient_tagging.train.reproducibility import _cpu_has_avx2
+from efficient_tagging.hardware import cpu_description, cpu_vendor, has_cpu_flag
+from efficient_tagging.train.reproducibility import PORTABLE_ISA
 
 PROBE = """
 import hashlib, os, sys, torch
@@ -44,14 +45,39 @@ def _run(mode: str, **env: str) -> list[str]:
     return result.stdout.split()
 
 
-@pytest.mark.skipif(not _cpu_has_avx2(), reason="portable numerics cap x86-64 CPUs at AVX2")
-def test_portable_numerics_equal_an_avx2_machine():
-    """Called after `import torch`, the cap still takes effect and gives an AVX2-only machine's numbers."""
+requires_avx2 = pytest.mark.skipif(not has_cpu_flag("avx2"), reason="portable numerics cap x86-64 CPUs at AVX2")
+
+
+@requires_avx2
+def test_the_cap_called_after_import_equals_the_cap_set_before_start():
+    """Called after `import torch`, the cap takes effect as if the variables had been set before the
+    process started. True on every vendor (checked on Intel Xeon AVX-512/AMX and AMD EPYC family 26)."""
     called = _run("call")
     assert called[0] == "AVX2" and called[1] == "2" and called[3] == "avx2"
-    # an AVX2 machine, emulated by the same limits set before the process starts
+    preset = _run("plain", **PORTABLE_ISA)
+    assert called[2] == preset[2], f"on {cpu_description()}"
+
+
+@requires_avx2
+def test_the_cap_equals_a_cpu_of_the_same_vendor_without_avx512():
+    """What an AVX2-only CPU of the same vendor computes, emulated by also limiting MKL's dispatch to
+    AVX2 (`MKL_ENABLE_INSTRUCTIONS`, which an AVX2-only CPU does by itself): the same numbers.
+    Checked on Intel Xeon (AVX-512/AMX) and AMD EPYC family 26 (AVX-512)."""
+    called = _run("call")
+    avx2_cpu = _run("plain", **PORTABLE_ISA, MKL_ENABLE_INSTRUCTIONS="AVX2")
+    assert called[2] == avx2_cpu[2], f"on {cpu_description()}"
+
+
+@requires_avx2
+@pytest.mark.skipif(cpu_vendor() != "intel", reason=(
+    "Intel-only claim: MKL's reproducible AVX2 branch exists only on Intel CPUs; on other vendors "
+    "MKL_CBWR=AVX2 runs MKL's AUTO branch, which rounds differently from MKL's plain AVX2 dispatch "
+    "(measured on AMD EPYC family 26), so across vendors the numbers differ"))
+def test_on_intel_the_mkl_cap_is_mkls_plain_avx2_path():
+    """On Intel, MKL_CBWR=AVX2 gives what MKL computes on an AVX2-only Intel CPU without any cap."""
+    called = _run("call")
     avx2_machine = _run("plain", ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2", MKL_ENABLE_INSTRUCTIONS="AVX2")
-    assert called[2] == avx2_machine[2]
+    assert called[2] == avx2_machine[2], f"on {cpu_description()}"
 
 
 def test_user_settings_are_kept():

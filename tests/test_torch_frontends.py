@@ -31,6 +31,7 @@ import torch
 from conftest import FIXTURES, METRO_WAV, REPO, load_fixture, requires_shared
 from efficient_tagging.audio import (StreamingResampler, decode_audio, resample, resample_blocks, resampler_context,
                                      resampler_settings)
+from efficient_tagging.hardware import cpu_description
 from efficient_tagging.frontends.kaldi import kaldi_fbank, kaldi_fbank_frames, kaldi_mel_banks
 from efficient_tagging.frontends.kaldi_fbank import ASTFbank
 from efficient_tagging.resample import resampled_length, sinc_kernel_width, sinc_resample, sinc_resample_kernel
@@ -75,18 +76,25 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 @requires_shared
 @pytest.mark.parametrize("path", AST_CASES, ids=lambda p: p.stem)
 def test_fbank_equals_the_ast_fixtures(path):
-    """Measured: 0.0 for the raw fbank and for the normalised input (fixture README: atol 1e-5)."""
+    """Within the fixture README's tolerance for a torchaudio-based pipeline (atol 1e-5 in normalised
+    units). The fixtures were made on an Intel CPU, where ours (and torchaudio) give them bit for bit;
+    on an AMD EPYC (family 26) MKL's FFT rounds differently and both give 5.6e-5 on the raw log-mel
+    (6.1e-6 normalised). Ours equals torchaudio on the machine that runs the test: checked exactly."""
     case = load_fixture(path)
     waveform = case["waveform"]
     centred = waveform - waveform.mean()  # what the reference dataloader feeds torchaudio
     raw = kaldi_fbank(centred[0], **case["fbank_call_kwargs"])
     assert raw.shape == case["raw_fbank"].shape
-    assert _max_abs(raw, case["raw_fbank"]) <= 1e-6
+    normalised_atol = 1e-5
+    raw_atol = normalised_atol * 2 * case["norm_std"]  # the recipe normalises by (x - mean) / (2 std)
+    assert _max_abs(raw, case["raw_fbank"]) <= raw_atol, cpu_description()
+    oracle = _oracle_fbank(centred, **case["fbank_call_kwargs"])[0]
+    assert torch.equal(raw, oracle), (_max_abs(raw, oracle), cpu_description())
     # the complete option dict of the recipe (every Kaldi default spelled out) is accepted too
     assert torch.equal(kaldi_fbank(centred, **case["fbank_all_options"])[0], raw)
     frontend = ASTFbank(target_length=case["target_length"], norm_mean=case["norm_mean"], norm_std=case["norm_std"])
-    assert _max_abs(frontend(waveform)[0], case["expected"]) <= 1e-6
-    assert _max_abs(frontend.raw_fbank(waveform[0]), case["raw_fbank"]) <= 1e-6
+    assert _max_abs(frontend(waveform)[0], case["expected"]) <= normalised_atol, cpu_description()
+    assert torch.equal(frontend.raw_fbank(waveform[0]), raw)
 
 
 def test_fbank_equals_torchaudio_on_real_audio_as_one_batch(metro_16k):
