@@ -90,6 +90,26 @@ def _float_planes(frame: Any) -> list[np.ndarray]:
     return [np.frombuffer(plane, dtype=np.float32, count=frame.samples) for plane in frame.planes]
 
 
+#: integer PCM -> float: FFmpeg's converter to float, (x - offset) * scale
+_PCM_TO_FLOAT = {np.dtype(np.int16): (0, 2.0 ** -15), np.dtype(np.int32): (0, 2.0 ** -31),
+                 np.dtype(np.uint8): (128, 2.0 ** -7), np.dtype(np.int8): (0, 2.0 ** -7)}
+
+
+def pcm_to_float32(samples: np.ndarray) -> np.ndarray:
+    """Integer PCM samples (int16, int32, uint8, int8; any shape) as float32 in [-1, 1), bit for bit
+    what decoding a file of that sample format gives (FFmpeg's formula: int16 x * 2**-15, int32 x
+    cast to float then * 2**-31, uint8 (x - 128) * 2**-7, int8 x * 2**-7)."""
+    samples = np.asarray(samples)
+    dtype = samples.dtype.newbyteorder("=") if samples.dtype.byteorder not in "=|" else samples.dtype
+    if dtype not in _PCM_TO_FLOAT:
+        raise TypeError(f"integer audio must be int16, int32, uint8 or int8 PCM, got {samples.dtype}: convert it to "
+                        f"float in [-1, 1] or to one of those")
+    offset, scale = _PCM_TO_FLOAT[dtype]
+    if offset:
+        samples = samples.astype(np.int16) - np.int16(offset)
+    return np.multiply(samples, np.float32(scale), dtype=np.float32)
+
+
 def _pcm_channels(frame: Any, count: int) -> Optional[list[np.ndarray]]:
     """Per-channel float32 samples of a PCM frame, bit for bit what FFmpeg's converter to planar
     float gives (x * 2**-15 for s16, x cast to float then * 2**-31 for s32, packed float split);
@@ -107,8 +127,7 @@ def _pcm_channels(frame: Any, count: int) -> Optional[list[np.ndarray]]:
         raw = [interleaved[c::width] for c in range(width)]
     if dtype is np.float32:
         return [np.ascontiguousarray(channel) for channel in raw]
-    scale = np.float32(2.0 ** -15 if dtype is np.int16 else 2.0 ** -31)
-    return [np.multiply(channel, scale, dtype=np.float32) for channel in raw]
+    return [pcm_to_float32(channel) for channel in raw]
 
 
 def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
@@ -452,7 +471,8 @@ ENCODINGS = {"mp3": ("mp3", "libmp3lame", "fltp"), "flac": ("flac", "flac", "s16
 def audio_writer(destination: Union[str, Path, io.BytesIO], sample_rate: int, codec: str = "mp3",
                  bitrate: Optional[int] = None) -> Iterator[Callable[[Union[np.ndarray, torch.Tensor]], None]]:
     """`with audio_writer(path, sr, "mp3") as write: write(block); write(block) ...`: encode mono float
-    samples in [-1, 1] block by block (`mp3`, `flac` or `wav`), so long files never sit in memory whole."""
+    samples in [-1, 1] block by block (`mp3`, `flac` or `wav`), so long files never sit in memory whole.
+    Blocks of int16 PCM (numpy) go to wav / flac exactly as they are; float blocks are scaled by 32767."""
     if codec not in ENCODINGS:
         raise ValueError(f"unsupported codec {codec!r}; use {', '.join(repr(c) for c in ENCODINGS)}")
     container_format, codec_name, sample_format = ENCODINGS[codec]
@@ -464,11 +484,16 @@ def audio_writer(destination: Union[str, Path, io.BytesIO], sample_rate: int, co
             stream.bit_rate = bitrate
 
         def write(block: Union[np.ndarray, torch.Tensor]) -> None:
-            samples = torch.as_tensor(block, dtype=torch.float32).detach().cpu().numpy()
-            if samples.ndim != 1:
-                raise ValueError(f"audio_writer expects mono samples of shape (samples,), got {samples.shape}")
-            frame_samples = np.clip(samples, -1.0, 1.0).reshape(1, -1)
-            if sample_format == "s16":
+            if isinstance(block, np.ndarray) and block.dtype == np.int16 and sample_format == "s16":
+                frame_samples = block.reshape(1, -1)  # 16-bit PCM given: written exactly as it is
+                if block.ndim != 1:
+                    raise ValueError(f"audio_writer expects mono samples of shape (samples,), got {block.shape}")
+            else:
+                samples = torch.as_tensor(block, dtype=torch.float32).detach().cpu().numpy()
+                if samples.ndim != 1:
+                    raise ValueError(f"audio_writer expects mono samples of shape (samples,), got {samples.shape}")
+                frame_samples = np.clip(samples, -1.0, 1.0).reshape(1, -1)
+            if sample_format == "s16" and frame_samples.dtype != np.int16:
                 frame_samples = np.round(frame_samples * 32767.0).astype(np.int16)
             frame = av.AudioFrame.from_ndarray(frame_samples, format=sample_format, layout="mono")
             frame.sample_rate = sample_rate
@@ -482,8 +507,10 @@ def audio_writer(destination: Union[str, Path, io.BytesIO], sample_rate: int, co
 
 def encode_audio(waveform: Union[np.ndarray, torch.Tensor], sample_rate: int, codec: str = "mp3",
                  bitrate: Optional[int] = None) -> bytes:
-    """Encode mono float samples in [-1, 1] to bytes (`mp3`, `flac` or `wav`)."""
-    samples = torch.as_tensor(waveform, dtype=torch.float32)
+    """Encode mono float samples in [-1, 1] to bytes (`mp3`, `flac` or `wav`); int16 PCM (numpy) is
+    written to wav / flac exactly as it is."""
+    samples = waveform if isinstance(waveform, np.ndarray) and waveform.dtype == np.int16 else torch.as_tensor(
+        waveform, dtype=torch.float32)
     if samples.ndim != 1:
         raise ValueError(f"encode_audio expects mono samples of shape (samples,), got {tuple(samples.shape)}")
     buffer = io.BytesIO()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -135,7 +136,7 @@ def metro_long(seconds: float, sample_rate: int = 32000) -> torch.Tensor:
 
 
 def randomised_student(arch: str = "mn", seed: int = 0, logit_std: float = 1.0, dynamic_scale: float = 0.2,
-                       **config) -> torch.nn.Module:
+                       preprocessing: Optional[dict] = None, **config) -> torch.nn.Module:
     """A random mn / dymn student with realistic activations at every input length, in eval mode.
 
     The fixtures' recipe (README of the reference fixtures): conv/linear weights N(0, 1/fan_in),
@@ -144,6 +145,8 @@ def randomised_student(arch: str = "mn", seed: int = 0, logit_std: float = 1.0, 
     length, or on one kind of sound, explodes on others). DyMN's dynamic maps (kernel attention, Dy-ReLU coefficients, coordinate attention)
     are scaled by `dynamic_scale` (the fixtures use 0.5 for one input; 0.2 keeps the random network
     stable from 1 to 60 s); the classifier is scaled so that the logits of 10 s have std `logit_std`.
+    `preprocessing`: the frontend settings (default: the 32 kHz catalogue mel), stored on the model
+    as a checkpoint of this project stores them (with `clip_length`, if given).
     """
     import math
 
@@ -180,11 +183,12 @@ def randomised_student(arch: str = "mn", seed: int = 0, logit_std: float = 1.0, 
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
                 if id(parameter) in dynamic:
                     parameter.mul_(dynamic_scale)
-        frontend = build_frontend({})
-        audio = metro_long(60)
+        frontend = build_frontend(preprocessing or {})
+        rate = int(frontend.sr)
+        audio = metro_long(60, sample_rate=rate)
         model.train()
         for seconds in (1, 3, 10, 30):
-            n = seconds * 32000
+            n = seconds * rate
             model(frontend(torch.stack([audio[:n], audio[-n:]])).unsqueeze(1))
         # and the embedded demo clips (tones and events over a -55 dB floor: far quieter bands
         # than the recording), which the export checks run on
@@ -193,14 +197,16 @@ def randomised_student(arch: str = "mn", seed: int = 0, logit_std: float = 1.0, 
         from efficient_tagging.data.demo import synthesise_clip
 
         rng = np.random.default_rng(seed)
-        demo = [torch.from_numpy(synthesise_clip(rng, 32000, 4.0)[0]).float() for _ in range(4)]
+        demo = [torch.from_numpy(synthesise_clip(rng, rate, 4.0)[0]).float() for _ in range(4)]
         model(frontend(torch.stack(demo)).unsqueeze(1))
         model.eval()
-        logits = model(frontend(audio[:320000].reshape(1, -1)).unsqueeze(1))[0]
+        logits = model(frontend(audio[:10 * rate].reshape(1, -1)).unsqueeze(1))[0]
         classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
         classifier.weight.mul_(logit_std / float(logits.std()))
         if classifier.bias is not None:
             classifier.bias.mul_(logit_std / float(logits.std()))
+    if preprocessing is not None:
+        model.preprocessing = dict(preprocessing)
     return model
 
 

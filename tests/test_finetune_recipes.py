@@ -520,6 +520,40 @@ def test_own_class_folders_split_is_disjoint(own_audio, tmp_path, monkeypatch):
     assert [int(row) for row in np.asarray(out["confusion_matrix"]).sum(axis=1)] == [1, 1, 1]
 
 
+def test_fine_tuning_starts_from_the_models_frontend(own_audio, tmp_path, capsys):
+    """A checkpoint trained at 16 kHz with 64 mel bins (the demo student's frontend): fine-tuning from it
+    uses that frontend -- the old code built the recipe's 32 kHz / 128-mel frontend and crashed with
+    "MobileNet: expected 64 mel bins ... got shape (20, 1, 128, 70)". A flag that contradicts the model
+    is refused with both values named, unless --override_preprocessing (then printed)."""
+    from efficient_tagging.models.factory import save_checkpoint
+    from efficient_tagging.tagging.tagger import load_tagger
+
+    demo_like = {"sr": 16000, "n_mels": 64, "win_length": 800, "hopsize": 320, "n_fft": 1024, "clip_length": 2.0}
+    model = efficient_tagging.get_model(arch="mn", width_mult=0.1, input_dim_f=64, num_classes=10)
+    start = save_checkpoint(tmp_path / "demo_like.pt", model, arch="mn", preprocessing=demo_like,
+                            labels=[f"event {i}" for i in range(10)], task="multilabel")
+    flags = tiny_run(tmp_path, "from_demo")
+    flags = flags[:flags.index("--n_mels")] + flags[flags.index("--n_mels") + 2:]  # the model says how many
+    common = ["--audio_dir", str(own_audio), "--eval_fraction", "0.25", "--pretrained_name", str(start)]
+    assert own_cli.main([*common, *flags]) == 0
+    printed = capsys.readouterr().out
+    assert "frontend: sample_rate 16000 (from the model" in printed and "frontend: n_mels 64 (from the model" in printed
+    tagger = load_tagger(None, results(tmp_path, "from_demo")["checkpoint"])
+    assert tagger.sample_rate == 16000 and tagger.contract.frontend["n_mels"] == 64
+    tags = tagger.tag_file(own_audio / "bell" / "00.wav", 3)
+    assert len(tags) == 3 and {t.label for t in tags} == set(OWN_CLASSES)
+
+    assert own_cli.main([*common, *flags, "--n_mels", "128"]) == 1
+    err = capsys.readouterr().err
+    assert "--n_mels 128 contradicts the model it starts from" in err and "trained with n_mels 64" in err
+    assert "--override_preprocessing" in err
+    overridden = tiny_run(tmp_path, "overridden")
+    overridden = overridden[:overridden.index("--n_mels")] + overridden[overridden.index("--n_mels") + 2:]
+    assert own_cli.main([*common, *overridden, "--hop_size", "160", "--override_preprocessing"]) == 0
+    assert "frontend: hop_size 160 (--override_preprocessing: the model was trained with 320)" in capsys.readouterr().out
+    assert load_tagger(None, results(tmp_path, "overridden")["checkpoint"]).contract.frontend["hopsize"] == 160
+
+
 # ----------------------------------------------------------------------------- distillation
 
 def test_kd_with_teacher_logits_from_the_labelling_cli(esc50_fold3, esc50_root, tmp_path, capsys,

@@ -334,12 +334,26 @@ def test_bad_embedding_choices_are_refused():
         load_model(model, hop_seconds=0)
 
 
+def test_integer_pcm_and_numpy_are_audio():
+    """Any input (input contract): int16 PCM is scaled as audio (x / 32768), numpy as torch."""
+    model = hear_model("mn")
+    pcm = (torch.sin(torch.arange(16000) * 0.05) * 12000).to(torch.int16).reshape(1, -1)
+    as_float = pcm.float() / 32768
+    expected = model.get_scene_embeddings(as_float)
+    assert torch.equal(model.get_scene_embeddings(pcm), expected)
+    assert torch.equal(model.get_scene_embeddings(pcm.numpy()), expected)
+    stamps, _ = model.get_timestamp_embeddings(pcm.numpy())
+    assert torch.equal(stamps, model.get_timestamp_embeddings(as_float)[0])
+
+
 def test_bad_audio_is_refused():
     model = hear_model("mn")
     with pytest.raises(ValueError, match="n_sounds, n_samples"):
         model.get_scene_embeddings(torch.zeros(1, 1, 32000))
-    with pytest.raises(TypeError, match="float"):
-        model.get_timestamp_embeddings(torch.zeros(1, 32000, dtype=torch.int16))
+    with pytest.raises(TypeError, match="float or integer PCM"):
+        model.get_timestamp_embeddings(torch.zeros(1, 32000, dtype=torch.bool))
+    with pytest.raises(TypeError, match="int16, int32, uint8 or int8"):
+        model.get_timestamp_embeddings(torch.zeros(1, 32000, dtype=torch.int64))
     with pytest.raises(ValueError, match="non-finite"):
         model.get_scene_embeddings(torch.full((1, 32000), float("nan")))
     with pytest.raises(ValueError, match="empty"):

@@ -11,7 +11,7 @@ import argparse
 from typing import Optional, Union
 
 from ..data.datasets.registry import DATASET_KINDS, DatasetSource, DatasetSourceError
-from ..tagging.tagger import AUDIOSET_CLIP_SECONDS
+from ..models.factory import AUDIOSET_CLIP_SECONDS
 
 LAYOUTS = {
     "esc50": "meta/esc50.csv + audio/*.wav (44.1 kHz; or a pre-resampled audio_32k/), as unzipped from "

@@ -115,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else:
                 waveform, name = calibration_waveforms(tagger.sample_rate, demo_clips=1, demo_seconds=10.0)[0], \
                     "a 10-s demo clip"
-            waveform = tagger._prepare_waveform(waveform.reshape(1, -1))
+            waveform = tagger.contract.prepare(waveform)
             difference = max_logit_difference(tagger, runner, waveform)
             print(f"check: max |delta logit| ONNX Runtime vs PyTorch on {name} "
                   f"({waveform.shape[-1] / tagger.sample_rate:.1f} s): {difference:.3g}")

@@ -34,8 +34,8 @@ from ..interrupt import SignalReceived, exit_code
 from ..models.factory import CheckpointWriteError
 from ..tagging.tagger import load_tagger
 from ..train.distributed import DeviceUnavailable, DistInfo, select_device
-from ..train.finetune import (OWN_LR, RECIPES, REFERENCE_SCRIPTS, FinetuneResult, cross_validate, finetune,
-                              open_datasets, recipe_defaults)
+from ..train.finetune import (OWN_LR, RECIPES, REFERENCE_SCRIPTS, FinetuneResult, PreprocessingConflict,
+                              adopt_model_frontend, cross_validate, finetune, open_datasets, recipe_defaults)
 from ..train.interrupt import TrainingInterrupted
 from ..train.run_lock import RunDirectoryBusy
 from ..train.tracking import RunTracker
@@ -112,6 +112,10 @@ def build_parser(recipe: str = "own") -> argparse.ArgumentParser:
                         help="decode and resample every clip once into float16 caches in DIR, so later epochs "
                              "(and ESC-50 folds) read without decoding; safe to share between runs (default: none)")
     add_training_arguments(parser, shown, finetune=True)
+    parser.add_argument("--override_preprocessing", action="store_true",
+                        help="starting from a model (--pretrained_name / --pretrained), the run uses the frontend the "
+                             "model was trained with (sample rate, mel bins, window, hop, FFT size, band edges) and "
+                             "refuses a flag that contradicts it; with this switch such flags are kept (and printed)")
     return parser
 
 
@@ -257,6 +261,10 @@ def run_training(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
     source = source_from_args(args, recipe)
     overrides = _overrides(args, recipe)
     values = {**recipe_defaults(recipe), **overrides}
+    # a model is fine-tuned on the inputs it was trained with: its stored frontend, before the data opens
+    for line in adopt_model_frontend(values, set(overrides), values.get("model_name"),
+                                     override=args.override_preprocessing):
+        print(f"frontend: {line}", flush=True)
     data = open_datasets(source, sample_rate=int(values["sample_rate"]), clip_length=values.get("clip_length"),
                          teacher_logits=overrides.pop("teacher_logits", None), cache_path=args.cache_path)
     for line in describe_data(source, data):
@@ -264,7 +272,8 @@ def run_training(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
     print(_start_line(values, data.train.num_classes), flush=True)
     model = overrides.pop("model_name", None)
     result, _ = _recorded_finetune(_tracker(args, recipe), values, model=model, train_data=data.train,
-                                   eval_data=data.val, test_data=data.test, recipe=recipe, **overrides)
+                                   eval_data=data.val, test_data=data.test, recipe=recipe,
+                                   override_preprocessing=args.override_preprocessing, **overrides)
     seconds = time.time() - started
     print_result(result, recipe, seconds)
     payload = _plain_metrics(result)
@@ -289,6 +298,7 @@ def run_cross_validation(args: argparse.Namespace) -> dict[str, Any]:
         return _recorded_finetune(_tracker(args, "esc50", f"_fold{fold}"), {**values, "fold": fold}, **arguments)[0]
 
     summary = cross_validate(model, source, recipe="esc50", out_dir=out_dir, cache_path=args.cache_path,
+                             override_preprocessing=args.override_preprocessing,
                              runner=run_fold, **overrides)
     metric = summary["selection_metric"]
     print("\n================ esc50: 5-fold cross-validation ================")
@@ -369,6 +379,6 @@ def main(argv: Optional[Sequence[str]] = None, recipe: str = "own") -> int:
         print("\ninterrupted: checkpoints written before (last.pt) are intact", file=sys.stderr)
         return exit_code(stopped.signum) if isinstance(stopped, SignalReceived) else 130
     except (DatasetSourceError, DatasetLayoutError, FileNotFoundError, RunDirectoryBusy, ResumeMismatch,
-            CheckpointWriteError, DeviceUnavailable) as err:
+            CheckpointWriteError, DeviceUnavailable, PreprocessingConflict) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -85,8 +85,9 @@ from torch import Tensor, nn
 
 from ..audio import AudioSource, load_audio
 from ..frontends import AugmentMelSTFT, build_frontend
+from ..frontends.contract import CONTRACT_KEY, InputContract
 from ..labels import LabelMap
-from ..models.layers import sliding_window_starts
+from ..models.layers import min_input_frames, sliding_window_starts
 from ..tagging.tagger import AudioTagger, BlockFactory, TaggingMixin, check_model_input
 
 logger = logging.getLogger(__name__)
@@ -317,8 +318,15 @@ class OnnxMetadata:
     version: str = ""
     quantization: Optional[dict[str, Any]] = None
 
+    @property
+    def contract(self) -> InputContract:
+        """The input contract every tagging path of this file uses (validated)."""
+        return InputContract(sample_rate=self.sample_rate, frontend=dict(self.preprocessing),
+                             clip_length=self.clip_length, min_samples=self.min_samples,
+                             short_inputs=self.short_inputs, labels=self.label_map, task=self.task or "multilabel")
+
     def to_props(self) -> dict[str, str]:
-        values: dict[str, Any] = {
+        values: dict[str, Any] = {CONTRACT_KEY: self.contract.to_dict(),
             "labels": self.label_map.to_dict(), "sample_rate": self.sample_rate, "input": self.input_kind,
             "outputs": list(self.outputs), "preprocessing": self.preprocessing, "task": self.task,
             "clip_length": self.clip_length, "min_samples": self.min_samples, "short_inputs": self.short_inputs,
@@ -343,14 +351,33 @@ class OnnxMetadata:
                              f"efficient_tagging.export.export_onnx or experiments/export_onnx.py")
         if values["input"] not in INPUT_KINDS:
             raise ValueError(f"{source}: unknown input kind {values['input']!r} (expected {INPUT_KINDS})")
-        return cls(label_map=LabelMap.from_dict(values["labels"]), sample_rate=int(values["sample_rate"]),
+        try:
+            label_map = LabelMap.from_dict(values["labels"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: metadata labels are not a valid label map ({error})") from None
+        meta = cls(label_map=label_map, sample_rate=values["sample_rate"],
                    input_kind=values["input"], outputs=tuple(values.get("outputs") or ("logits",)),
                    preprocessing=dict(values.get("preprocessing") or {}), task=values.get("task"),
-                   clip_length=values.get("clip_length"), min_samples=int(values.get("min_samples") or 1024),
+                   clip_length=values.get("clip_length"), min_samples=values.get("min_samples") or 1024,
                    short_inputs=values.get("short_inputs") or "repeat", window_frames=values.get("window_frames"),
                    hop_frames=values.get("hop_frames"), exporter=values.get("exporter") or "",
                    opset=int(values.get("opset") or 0), arch=values.get("arch"), config=values.get("config") or {},
                    version=values.get("version") or "", quantization=values.get("quantization"))
+        try:
+            contract = meta.contract  # validates: rate vs frontend rate, positive numbers, rule, task
+        except ValueError as error:
+            raise ValueError(f"{source}: contradictory metadata: {error}".replace("input contract: ", "")) from None
+        if CONTRACT_KEY in values:  # files from 2026-12-07 on: the stored contract must be the one the fields say
+            stored = InputContract.from_dict(values[CONTRACT_KEY], f"{source} ({METADATA_PREFIX}{CONTRACT_KEY})")
+            for name in ("sample_rate", "clip_length", "min_samples", "short_inputs", "task"):
+                if getattr(stored, name) != getattr(contract, name):
+                    raise ValueError(f"{source}: contradictory metadata: {METADATA_PREFIX}{CONTRACT_KEY} says {name}="
+                                     f"{getattr(stored, name)!r} but {METADATA_PREFIX}{name} says "
+                                     f"{getattr(contract, name)!r}")
+            if stored.labels is not None and len(stored.labels) != len(label_map):
+                raise ValueError(f"{source}: contradictory metadata: {METADATA_PREFIX}{CONTRACT_KEY} has "
+                                 f"{len(stored.labels)} labels but {METADATA_PREFIX}labels has {len(label_map)}")
+        return meta
 
 
 def _json_default(value: Any) -> Any:
@@ -524,8 +551,12 @@ def export_onnx(tagger_or_model: Union[AudioTagger, nn.Module], path: PathLike, 
     output_names = ["logits", "probabilities"] if probabilities else ["logits"]
     window_frames = hop_frames = None  # metadata of teacher graphs (none are exported; see the module doc)
     hop = int(getattr(tagger.frontend, "hopsize", 0) or 320)
-    min_frames = _min_frames(model, tagger)
-    min_samples = max(int(tagger.min_samples), (min_frames - 1) * hop + 1)
+    n_mels = int(getattr(model, "input_dim_f", None) or getattr(tagger.frontend, "n_mels", None) or 128)
+    min_frames = min_input_frames(model, n_mels)
+    min_samples = int(tagger.min_samples)
+    if min_samples < (min_frames - 1) * hop + 1:  # the contract covers the graph (models.factory.model_min_samples)
+        raise RuntimeError(f"{type(model).__name__}: the tagger's shortest input ({min_samples} samples) is below the "
+                           f"graph's ({(min_frames - 1) * hop + 1}); build the tagger with AudioTagger(model)")
     frames = max(min_frames + 1, int(round(example_seconds * tagger.sample_rate / hop)))
     time_min, time_max = min_frames, None
     graph_model = exportable_model(model)
@@ -548,8 +579,8 @@ def export_onnx(tagger_or_model: Union[AudioTagger, nn.Module], path: PathLike, 
     kind = "waveform" if with_frontend else "spectrogram"
     metadata = OnnxMetadata(
         label_map=tagger.label_map, sample_rate=int(tagger.sample_rate), input_kind=kind, outputs=tuple(output_names),
-        preprocessing=_preprocessing_of(tagger), task=tagger.task, clip_length=tagger.clip_length,
-        min_samples=min_samples, short_inputs=getattr(tagger, "short_inputs", "repeat"),
+        preprocessing=dict(tagger.contract.frontend), task=tagger.task, clip_length=tagger.clip_length,
+        min_samples=min_samples, short_inputs=tagger.short_inputs,
         window_frames=window_frames, hop_frames=hop_frames, exporter=exporter, opset=opset,
         arch=getattr(model, "arch", None) or type(model).__name__,
         config=dict(getattr(model, "config", None) or {}), version=__version__)
@@ -695,46 +726,6 @@ def _attach_frontend(model_proto: Any, frontend: AugmentMelSTFT, min_samples: in
     return merged
 
 
-def _min_frames(model: nn.Module, tagger: AudioTagger) -> int:
-    """Shortest spectrogram (frames) a CNN student exports for: every feature map at least 2 frames long.
-
-    ``torch.export`` specialises size-1 axes (broadcasting), so a dynamic time axis needs all of the
-    model's time sizes >= 2: e.g. 33 frames (0.33 s at 32 kHz) for strides 2,2,2,2 (total stride 32).
-    """
-    forward_features = getattr(model, "forward_features", None)
-    if forward_features is None:
-        return 1
-    n_mels = int(getattr(model, "input_dim_f", None) or getattr(tagger.frontend, "n_mels", None) or 128)
-    parameter = next(model.parameters())
-
-    def long_enough(frames: int) -> bool:
-        probe = torch.zeros(1, 1, n_mels, frames, dtype=parameter.dtype, device=parameter.device)
-        with torch.no_grad():
-            return forward_features(probe).shape[-1] >= 2
-
-    low, high = 1, 2
-    while not long_enough(high):
-        low, high = high, high * 2
-        if high > 1 << 16:
-            raise ValueError(f"{type(model).__name__}: no input length gives a time axis of >= 2 frames")
-    while high - low > 1:  # long_enough(high) holds, long_enough(low) does not (or low == 1)
-        middle = (low + high) // 2
-        low, high = (low, middle) if long_enough(middle) else (middle, high)
-    return low if long_enough(low) else high
-
-
-def _preprocessing_of(tagger: AudioTagger) -> dict[str, Any]:
-    """Frontend settings that rebuild `tagger.frontend` with `build_frontend` (explicit values included)."""
-    settings = dict(tagger.preprocessing)
-    frontend = tagger.frontend
-    if isinstance(frontend, AugmentMelSTFT):
-        settings.update(sr=int(frontend.sr), n_mels=int(frontend.n_mels), win_length=int(frontend.win_length),
-                        hopsize=int(frontend.hopsize), n_fft=int(frontend.n_fft), fmin=float(frontend.fmin),
-                        fmax=float(frontend.fmax))
-        settings.setdefault("frontend", "mel")
-    return settings
-
-
 def _validate_export(model_proto: Any, graph: nn.Module, example: Tensor, time_axis: int,
                      teacher: bool, source: str) -> None:
     """Run the graph in ONNX Runtime at another batch size and length; it must follow them and match torch."""
@@ -822,13 +813,11 @@ class OnnxTagger(TaggingMixin):
         except Exception as error:
             raise ValueError(f"{self.path}: ONNX Runtime cannot load the model ({error})") from None
         meta = self.metadata
-        self.sample_rate = meta.sample_rate
-        self.label_map = meta.label_map
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        width = (outputs.get("logits") or [None])[-1]
+        # the label map must name every output: a file whose metadata says otherwise is refused
+        self.contract = meta.contract.validate(str(self.path), num_outputs=width if isinstance(width, int) else None)
         self.num_classes = len(meta.label_map)
-        self.task = meta.task
-        self.clip_length = meta.clip_length
-        self.min_samples = meta.min_samples
-        self.short_inputs = meta.short_inputs
         self.preprocessing = dict(meta.preprocessing)
         self.input_kind = meta.input_kind
         self.input_name = self.session.get_inputs()[0].name
@@ -1019,7 +1008,7 @@ def quantize_int8(fp32_path: PathLike, out_path: PathLike, calibration: Sequence
     runner = OnnxTagger(fp32_path)
     inputs = []
     for waveform in calibration:
-        waveform = runner._prepare_waveform(torch.as_tensor(waveform).float().reshape(1, -1))
+        waveform = runner.contract.prepare(waveform)
         if runner.frontend is None:
             inputs.append(waveform.numpy())
         else:

@@ -51,10 +51,33 @@ def build_frontend(preprocessing: Optional[dict[str, Any]] = None) -> nn.Module:
     return frontend.eval()
 
 
+def frontend_settings(frontend: nn.Module, preprocessing: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Settings that rebuild `frontend` with `build_frontend`: `preprocessing` (a model's stored
+    settings, without its clip length) with the frontend's explicit values filled in, `sr` included."""
+    settings = {k: v for k, v in dict(preprocessing or {}).items() if k != "clip_length"}
+    if isinstance(frontend, AugmentMelSTFT):
+        settings.update(sr=int(frontend.sr), n_mels=int(frontend.n_mels), win_length=int(frontend.win_length),
+                        hopsize=int(frontend.hopsize), n_fft=int(frontend.n_fft), fmin=float(frontend.fmin),
+                        fmax=float(frontend.fmax))
+        settings.setdefault("frontend", "mel")
+    elif isinstance(frontend, ASTFbank):
+        settings.update(frontend="ast_fbank", sr=int(frontend.sample_rate), n_mels=int(frontend.num_mel_bins),
+                        target_length=None if frontend.target_length is None else int(frontend.target_length), norm_mean=float(frontend.norm_mean),
+                        norm_std=float(frontend.norm_std))
+    return settings
+
+
+def frontend_window_samples(frontend: nn.Module) -> int:
+    """Samples of one analysis window of `frontend` (the STFT length; Kaldi's frame length)."""
+    return int(getattr(frontend, "n_fft", None) or getattr(frontend, "frame_length_samples", None) or 1024)
+
+
 def frontend_sample_rate(frontend: nn.Module, default: int = 32000) -> int:
     """Sample rate a frontend expects (`sr` of the mel frontends, `sample_rate` of ASTFbank)."""
     return int(getattr(frontend, "sr", None) or getattr(frontend, "sample_rate", None) or default)
 
 
-__all__ = ["ASTFbank", "AugmentMelSTFT", "DEFAULT_PREPROCESSING", "FRONTENDS", "build_frontend", "compute_fbank_stats",
-           "frontend_sample_rate"]
+from .contract import InputContract  # noqa: E402  (uses the frontends' floor only)
+
+__all__ = ["ASTFbank", "AugmentMelSTFT", "DEFAULT_PREPROCESSING", "FRONTENDS", "InputContract", "build_frontend",
+           "compute_fbank_stats", "frontend_sample_rate", "frontend_settings", "frontend_window_samples"]

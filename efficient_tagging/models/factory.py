@@ -26,8 +26,11 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..frontends import build_frontend, frontend_sample_rate, frontend_settings, frontend_window_samples
+from ..frontends.contract import CONTRACT_KEY, InputContract
 from ..hub import MIRROR_ENV, cached_file
 from ..labels import LabelMap
+from .layers import min_input_frames
 from .registry import PretrainedEntry, get_entry
 
 logger = logging.getLogger(__name__)
@@ -300,7 +303,62 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
     labels = metadata.get("labels")
     model.label_map = LabelMap.from_dict(labels) if labels and not new_head else None
     model.pretrained_name = entry.name if entry else source
+    if CONTRACT_KEY in metadata and not new_head and not config:
+        _check_stored_contract(model, metadata, source)
     return model
+
+
+AUDIOSET_CLIP_SECONDS = 10.0  # the catalogue's AudioSet models were trained on 10-s clips
+
+
+def model_min_samples(model: nn.Module, frontend: nn.Module) -> int:
+    """The shortest input (samples) of `model` behind `frontend`: one analysis window, or more where
+    a CNN student needs more frames (`layers.min_input_frames`) -- the same for PyTorch and for
+    every ONNX export of the model."""
+    window = frontend_window_samples(frontend)
+    hop = int(getattr(frontend, "hopsize", 0) or 0)
+    # the mel bins the model takes (a model whose stored frontend says otherwise cannot be tagged, but
+    # it can be saved: its shortest input is still the model's)
+    n_mels = int(getattr(model, "input_dim_f", 0) or getattr(frontend, "n_mels", 0) or 128)
+    if not hop or not hasattr(model, "forward_frames"):
+        return window
+    return max(window, (min_input_frames(model, n_mels) - 1) * hop + 1)
+
+
+def model_input_contract(model: nn.Module, frontend: Optional[nn.Module] = None, *,
+                         preprocessing: Optional[dict[str, Any]] = None, label_map: Optional[LabelMap] = None,
+                         task: Optional[str] = None, dataset: Optional[str] = None,
+                         short_inputs: str = "repeat") -> InputContract:
+    """The input contract of a model built by `get_model` (or trained here): its frontend settings
+    (`model.preprocessing`, the catalogue mel where none), clip length (stored; 10 s for the
+    catalogue's AudioSet models), shortest input, label map and task. An argument given replaces
+    the model's attribute of that name."""
+    if preprocessing is None:
+        preprocessing = getattr(model, "preprocessing", None)
+    preprocessing = dict(preprocessing or {})
+    frontend = frontend if frontend is not None else build_frontend(preprocessing)
+    clip_length = float(preprocessing["clip_length"]) if preprocessing.get("clip_length") is not None else None
+    if clip_length is None and (dataset or getattr(model, "dataset", None)) == "audioset":
+        clip_length = AUDIOSET_CLIP_SECONDS
+    labels = label_map if label_map is not None else getattr(model, "label_map", None)
+    return InputContract(sample_rate=frontend_sample_rate(frontend, preprocessing.get("sr", 32000)),
+                         frontend=frontend_settings(frontend, preprocessing), clip_length=clip_length,
+                         min_samples=model_min_samples(model, frontend), short_inputs=short_inputs,
+                         labels=labels, task=task or getattr(model, "task", None) or "multilabel")
+
+
+def _check_stored_contract(model: nn.Module, metadata: dict[str, Any], source: str) -> None:
+    """A checkpoint's stored input contract must be valid and say what its other fields say."""
+    stored = InputContract.from_dict(metadata[CONTRACT_KEY], source, num_outputs=getattr(model, "num_classes", None))
+    actual = model_input_contract(model)
+    for name in ("sample_rate", "clip_length", "task"):
+        if getattr(stored, name) != getattr(actual, name):
+            raise ValueError(f"{source}: contradictory checkpoint: its input contract says {name}="
+                             f"{getattr(stored, name)!r} but its model settings give {getattr(actual, name)!r}")
+    if stored.labels is not None and actual.labels is not None and stored.labels != actual.labels:
+        raise ValueError(f"{source}: contradictory checkpoint: its input contract has {len(stored.labels)} labels "
+                         f"({', '.join(stored.labels.names[:3])}, ...) but its label map has {len(actual.labels)} "
+                         f"({', '.join(actual.labels.names[:3])}, ...)")
 
 
 def as_label_map(labels: Union[LabelMap, Sequence[str]]) -> LabelMap:
@@ -348,6 +406,9 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[
         "task": task if task is not None else getattr(model, "task", None),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    # what every tagging path will feed the model (frontends.contract); read back and checked by get_model
+    payload[CONTRACT_KEY] = model_input_contract(model, preprocessing=payload["preprocessing"], label_map=labels,
+                                                 task=payload["task"], dataset=payload["dataset"]).to_dict()
     if getattr(model, "arch", arch) == "dymn" and hasattr(model, "temperature"):
         # Training state, not a weight: a DyMN saved mid-schedule (or at its end, 1.0) must be
         # evaluated at that temperature, not at the T_max its config starts from.

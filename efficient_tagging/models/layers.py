@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
+import torch
 from torch import Tensor, nn
 
 # EfficientAT's body BatchNorms use these values (torchvision's MobileNetV3 choice);
@@ -214,3 +215,62 @@ def init_mobilenet_weights(model: nn.Module) -> None:
             nn.init.normal_(module.weight, 0.0, 0.01)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+
+
+def min_input_frames(model: nn.Module, n_mels: int) -> int:
+    """Shortest spectrogram (frames) for which every time axis of a CNN student is >= 2 frames long.
+
+    Models without a frame-level body (`forward_frames`: the transformer teachers) return 1. Below
+    this length ``torch.export`` specialises size-1 axes (broadcasting), so exports refuse shorter
+    inputs; the input contract pads every path to at least this much (one rule for PyTorch and
+    ONNX). E.g. 33 frames (0.33 s at 32 kHz) for strides 2,2,2,2 (total stride 32).
+    """
+    forward_features = getattr(model, "forward_features", None)
+    if forward_features is None or not hasattr(model, "forward_frames"):
+        return 1
+    config = getattr(model, "config", None)
+    key = (type(model).__name__, repr(sorted(config.items())) if isinstance(config, dict) else None, n_mels)
+    if key[1] is not None and key in _MIN_FRAMES:
+        return _MIN_FRAMES[key]
+    # probed in eval mode (a batch of one cannot pass BatchNorm in training mode, and training mode
+    # would update its running statistics); every module's own mode is restored afterwards
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        frames = _probe_min_frames(model, forward_features, n_mels)
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    if key[1] is not None:
+        _MIN_FRAMES[key] = frames
+    return frames
+
+
+_MIN_FRAMES: dict[tuple, int] = {}
+
+
+def _probe_min_frames(model: nn.Module, forward_features: Callable[[Tensor], Tensor], n_mels: int) -> int:
+    parameter = next(model.parameters())
+
+    def long_enough(frames: int) -> bool:
+        probe = torch.zeros(1, 1, n_mels, frames, dtype=parameter.dtype, device=parameter.device)
+        with torch.no_grad():
+            return forward_features(probe).shape[-1] >= 2
+
+    # CNN students pad "same" everywhere: T frames give ceil(T / stride) output frames, so the answer is
+    # stride + 1 -- found from one probe and checked with two (three small forward passes, not a search)
+    probe = 256
+    with torch.no_grad():
+        out = forward_features(torch.zeros(1, 1, n_mels, probe, dtype=parameter.dtype, device=parameter.device))
+    stride = probe // max(1, int(out.shape[-1]))
+    if stride >= 1 and long_enough(stride + 1) and (stride == 1 or not long_enough(stride)):
+        return stride + 1
+    low, high = 1, 2
+    while not long_enough(high):
+        low, high = high, high * 2
+        if high > 1 << 16:
+            raise ValueError(f"{type(model).__name__}: no input length gives a time axis of >= 2 frames")
+    while high - low > 1:  # long_enough(high) holds, long_enough(low) does not (or low == 1)
+        middle = (low + high) // 2
+        low, high = (low, middle) if long_enough(middle) else (middle, high)
+    return low if long_enough(low) else high

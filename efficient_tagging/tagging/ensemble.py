@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..audio import resample, resample_blocks
+from ..frontends.contract import InputContract
 from .tagger import AudioTagger, BlockFactory, TaggingMixin
 from ..labels import LabelMap
 
@@ -60,18 +61,17 @@ class TeacherEnsemble(TaggingMixin, nn.Module):
             raise ValueError(f"ensemble members must output the same number of classes; got {detail}")
         self.members = nn.ModuleList(members)
         self.names = names
-        self.sample_rate = int(sample_rate or members[0].sample_rate)
         self.num_classes = classes[0]
+        rate = int(sample_rate or members[0].sample_rate)
         tasks = {getattr(m, "task", None) for m in members}
-        self.task = tasks.pop() if len(tasks) == 1 else None  # single-label only if every member is
         label_map = getattr(members[0], "label_map", None)
-        self.label_map = label_map if label_map is not None else LabelMap.from_names(
-            [f"class_{i}" for i in range(self.num_classes)])
         # short inputs are repeated (or padded) to the longest clip length a member was trained on
         lengths = [float(m.clip_length) for m in members if getattr(m, "clip_length", None)]
-        self.clip_length = max(lengths) if lengths else None
-        self.min_samples = max(int(getattr(m, "min_samples", 1024) * self.sample_rate / m.sample_rate + 0.5)
-                               for m in members)
+        self.contract = InputContract(
+            sample_rate=rate, frontend={"members": self.member_preprocessing},
+            clip_length=max(lengths) if lengths else None,
+            min_samples=max(int(getattr(m, "min_samples", 1024) * rate / m.sample_rate + 0.5) for m in members),
+            labels=label_map, task=(tasks.pop() if len(tasks) == 1 else None) or "multilabel")
 
     @classmethod
     def from_names(cls, names: Sequence[str], cache_dir: Union[str, Path, None] = None,

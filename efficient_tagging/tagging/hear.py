@@ -86,14 +86,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..frontends import build_frontend
+from ..frontends import build_frontend, frontend_window_samples
 from ..models.factory import get_model
 from ..models.layers import forward_spectrogram, sliding_window_starts
-from .tagger import AudioTagger, check_finite_waveform
+from .tagger import AudioTagger
 
 DEFAULT_MODEL = "mn10_as"
 DEFAULT_WINDOW_SECONDS = 0.16
@@ -244,8 +245,11 @@ def _longest_single_pass(tagger: AudioTagger) -> Optional[int]:
 
 
 def _shortest_input(tagger: AudioTagger) -> int:
-    """Fewest samples the frontend and model take: one STFT window, and PaSST's one patch of frames."""
-    samples = max(2, int(tagger.min_samples))
+    """Fewest samples the frontend and model take: one STFT window, and PaSST's one patch of frames.
+
+    Not the input contract's `min_samples`: HEAR's timestamp windows (160 ms) are embeddings of
+    their own definition, run by the PyTorch model, zero-padded to this length."""
+    samples = max(2, frontend_window_samples(tagger.frontend))
     patch = getattr(tagger.model, "patch_size", None)
     num_frames = getattr(tagger.frontend, "num_frames", None)
     if patch is not None and callable(num_frames):
@@ -391,18 +395,15 @@ class HearModel(nn.Module):
 
     # -- the HEAR calls -----------------------------------------------------------------------
     def _check_audio(self, audio: Any) -> Tensor:
-        if not isinstance(audio, Tensor):
-            audio = torch.as_tensor(audio)
-        if audio.dim() == 1:
-            audio = audio.reshape(1, -1)
-        if audio.dim() != 2:
+        """(n_sounds, n_samples) float32 on the CPU: any array the input contract takes (torch or
+        numpy, float or integer PCM scaled as audio) at `self.sample_rate`, NaN/Inf refused."""
+        if isinstance(audio, (list, tuple)):
+            audio = np.asarray(audio, dtype=np.float32)
+        if isinstance(audio, (Tensor, np.ndarray)) and audio.ndim not in (1, 2):
             raise ValueError(f"HEAR audio must have shape (n_sounds, n_samples), got {tuple(audio.shape)}")
-        if audio.shape[0] == 0 or audio.shape[1] == 0:
+        if isinstance(audio, (Tensor, np.ndarray)) and 0 in tuple(audio.shape):
             raise ValueError(f"empty audio batch of shape {tuple(audio.shape)}")
-        if not audio.is_floating_point():
-            raise TypeError(f"HEAR audio must be float samples in [-1, 1], got dtype {audio.dtype}")
-        check_finite_waveform(audio, self.sample_rate)
-        return audio.detach().to("cpu", torch.float32)
+        return self.tagger.contract.to_waveform(audio).to("cpu", torch.float32)
 
     @torch.no_grad()
     def get_scene_embeddings(self, audio: Tensor) -> Tensor:

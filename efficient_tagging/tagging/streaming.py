@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..audio import StreamingResampler
+from ..frontends.contract import as_float_waveform
 from .windows import (DEFAULT_HOP_SECONDS, DEFAULT_MEDIAN_WINDOW, DEFAULT_THRESHOLD, DEFAULT_WINDOW_SECONDS, Event,
                       EventTracker, TagsOverTime, WindowEngine, tags_from_logits)
 
@@ -62,13 +63,14 @@ class StreamingTagger:
     Args:
         tagger: an ``AudioTagger`` (or a same-rate ensemble of them), in eval mode.
         window, hop: seconds (as in the offline pass; hop rounded to whole frames).
-        input_sample_rate: rate of the chunks (default: the tagger's); resampled on the fly.
+        sample_rate (or its older name input_sample_rate): rate of the chunks (default: the
+            tagger's); resampled on the fly.
         threshold, median_window: the event rule of :func:`~efficient_tagging.tagging.windows.detect_events`.
         step_frames: spectrogram frames computed per step (latency vs. calls; results are the same).
     """
 
     def __init__(self, tagger: nn.Module, window: float = DEFAULT_WINDOW_SECONDS, hop: float = DEFAULT_HOP_SECONDS,
-                 *, input_sample_rate: Optional[int] = None, threshold: Union[float, Sequence[float]] = DEFAULT_THRESHOLD,
+                 *, input_sample_rate: Optional[int] = None, sample_rate: Optional[int] = None, threshold: Union[float, Sequence[float]] = DEFAULT_THRESHOLD,
                  median_window: int = DEFAULT_MEDIAN_WINDOW, step_frames: int = STREAM_STEP_FRAMES) -> None:
         self.tagger = tagger
         self.engine = WindowEngine(tagger, window, hop, step_frames=step_frames, batch_size=1)
@@ -76,7 +78,11 @@ class StreamingTagger:
         self.labels = list(tagger.label_map.names)
         self.events = EventTracker(self.labels, self.grid.start, self.grid.hop_seconds, self.grid.window_seconds,
                                    threshold=threshold, median_window=median_window)
-        rate = int(input_sample_rate or self.grid.sample_rate)
+        if input_sample_rate is not None and sample_rate is not None and input_sample_rate != sample_rate:
+            raise ValueError(f"sample_rate={sample_rate} and input_sample_rate={input_sample_rate} disagree: give one")
+        rate = int(sample_rate or input_sample_rate or self.grid.sample_rate)
+        if rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer (Hz), got {rate}")
         self.input_sample_rate = rate
         self._resampler = (StreamingResampler(rate, self.grid.sample_rate, step_samples=rate // 10)
                            if rate != self.grid.sample_rate else None)
@@ -101,11 +107,17 @@ class StreamingTagger:
         return out
 
     def feed(self, chunk: Union[Tensor, np.ndarray]) -> list[WindowTags]:
-        """Add mono samples (any length, at ``input_sample_rate``); returns the completed windows."""
+        """Add mono samples (any length, at ``input_sample_rate``); returns the completed windows.
+
+        Chunks are any audio array the input contract takes (torch or numpy; float, or integer PCM
+        such as int16, scaled as audio): ``frontends.contract.as_float_waveform``."""
         if self._closed:
             raise RuntimeError("feed() after close()")
         started = time.perf_counter()
-        samples = torch.as_tensor(np.asarray(chunk, dtype=np.float32)).reshape(-1)
+        samples = as_float_waveform(chunk)
+        if samples.shape[0] != 1:
+            raise ValueError(f"feed() takes mono samples (samples,), got shape {tuple(np.shape(chunk))}")
+        samples = samples.reshape(-1).cpu()
         pieces = list(self._resampler.push(samples)) if self._resampler is not None else [samples]
         logits = [self.engine.push(piece) for piece in pieces if piece.numel()]
         if not logits:

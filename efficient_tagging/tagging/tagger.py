@@ -1,18 +1,22 @@
-"""Tagging audio with a trained model: waveform/file -> class probabilities -> top-k labels.
+"""Tagging audio with a trained model: audio/file -> class probabilities -> top-k labels.
 
 `AudioTagger` bundles a model with the frontend it was trained with and its label map. It
 is the piece the inference scripts, evaluation, tags over time, streaming and HEAR embeddings share.
 
-Input rules (shared by `AudioTagger` and `TeacherEnsemble`):
-- A waveform with NaN/Inf samples is refused (ValueError naming how many and where).
-- A waveform (or decoded file) shorter than the clip length the model was trained with (stored in
-  this project's checkpoints; 10 s for the catalogue's AudioSet models) is **repeated** to that
-  length (`short_inputs = "repeat"`, the default: a 1-s clip zero-padded to 10 s would be 90 %
-  silence, EfficientAT #3), or zero-padded at the end (`short_inputs = "pad"`, how training pads
-  short clips). One shorter than `min_samples` (one STFT window, e.g. 1024 samples = 32 ms at
-  32 kHz) is always zero-padded, with a logged warning. `probabilities`, `tag_waveform` and
-  `tag_file` treat short inputs alike; `forward` (the raw model call) refuses inputs shorter than
-  `min_samples` and never pads.
+Input rules (shared by `AudioTagger`, `TeacherEnsemble` and `export.OnnxTagger`): every tagger
+holds one `frontends.InputContract` (`tagger.contract`), and every entry turns its input into the
+model's input through it -- `probabilities`, `tag_waveform`, `tag_file`, tags over time, streaming
+and HEAR. So:
+- any audio array: torch or numpy, float or integer PCM (int16/int32/uint8/int8, scaled as audio),
+  (samples,) or (batch, samples), with `sample_rate=` (default: the model's; other rates are
+  resampled like decoded files are);
+- NaN/Inf samples are refused (ValueError naming how many and where);
+- inputs shorter than the clip length the model was trained with (stored in this project's
+  checkpoints; 10 s for the catalogue's AudioSet models) are **repeated** to that length
+  (`short_inputs = "repeat"`, the default: a 1-s clip zero-padded to 10 s would be 90 % silence,
+  EfficientAT #3), or zero-padded at the end (`short_inputs = "pad"`, how training pads short
+  clips) -- the same rule down to a single sample; `forward` (the raw model call) refuses inputs
+  shorter than `min_samples` and never pads.
 - Inputs longer than `chunk_seconds` (default 60 s) are tagged in bounded memory: files are
   decoded and resampled block by block and the spectrogram/model run in overlapping windows
   (`tagging.long_input`, which documents the combination rule and its measured accuracy). Shorter
@@ -32,16 +36,16 @@ from torch import Tensor, nn
 
 from ..audio import AudioSource, stream_audio
 from ..frontends import build_frontend, frontend_sample_rate
+from ..frontends.contract import SHORT_INPUT_RULES, InputContract, check_finite_waveform
 from ..labels import LabelMap, audioset_labels
-from ..models.factory import get_model, read_checkpoint
+from ..models.factory import get_model, model_input_contract, read_checkpoint
 from ..models.layers import forward_spectrogram
 from .long_input import DEFAULT_CHUNK_SECONDS, WindowPlan, frame_geometry, plan_windows, stream_forward
 
 logger = logging.getLogger(__name__)
 
 BlockFactory = Callable[[], Iterator[Tensor]]
-AUDIOSET_CLIP_SECONDS = 10.0
-SHORT_INPUT_POLICIES = ("repeat", "pad")
+SHORT_INPUT_POLICIES = SHORT_INPUT_RULES
 
 
 @dataclass(frozen=True)
@@ -58,34 +62,12 @@ def check_top_k(k: Any) -> int:
     return k
 
 
-def check_finite_waveform(waveform: Tensor, sample_rate: Optional[int] = None) -> None:
-    """Raise a ValueError naming how many samples are NaN/Inf and where the first ones are."""
-    finite = torch.isfinite(waveform)
-    if bool(finite.all()):
-        return
-    bad = (~finite).nonzero()
-    nan = int(torch.isnan(waveform).sum())
-    count = bad.shape[0]
-    where = []
-    for position in bad[:3].tolist():
-        sample = position[-1]
-        place = f"sample {sample}" + (f" ({sample / sample_rate:.3f} s)" if sample_rate else "")
-        if waveform.dim() > 1:
-            place = f"row {position[0]}, " + place
-        where.append(place)
-    more = f" and {count - len(where)} more" if count > len(where) else ""
-    raise ValueError(
-        f"waveform of shape {tuple(waveform.shape)} contains {count} non-finite samples ({nan} NaN, "
-        f"{count - nan} inf), at {'; '.join(where)}{more}: the tags would be NaN. Fix the source of the audio "
-        f"or replace them (e.g. torch.nan_to_num(waveform, 0.0, 0.0, 0.0))")
-
-
 def check_model_input(waveform: Tensor, min_samples: int, sample_rate: int) -> None:
     """What a tagger's `forward` refuses: NaN/Inf, or fewer samples than one frontend window."""
     check_finite_waveform(waveform, sample_rate)
     if waveform.shape[-1] < min_samples:
         raise ValueError(
-            f"waveform of shape {tuple(waveform.shape)} is too short: the frontend needs at least "
+            f"waveform of shape {tuple(waveform.shape)} is too short: the model needs at least "
             f"{min_samples} samples ({1000 * min_samples / sample_rate:.1f} ms at {sample_rate} Hz); "
             f"tag_waveform / tag_file repeat or pad shorter inputs")
 
@@ -93,17 +75,38 @@ def check_model_input(waveform: Tensor, min_samples: int, sample_rate: int) -> N
 class TaggingMixin:
     """Tagging on top of `forward(waveform (B, samples)) -> logits (B, C)`.
 
-    Shared by `AudioTagger` (one model) and `models.ensemble.TeacherEnsemble` (several).
-    The class needs `sample_rate`, `label_map`, `device`, `min_samples` (shortest useful input),
-    `chunk_seconds` and `stream_logits` (logits of one long waveform given as blocks).
+    Shared by `AudioTagger` (one model), `TeacherEnsemble` (several) and `OnnxTagger`. The class
+    sets `contract` (its `InputContract`) and provides `device`, `chunk_seconds` and
+    `stream_logits` (logits of one long waveform given as blocks). `sample_rate`, `label_map`,
+    `clip_length`, `min_samples`, `short_inputs` and `task` read (and, set, replace) the contract.
     """
 
-    sample_rate: int
-    label_map: LabelMap
-    min_samples: int = 1024
+    contract: InputContract
     chunk_seconds: float = DEFAULT_CHUNK_SECONDS
-    # inputs shorter than the trained clip length: "repeat" them to it (default) or "pad" with zeros
-    short_inputs: str = "repeat"
+
+    def _set_contract_field(self, name: str, value: Any) -> None:
+        self.__dict__["contract"] = self.contract.replace(**{name: value})
+
+    sample_rate = property(lambda self: self.contract.sample_rate)
+    clip_length = property(lambda self: self.contract.clip_length,
+                           lambda self, value: self._set_contract_field("clip_length", value))
+    min_samples = property(lambda self: self.contract.min_samples,
+                           lambda self, value: self._set_contract_field("min_samples", int(value)))
+    short_inputs = property(lambda self: self.contract.short_inputs,
+                            lambda self, value: self._set_contract_field("short_inputs", value))
+    task = property(lambda self: self.contract.task,
+                    lambda self, value: self._set_contract_field("task", value or "multilabel"))
+
+    @property
+    def label_map(self) -> LabelMap:
+        labels = self.contract.labels
+        return labels if labels is not None else LabelMap.from_names([f"class_{i}" for i in range(self.num_classes)])
+
+    @label_map.setter
+    def label_map(self, value: LabelMap) -> None:
+        if value is not None and len(value) != self.num_classes:
+            raise ValueError(f"label map has {len(value)} classes but the model outputs {self.num_classes}")
+        self._set_contract_field("labels", value)
 
     @property
     def chunk_samples(self) -> int:
@@ -115,55 +118,32 @@ class TaggingMixin:
         `sample_rate` (a fresh iterator per call)."""
         raise NotImplementedError
 
-    def _prepare_waveform(self, waveform: Tensor) -> Tensor:
-        """(B, samples) float waveform, checked for NaN/Inf, zero-padded to `min_samples` / the clip length."""
-        if not isinstance(waveform, Tensor):
-            raise TypeError(f"expected a waveform tensor (samples,) or (batch, samples), got {type(waveform).__name__}")
-        if waveform.dim() == 1:
-            waveform = waveform.reshape(1, -1)
-        if waveform.dim() != 2:
-            raise ValueError(f"expected a mono waveform of shape (samples,) or (batch, samples), got shape "
-                             f"{tuple(waveform.shape)} (downmix channels first)")
-        if waveform.shape[-1] == 0 or waveform.shape[0] == 0:
-            raise ValueError(f"empty waveform (shape {tuple(waveform.shape)}): nothing to tag")
-        if not waveform.is_floating_point():
-            raise TypeError(f"expected float samples in [-1, 1], got dtype {waveform.dtype}")
-        check_finite_waveform(waveform, self.sample_rate)
-        length = waveform.shape[-1]
-        # Inputs shorter than the clips the model was trained on are zero-padded to that length,
-        # as training and evaluation pad them (clip length stored with the checkpoint, if any);
-        # anything shorter than one analysis window is padded to that, with a warning.
-        clip_samples = int(round((getattr(self, "clip_length", None) or 0.0) * self.sample_rate))
-        shortest = max(self.min_samples, clip_samples)
-        if length < self.min_samples:
-            logger.warning("waveform of %d samples (%.1f ms at %d Hz) is shorter than the %d samples (one analysis "
-                           "window) the model needs: zero-padded at the end to %d samples", length,
-                           1000 * length / self.sample_rate, self.sample_rate, self.min_samples, shortest)
-        if length >= shortest:
-            return waveform
-        policy = getattr(self, "short_inputs", "repeat")
-        if policy == "repeat" and length >= self.min_samples:
-            # EfficientAT #3: a 1-s clip zero-padded to the 10 s the model was trained on is 90 %
-            # silence and its tags are diluted; repeated, the model sees the sound over its whole
-            # input, as the reference's maintainer recommends
-            repeats = -(-shortest // length)
-            return waveform.repeat(1, repeats)[:, :shortest]
-        return torch.nn.functional.pad(waveform, (0, shortest - length))
+    def _prepare_waveform(self, waveform: Any, sample_rate: Optional[int] = None) -> Tensor:
+        """The model input for any audio (`InputContract.prepare`), with a logged note for inputs
+        shorter than one analysis window."""
+        waveform = self.contract.to_waveform(waveform, sample_rate)
+        if waveform.shape[-1] < self.min_samples:
+            logger.warning("waveform of %d samples (%.1f ms at %d Hz) is shorter than the %d samples the model "
+                           "needs: %s to %d samples", waveform.shape[-1], 1000 * waveform.shape[-1] / self.sample_rate,
+                           self.sample_rate, self.min_samples,
+                           "repeated" if self.short_inputs == "repeat" else "zero-padded at the end",
+                           self.contract.target_samples)
+        return self.contract.fit_length(waveform)
 
     def logits_to_probabilities(self, logits: Tensor) -> Tensor:
         """Sigmoid per class for a multi-label model; softmax over classes for a single-label one
         (a checkpoint fine-tuned with task "multiclass", e.g. on ESC-50 or DCASE20)."""
-        if getattr(self, "task", None) == "multiclass":
-            return torch.softmax(logits.float(), dim=-1).cpu()
-        return torch.sigmoid(logits).float().cpu()
+        return self.contract.probabilities(logits)
 
     @torch.no_grad()
-    def probabilities(self, waveform: Tensor) -> Tensor:
-        """Class probabilities (sigmoid; softmax for a single-label model) (B, C) for a waveform batch (B, samples) at `self.sample_rate`.
+    def probabilities(self, waveform: Any, sample_rate: Optional[int] = None) -> Tensor:
+        """Class probabilities (sigmoid; softmax for a single-label model) (B, C) for audio (samples,)
+        or (batch, samples): torch or numpy, float or integer PCM, at `sample_rate` (default: the
+        model's `self.sample_rate`; other rates are resampled).
 
         Waveforms longer than `chunk_seconds` are tagged in overlapping windows (bounded memory).
         """
-        waveform = self._prepare_waveform(waveform)
+        waveform = self._prepare_waveform(waveform, sample_rate)
         if waveform.shape[-1] <= self.chunk_samples:
             return self.logits_to_probabilities(self(waveform))  # type: ignore[operator]
         logits = [self.stream_logits(lambda row=row: iter(row.split(self.chunk_samples))) for row in waveform]
@@ -193,17 +173,22 @@ class TaggingMixin:
         values, indices = probabilities.topk(min(check_top_k(k), probabilities.numel()))
         return [Tag(self.label_map.names[i], int(i), float(p)) for p, i in zip(values.tolist(), indices.tolist())]
 
-    def tag_waveform(self, waveform: Tensor, top_k: int = 10) -> list[Tag]:
-        """Top-k tags of one mono waveform (samples,) at `self.sample_rate` (short ones zero-padded)."""
+    def tag_waveform(self, waveform: Any, top_k: int = 10, sample_rate: Optional[int] = None) -> list[Tag]:
+        """Top-k tags of one mono waveform (samples,) at `sample_rate` (default: the model's); any
+        array type, as for `probabilities`."""
         check_top_k(top_k)
-        return self.top_k(self.probabilities(waveform.reshape(1, -1))[0], top_k)
+        waveform = self.contract.to_waveform(waveform, sample_rate)
+        if waveform.shape[0] != 1:
+            raise ValueError(f"tag_waveform takes one waveform (samples,), got shape {tuple(waveform.shape)}: "
+                             f"use probabilities() for a batch")
+        return self.top_k(self.probabilities(waveform)[0], top_k)
 
     def tag_file(self, source: AudioSource, top_k: int = 10) -> list[Tag]:
         """Decode any PyAV-readable file (any sample rate; resampled) and return its top-k tags.
 
-        Files shorter than the stored training clip length (or `min_samples`) are zero-padded like
-        waveforms; a file whose decoded duration differs from its header's (e.g. a truncated mp3)
-        is tagged with a logged warning.
+        Files shorter than the stored training clip length are repeated (or padded) like waveforms;
+        a file whose decoded duration differs from its header's (e.g. a truncated mp3) is tagged
+        with a logged warning.
         """
         check_top_k(top_k)
         return self.top_k(self.file_probabilities(source)[0], top_k)
@@ -242,7 +227,6 @@ class AudioTagger(TaggingMixin, nn.Module):
         self._fast_signature: Optional[tuple] = None
         if short_inputs not in SHORT_INPUT_POLICIES:
             raise ValueError(f"short_inputs must be one of {', '.join(SHORT_INPUT_POLICIES)}, got {short_inputs!r}")
-        self.short_inputs = short_inputs
         if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not (
                 math.isfinite(chunk_seconds) and chunk_seconds > 0):
             raise ValueError(f"chunk_seconds must be a positive number of seconds, got {chunk_seconds!r}")
@@ -251,23 +235,18 @@ class AudioTagger(TaggingMixin, nn.Module):
         preprocessing = getattr(model, "preprocessing", None) or {}
         self.model = model.eval()
         self.frontend = (frontend or build_frontend(preprocessing)).eval()
-        self.sample_rate = int(sample_rate or frontend_sample_rate(self.frontend, preprocessing.get("sr", 32000)))
+        frontend_rate = frontend_sample_rate(self.frontend, preprocessing.get("sr", 32000))
+        if sample_rate is not None and int(sample_rate) != frontend_rate:
+            raise ValueError(f"sample_rate {sample_rate} Hz contradicts the frontend's {frontend_rate} Hz: give "
+                             f"audio at another rate with probabilities(..., sample_rate=) instead")
         self.preprocessing = dict(preprocessing)
-        self.task: Optional[str] = getattr(model, "task", None)
-        # seconds per clip the model was trained with (this project's checkpoints store it); None if unknown
-        self.clip_length: Optional[float] = (float(preprocessing["clip_length"])
-                                             if preprocessing.get("clip_length") is not None else None)
-        if self.clip_length is None and getattr(model, "dataset", None) == "audioset":
-            self.clip_length = AUDIOSET_CLIP_SECONDS  # the catalogue's AudioSet models saw 10-s clips
         num_classes = int(getattr(model, "num_classes", 0) or (len(label_map) if label_map else 0))
         if label_map is not None and num_classes and len(label_map) != num_classes:
             raise ValueError(f"label map has {len(label_map)} classes but the model outputs {num_classes}")
-        if label_map is None:
-            label_map = LabelMap.from_names([f"class_{i}" for i in range(num_classes)])
-        self.label_map = label_map
-        self.num_classes = len(label_map)
-        self.min_samples = int(getattr(self.frontend, "n_fft", None)
-                               or getattr(self.frontend, "frame_length_samples", None) or 1024)
+        self.num_classes = num_classes or (len(label_map) if label_map else 0)
+        # what every path feeds the model: sample rate, frontend settings, clip length (this project's
+        # checkpoints store it; 10 s for the catalogue's AudioSet models), shortest input, labels, task
+        self.contract = model_input_contract(self.model, self.frontend, label_map=label_map, short_inputs=short_inputs)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, labels_path: Union[str, Path, None] = None,

@@ -220,6 +220,9 @@ class WindowEngine:
         self.grid = self._members[0].grid
         self.num_samples = 0
         self.windows_done = 0
+        # a recording of at most one window is tagged exactly as the file path tags it (the input
+        # contract's short-input rule, not zero padding): its samples are kept until it is longer
+        self._head: Optional[list[Tensor]] = []
         self._pending: list[list[Tensor]] = [[] for _ in self._members]
         self._finished = False
 
@@ -250,6 +253,8 @@ class WindowEngine:
             raise ValueError(f"audio block of {block.numel()} samples at sample {self.num_samples} "
                              f"({self.num_samples / self.sample_rate:.3f} s) contains {bad} NaN/inf samples")
         self.num_samples += block.numel()
+        if self._head is not None:
+            self._head = [*self._head, block.clone()] if self.num_samples <= self.grid.window_samples else None
         for index, member in enumerate(self._members):
             self._pending[index].extend(member.push(block))
         return self._combine()
@@ -260,13 +265,17 @@ class WindowEngine:
             raise RuntimeError("finish() called twice")
         if self.num_samples == 0:
             raise ValueError("no audio was given: nothing to tag")
+        self._finished = True
+        if self._head is not None:  # the whole recording fits in one window: the file path's answer
+            recording = torch.cat(self._head).reshape(1, -1)
+            self.windows_done = 1
+            return self.tagger(self.tagger.contract.fit_length(recording)).float().cpu()
         padding = self.grid.padded_samples(self.num_samples) - self.num_samples
         total = self.grid.count(self.num_samples)
         for index, member in enumerate(self._members):
             if padding:
                 self._pending[index].extend(member.push(torch.zeros(padding)))
             self._pending[index].extend(member.finish(total))
-        self._finished = True
         return self._combine()
 
 
@@ -339,32 +348,43 @@ def tags_from_logits(tagger: nn.Module, logits: Tensor, grid: WindowGrid, num_sa
                      source: str = "") -> TagsOverTime:
     probabilities = tagger.logits_to_probabilities(logits).numpy().astype(np.float32)
     indices = np.arange(probabilities.shape[0])
+    ends = (indices * grid.hop_samples + grid.window_samples) / grid.sample_rate
+    if num_samples <= grid.window_samples:  # one window, tagged like the file: it ends where the file ends
+        ends = np.minimum(ends, num_samples / grid.sample_rate)
     return TagsOverTime(probabilities=probabilities,
                         starts=indices * grid.hop_samples / grid.sample_rate,
-                        ends=(indices * grid.hop_samples + grid.window_samples) / grid.sample_rate,
+                        ends=ends,
                         labels=_label_names(tagger), duration=num_samples / grid.sample_rate,
                         window=grid.window_seconds, hop=grid.hop_seconds, source=source)
 
 
 @torch.no_grad()
-def tag_over_time(tagger: nn.Module, audio: Union[AudioSource, Tensor], window: float = DEFAULT_WINDOW_SECONDS,
-                  hop: float = DEFAULT_HOP_SECONDS, *, batch_size: int = 8,
+def tag_over_time(tagger: nn.Module, audio: Union[AudioSource, Tensor, np.ndarray], window: float = DEFAULT_WINDOW_SECONDS,
+                  hop: float = DEFAULT_HOP_SECONDS, *, sample_rate: Optional[int] = None, batch_size: int = 8,
                   progress: Optional[Callable[[int, int], None]] = None) -> TagsOverTime:
-    """Class probabilities per window of a file (any PyAV format and rate) or a mono waveform
-    (samples,) at ``tagger.sample_rate``. Memory stays bounded whatever the length.
+    """Class probabilities per window of a file (any PyAV format and rate) or one mono waveform
+    (samples,): torch or numpy, float or integer PCM, at ``sample_rate`` (default: the tagger's;
+    see ``frontends.contract``). Memory stays bounded whatever the length of a file.
+
+    A recording no longer than one window is one window, tagged exactly as ``tag_file`` tags it
+    (repeated to the trained clip length, not zero-padded), and that window ends where the
+    recording ends.
 
     ``progress(done_samples, total_samples_or_0)`` is called after every decoded block.
     """
     engine = WindowEngine(tagger, window, hop, batch_size=batch_size)
     block_samples = OFFLINE_STEP_FRAMES * engine.grid.hop_samples // engine.grid.hop_frames
-    if isinstance(audio, Tensor):
-        waveform = audio.reshape(-1) if audio.dim() == 1 or audio.shape[0] == 1 else None
-        if waveform is None:
+    if isinstance(audio, (Tensor, np.ndarray)):
+        waveform = tagger.contract.to_waveform(audio, sample_rate)
+        if waveform.shape[0] != 1:
             raise ValueError(f"expected one mono waveform (samples,), got shape {tuple(audio.shape)}")
+        waveform = waveform.reshape(-1)
         blocks: Iterable[Tensor] = waveform.split(block_samples)
         source = "waveform"
         total = waveform.numel()
     else:
+        if sample_rate is not None:
+            raise ValueError("sample_rate= is for audio arrays; a file states its own rate")
         blocks = stream_audio(audio, engine.sample_rate, block_samples)
         source = str(audio) if isinstance(audio, (str, Path)) else "bytes"
         total = 0
@@ -394,7 +414,8 @@ def frame_resolution(tagger: nn.Module) -> float:
 
 
 @torch.no_grad()
-def frame_tags(tagger: nn.Module, audio: Union[AudioSource, Tensor]) -> TagsOverTime:
+def frame_tags(tagger: nn.Module, audio: Union[AudioSource, Tensor, np.ndarray], *,
+               sample_rate: Optional[int] = None) -> TagsOverTime:
     """Class probabilities per output frame of a CNN student (mn / dymn) for a file or waveform.
 
     Frame ``j`` covers ``[j * r, (j + 1) * r)`` with ``r`` = :func:`frame_resolution`. Exact for the
@@ -404,11 +425,11 @@ def frame_tags(tagger: nn.Module, audio: Union[AudioSource, Tensor]) -> TagsOver
     :func:`tag_over_time` for hours of audio).
     """
     from ..audio import load_audio
-    from .tagger import check_finite_waveform
 
-    waveform = audio.reshape(-1) if isinstance(audio, Tensor) else load_audio(audio, tagger.sample_rate)
-    waveform = waveform.reshape(1, -1).float()
-    check_finite_waveform(waveform, tagger.sample_rate)
+    if isinstance(audio, (Tensor, np.ndarray)):
+        waveform = tagger.contract.to_waveform(audio, sample_rate).reshape(1, -1)
+    else:
+        waveform = tagger.contract.to_waveform(load_audio(audio, tagger.sample_rate)).reshape(1, -1)
     if waveform.shape[-1] < tagger.min_samples:  # frames stand for real time: pad only to one STFT window
         waveform = torch.nn.functional.pad(waveform, (0, tagger.min_samples - waveform.shape[-1]))
     resolution = frame_resolution(tagger)

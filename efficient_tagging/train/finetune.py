@@ -176,6 +176,78 @@ def open_datasets(source: DatasetSource, *, sample_rate: int = 32000, clip_lengt
     return data
 
 
+# TrainConfig field -> its key in a model's stored frontend settings (the input contract's `frontend`)
+FRONTEND_FIELDS = {"sample_rate": "sr", "n_mels": "n_mels", "window_size": "win_length", "hop_size": "hopsize",
+                   "n_fft": "n_fft", "fmin": "fmin"}
+
+
+class PreprocessingConflict(ValueError):
+    """A setting given for a fine-tuning run contradicts the frontend of the model it starts from."""
+
+
+def stored_frontend(model: ModelSpec) -> dict[str, Any]:
+    """The frontend settings of the model a run starts from: a catalogue entry's, a checkpoint's
+    stored input contract (or its preprocessing), an in-memory model's `preprocessing`; {} where
+    nothing is stored (a plain official state_dict, or training from scratch)."""
+    from ..frontends.contract import CONTRACT_KEY
+    from ..models.factory import read_checkpoint
+    from ..models.registry import CATALOGUE
+
+    if model is None:
+        return {}
+    if isinstance(model, nn.Module):
+        return dict(getattr(model, "preprocessing", None) or {})
+    spec = str(model)
+    if spec in CATALOGUE:
+        return dict(CATALOGUE[spec].preprocessing)
+    if Path(spec).is_file():
+        _, metadata = read_checkpoint(spec)
+        contract = metadata.get(CONTRACT_KEY)
+        return dict((contract or {}).get("frontend") or metadata.get("preprocessing") or {})
+    return {}
+
+
+def _effective_fmax(values: dict[str, Any]) -> float:
+    if values.get("fmax") is not None:
+        return float(values["fmax"])
+    return values["sample_rate"] / 2 - values.get("fmax_aug_range", 2000) / 2
+
+
+def adopt_model_frontend(values: dict[str, Any], given: set[str], model: ModelSpec, *,
+                         override: bool = False) -> list[str]:
+    """Make `values` (TrainConfig settings) use the frontend of the model the run starts from.
+
+    A model is fine-tuned on the inputs it was trained with: its stored sample rate, mel bins, window,
+    hop, FFT size and band edges replace the recipe's defaults. A setting the user gave (`given`)
+    that contradicts them is refused with both values named (PreprocessingConflict), unless
+    `override` -- then it is kept and reported. Returns one line per adopted or overridden setting.
+    """
+    stored = stored_frontend(model)
+    if stored.get("frontend", "mel") != "mel":
+        return []  # PaSST / AST frontends are set up by their own recipes
+    lines: list[str] = []
+    wanted = {field: stored[key] for field, key in FRONTEND_FIELDS.items() if stored.get(key) is not None}
+    if stored.get("fmax") is not None or stored.get("fmax_aug_range") is not None:
+        rate = float(wanted.get("sample_rate", values["sample_rate"]))
+        wanted["fmax"] = (float(stored["fmax"]) if stored.get("fmax") is not None
+                          else rate / 2 - float(stored["fmax_aug_range"]) / 2)
+    for field, value in wanted.items():
+        current = _effective_fmax(values) if field == "fmax" else values.get(field)
+        if current is not None and float(current) == float(value):
+            continue
+        if field in given:
+            if not override:
+                raise PreprocessingConflict(
+                    f"--{field} {current:g} contradicts the model it starts from ({model}): it was trained with "
+                    f"{field} {value:g}. Leave --{field} out to use the model's, or add --override_preprocessing "
+                    f"to train with {current:g} anyway (the model then sees inputs unlike those it learnt from)")
+            lines.append(f"{field} {current:g} (--override_preprocessing: the model was trained with {value:g})")
+            continue
+        values[field] = type(values[field])(value) if isinstance(values.get(field), (int, float)) else value
+        lines.append(f"{field} {value:g} (from the model {model}; the recipe's default was {current:g})")
+    return lines
+
+
 @dataclass
 class FinetuneResult:
     """What `finetune()` returns: the reported metrics, where the models are, the whole training summary."""
@@ -207,7 +279,7 @@ def _model_reference(model: ModelSpec, out_dir: Path) -> Optional[str]:
 def finetune(model: ModelSpec, train_data: Any, eval_data: Any = None, *, test_data: Any = None,
              task: Optional[str] = None, recipe: str = "own", out_dir: Union[str, Path, None] = None,
              cache_path: Union[str, Path, None] = None, tracker: Optional[Any] = None,
-             **overrides: Any) -> FinetuneResult:
+             override_preprocessing: bool = False, **overrides: Any) -> FinetuneResult:
     """Fine-tune `model` (catalogue name, checkpoint path, a model of this package, or None = from scratch).
 
     `train_data` / `eval_data` / `test_data` are datasets (`efficient_tagging.data`: ESC50, CSVDataset,
@@ -219,6 +291,10 @@ def finetune(model: ModelSpec, train_data: Any, eval_data: Any = None, *, test_d
     the checkpoints carry the label map and frontend settings, so `AudioTagger` / inference.py tag
     with them directly.
 
+    Starting from a model, the run uses that model's frontend (sample rate, mel bins, hop, ...:
+    `adopt_model_frontend`); an override that contradicts it raises PreprocessingConflict unless
+    `override_preprocessing=True`.
+
     Returns the reported metrics (the recipe's: last epoch, or best.pt on `test_data`), plus
     `best` (best.pt's selection score) and `test` (best.pt on test_data, when given).
     """
@@ -228,6 +304,9 @@ def finetune(model: ModelSpec, train_data: Any, eval_data: Any = None, *, test_d
     if unknown:
         raise TypeError(f"finetune() got unknown settings {unknown}; they must be TrainConfig fields")
     values.update(overrides)
+    for line in adopt_model_frontend(values, given, model if model is not None else values.get("model_name"),
+                                     override=override_preprocessing):
+        logger.info("frontend: %s", line)
     if task is not None:
         values["task"] = task
     out = Path(out_dir or values.get("out_dir") or tempfile.mkdtemp(prefix="finetune_"))
@@ -306,7 +385,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], dataset: Any, config: Trai
 def cross_validate(model: ModelSpec, source: DatasetSource, folds: Any = (1, 2, 3, 4, 5), *,
                    recipe: str = "esc50", out_dir: Union[str, Path] = "runs/esc50",
                    cache_path: Union[str, Path, None] = None, runner: Optional[Any] = None,
-                   **overrides: Any) -> dict[str, Any]:
+                   override_preprocessing: bool = False, **overrides: Any) -> dict[str, Any]:
     """ESC-50's 5-fold cross-validation: one `finetune` per held-out fold (out_dir/fold<k>), then the mean.
 
     Every fold starts from the same `model`; with `cache_path` the collection is decoded once for
@@ -319,6 +398,7 @@ def cross_validate(model: ModelSpec, source: DatasetSource, folds: Any = (1, 2, 
         raise ValueError(f"cross-validation over folds is defined for ESC-50, not {source.kind}")
     values = recipe_defaults(recipe)
     values.update(overrides)
+    adopt_model_frontend(values, set(overrides), model, override=override_preprocessing)  # the data's rate too
     per_fold: list[dict[str, Any]] = []
     collection = None
     for fold in folds:
@@ -329,7 +409,8 @@ def cross_validate(model: ModelSpec, source: DatasetSource, folds: Any = (1, 2, 
         collection = getattr(opened, "collection", None)
         fold_dir = Path(out_dir) / f"fold{int(fold)}"
         arguments = dict(model=model, train_data=opened.train, eval_data=opened.val, recipe=recipe, out_dir=fold_dir,
-                         dataset=f"esc50 fold {int(fold)} held out", **overrides)
+                         dataset=f"esc50 fold {int(fold)} held out", override_preprocessing=override_preprocessing,
+                         **overrides)
         result = runner(int(fold), **arguments) if runner is not None else finetune(**arguments)
         metric = result.metrics["selection_metric"]
         per_fold.append({"fold": int(fold), metric: result.metrics[metric], "best": result.metrics["best"],
