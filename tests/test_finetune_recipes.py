@@ -549,9 +549,13 @@ def test_fine_tuning_starts_from_the_models_frontend(own_audio, tmp_path, capsys
     assert "--override_preprocessing" in err
     overridden = tiny_run(tmp_path, "overridden")
     overridden = overridden[:overridden.index("--n_mels")] + overridden[overridden.index("--n_mels") + 2:]
-    assert own_cli.main([*common, *overridden, "--hop_size", "160", "--override_preprocessing"]) == 0
-    assert "frontend: hop_size 160 (--override_preprocessing: the model was trained with 320)" in capsys.readouterr().out
-    assert load_tagger(None, results(tmp_path, "overridden")["checkpoint"]).contract.frontend["hopsize"] == 160
+    assert own_cli.main([*common, *overridden, "--n_mels", "128", "--hop_size", "160", "--override_preprocessing"]) == 0
+    printed = capsys.readouterr().out
+    assert "frontend: n_mels 128 (--override_preprocessing: the model was trained with 64)" in printed
+    assert "frontend: hop_size 160 (--override_preprocessing: the model was trained with 320)" in printed
+    overridden_tagger = load_tagger(None, results(tmp_path, "overridden")["checkpoint"])
+    assert overridden_tagger.contract.frontend["hopsize"] == 160 and overridden_tagger.contract.frontend["n_mels"] == 128
+    assert len(overridden_tagger.tag_file(own_audio / "bell" / "00.wav", 3)) == 3
 
 
 # ----------------------------------------------------------------------------- distillation

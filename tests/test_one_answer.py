@@ -242,3 +242,27 @@ def test_the_contract_is_stored_identically_in_checkpoints_and_onnx(taggers, tmp
     assert metadata["input_contract"] == tagger.contract.to_dict()
     assert taggers["onnx_spectrogram"].contract == tagger.contract
     assert load_tagger(None, path).contract == tagger.contract
+
+
+def test_streamed_int16_metro_gives_the_offline_tags(taggers):
+    """The metro recording (44.1 kHz) as int16 chunks of 0.37 s fed at its own rate: the windows of the
+    offline pass over the file, and the same top-5 as tag_file for each window's stretch."""
+    from conftest import METRO_WAV
+    from efficient_tagging.audio import decode_audio
+
+    tagger = taggers["torch"]
+    samples, rate = decode_audio(METRO_WAV)
+    assert rate == 44100
+    pcm = np.clip(np.round(samples * 32768), -32768, 32767).astype(np.int16)
+    stream = StreamingTagger(tagger, window=2.0, hop=1.0, sample_rate=rate)
+    step = int(0.37 * rate)
+    for start in range(0, len(pcm), step):
+        stream.feed(pcm[start:start + step])
+    stream.close()
+    offline = tag_over_time(tagger, pcm, window=2.0, hop=1.0, sample_rate=rate)
+    streamed = stream.tags()
+    assert len(streamed) == len(offline) == 9
+    assert np.abs(streamed.probabilities - offline.probabilities).max() <= 1e-4
+    assert (np.argsort(-streamed.probabilities, axis=1)[:, :5] == np.argsort(-offline.probabilities, axis=1)[:, :5]).all()
+    # and they move over the recording: not one answer for every window
+    assert float(offline.probabilities.std(axis=0).max()) > 0.02

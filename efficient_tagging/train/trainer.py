@@ -307,9 +307,14 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     if config.model_name:
         # The pretrained entry decides the architecture; only the head size is ours to choose.
         extra = dict(config.model_kwargs)
-        if pretrained_arch(config.model_name) == "dymn":
+        family = pretrained_arch(config.model_name)
+        if family == "dymn":
             # EfficientAT: a DyMN started from pretrained weights begins at pretrain_final_temp.
             extra.setdefault("pretrain_final_temp", config.pretrain_final_temp)
+        elif family == "mn":
+            # the mel bins the run feeds it: the model's own unless --override_preprocessing chose others
+            # (its weights do not depend on them; the input check and frequency SE sizes do)
+            extra.setdefault("input_dim_f", config.n_mels)
         return get_model(config.model_name, num_classes=num_classes, **extra)
     return create_model(config.arch, **kwargs)
 
