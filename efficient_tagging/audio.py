@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import math
+import struct
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -56,6 +57,37 @@ def stated_duration(container: "av.container.InputContainer", stream: "av.audio.
     if container.duration is not None:
         return float(container.duration) / av.time_base
     return None
+
+
+def wav_header_duration(head: bytes) -> Optional[float]:
+    """Seconds of audio a RIFF/WAVE header states (its `data` chunk size over the byte rate), from the
+    first bytes of the file; None for anything else, or a header that states no size (streamed WAV).
+
+    FFmpeg reports a truncated WAV's duration from the file size, so the header is read here: a WAV
+    whose header says 3 s but whose data holds 1 s is then detected like a truncated mp3."""
+    if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+        return None
+    order = "<" if head[:4] == b"RIFF" else ">"
+    position, byte_rate = 12, None
+    while position + 8 <= len(head):
+        chunk, size = head[position:position + 4], struct.unpack(order + "I", head[position + 4:position + 8])[0]
+        if chunk == b"fmt " and position + 16 <= len(head):
+            byte_rate = struct.unpack(order + "I", head[position + 16:position + 20])[0]
+        elif chunk == b"data":
+            if not byte_rate or size in (0, 0xFFFFFFFF):
+                return None
+            return size / byte_rate
+        position += 8 + size + (size & 1)
+    return None
+
+
+def _header_bytes(source: "AudioSource", count: int = 4096) -> bytes:
+    if isinstance(source, (str, Path)):
+        with open(source, "rb") as handle:
+            return handle.read(count)
+    if isinstance(source, np.ndarray):
+        return bytes(source[:count].astype(np.uint8))
+    return bytes(source[:count])
 
 
 def check_duration(label: str, decoded_seconds: float, stated_seconds: Optional[float]) -> Optional[str]:
@@ -218,6 +250,9 @@ def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
                 decoded += block.size
                 yield block, sample_rate
             stated = stated_duration(container, stream)
+            header = wav_header_duration(_header_bytes(source)) if container.format.name == "wav" else None
+            if header is not None:
+                stated = header  # the WAV header's own statement (FFmpeg's comes from the file size)
     except AudioDecodeError:
         raise
     except (av.FFmpegError, ValueError, OSError, EOFError) as error:

@@ -264,7 +264,8 @@ def _cached_problem(target: Path, sha256: Optional[str], validate: Optional[Vali
     return problem
 
 
-def _move_aside(target: Path) -> Path:
+def move_aside(target: Path) -> Path:
+    """Rename a bad file to `<name>.bad-<time>` (kept for inspection; never used again)."""
     aside = target.with_name(f"{target.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
     if aside.exists():
         aside = aside.with_name(f"{aside.name}-{os.getpid()}")
@@ -273,8 +274,12 @@ def _move_aside(target: Path) -> Path:
 
 
 def cached_file(url: str, filename: Optional[str] = None, cache: Union[str, Path, None] = None,
-                sha256: Optional[str] = None, progress: bool = True, validate: Optional[Validator] = None) -> Path:
+                sha256: Optional[str] = None, progress: bool = True, validate: Optional[Validator] = None,
+                validate_cached: bool = True) -> Path:
     """Return the cached copy of `url`, downloading it first if it is not in the cache.
+
+    `validate` checks every download before it is renamed into the cache; with `validate_cached`
+    False a cached copy gets only the cheap checks (the caller checks it when it reads it).
 
     `filename` (default: the URL's last path component) must be a plain file name. A cached
     copy that fails the cheap checks (sha256, torch container, HTML, `validate`) is moved aside
@@ -288,17 +293,18 @@ def cached_file(url: str, filename: Optional[str] = None, cache: Union[str, Path
             raise ValueError(f"cannot name the cache file of {url}: its path has no file name; pass filename=...")
     _check_plain_filename(filename, directory)
     target = directory / filename
-    if _cached_problem(target, sha256, validate) is None:
+    cached_validate = validate if validate_cached else None
+    if _cached_problem(target, sha256, cached_validate) is None:
         return target  # no lock needed to read a file that is only ever renamed into place
     check_url(url)
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(lock_path_for(target), what=f"downloading {target}", blocking=True):
-        problem = _cached_problem(target, sha256, validate)  # another process may have fetched it meanwhile
+        problem = _cached_problem(target, sha256, cached_validate)  # another process may have fetched it meanwhile
         if problem is None:
             return target
         moved: Optional[Path] = None
         if target.exists():
-            moved = _move_aside(target)
+            moved = move_aside(target)
             logger.warning("cached file %s %s; moved it to %s and downloading it again", target, problem, moved)
         try:
             return download_url(url, target, sha256=sha256, progress=progress, validate=validate)

@@ -7,15 +7,26 @@ storage; a download, or a cached copy, that is not a 527-class label list is nev
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .hub import cached_file
 
+logger = logging.getLogger(__name__)
+
 AUDIOSET_LABELS_URL = "https://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv"
 AUDIOSET_LABELS_FILENAME = "class_labels_indices.csv"
 AUDIOSET_NUM_CLASSES = 527
+
+
+def printable(text: str) -> str:
+    """`text` with control characters (terminal escapes, NUL, newlines, ...) written as \\xNN / \\uNNNN, so
+    that text read from a file cannot act on a terminal or break a line-based output."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,19 @@ class LabelMap:
     def __post_init__(self) -> None:
         if len(self.names) != len(self.ids):
             raise ValueError(f"label map has {len(self.names)} names but {len(self.ids)} ids")
+        # Names come from files (checkpoints, ONNX metadata, CSVs) and end up on terminals, in CSV and
+        # JSON: control characters (e.g. an escape sequence that clears the screen) are shown escaped.
+        for attribute in ("names", "ids"):
+            values = getattr(self, attribute)
+            if not all(isinstance(v, str) for v in values):
+                bad = next(v for v in values if not isinstance(v, str))
+                raise ValueError(f"label {attribute} must be strings, got {bad!r} ({type(bad).__name__})")
+            cleaned = tuple(printable(v) for v in values)
+            if cleaned != values:
+                changed = sum(a != b for a, b in zip(values, cleaned))
+                logger.warning("label map: %d %s contained control characters; shown escaped (e.g. %s)", changed,
+                               attribute, next(c for v, c in zip(values, cleaned) if v != c))
+                object.__setattr__(self, attribute, cleaned)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -42,7 +66,12 @@ class LabelMap:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LabelMap":
-        return cls.from_names(data["names"], data.get("ids"))
+        if not isinstance(data, dict) or not isinstance(data.get("names"), (list, tuple)):
+            raise ValueError(f"a stored label map is a mapping with a list of 'names', got {str(data)[:80]!r}")
+        ids = data.get("ids")
+        if ids is not None and not isinstance(ids, (list, tuple)):
+            raise ValueError(f"a stored label map's 'ids' are a list, got {str(ids)[:80]!r}")
+        return cls.from_names(data["names"], ids)
 
     def index(self, name_or_id: str) -> int:
         """Index of a class given its display name or id."""

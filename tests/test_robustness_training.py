@@ -92,7 +92,7 @@ def test_training_with_data_paths_prints_the_summary(finished_run):
     assert f"final (epoch 2): mAP {result['final']['mAP']:.4f}" in summary
     assert f"best {out_dir / 'best.pt'}" in summary and f"last {out_dir / 'last.pt'}" in summary
     assert f"run record: {result['run_dir']}" in summary and result["run_dir"]
-    assert "clips skipped (undecodable, replaced by others): 0" in summary
+    assert "clip decodes that failed (each clip replaced by another of the training set): 0" in summary
     assert "total time:" in summary
 
 
@@ -103,7 +103,7 @@ def test_summary_reports_teacher_coverage(capsys):
                             "teacher_coverage": {"found": 3, "missing": 1}, "clips_without_teacher": 5})
     out = capsys.readouterr().out
     assert "teacher logits: 3 of 4 training clips (75.0%); 5 drawn clips" in out
-    assert "clips skipped (undecodable, replaced by others): 2" in out
+    assert "clip decodes that failed (each clip replaced by another of the training set): 2" in out
 
 
 # --- item 15: clip length and sample rate travel with the checkpoint -----------------------------------

@@ -28,8 +28,9 @@ from ..data.demo import build_demo_dataset, default_demo_root
 from ..data.hdf5 import AudioSetDataset
 from ..interrupt import SignalReceived, exit_code
 from ..labelling import label_hdf5
-from ..models.factory import CheckpointWriteError, get_model
+from ..models.factory import CheckpointError, CheckpointWriteError, get_model
 from ..tagging.tagger import AudioTagger, load_tagger
+from ..data.base import UndecodableData
 from ..train.audioset import AUDIOSET_DEFAULTS, DEMO_DEFAULTS, demo_teacher_config
 from ..train.distributed import DeviceUnavailable, DistInfo, init_distributed, select_device
 from ..train.interrupt import TrainingInterrupted
@@ -118,7 +119,8 @@ def print_training_summary(summary: dict[str, Any], *, title: str = "training su
     checkpoints = summary.get("checkpoints") or {}
     print(f"checkpoints: best {checkpoints.get('best')}   last {checkpoints.get('last')}")
     print(f"run record: {summary.get('run_dir') or 'none'}")
-    print(f"clips skipped (undecodable, replaced by others): {summary.get('skipped_clips', 0)}")
+    print(f"clip decodes that failed (each clip replaced by another of the training set): "
+          f"{summary.get('skipped_clips', 0)}")
     coverage = summary.get("teacher_coverage")
     if coverage:
         found, missing = int(coverage.get("found", 0)), int(coverage.get("missing", 0))
@@ -301,7 +303,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("\ninterrupted: nothing more was saved (checkpoints written before, e.g. last.pt, are intact)",
               file=sys.stderr)
         return exit_code(stopped.signum) if isinstance(stopped, SignalReceived) else 130
-    except (RunDirectoryBusy, ResumeMismatch, CheckpointWriteError, DeviceUnavailable) as err:
+    except (RunDirectoryBusy, ResumeMismatch, CheckpointWriteError, CheckpointError, DeviceUnavailable,
+            UndecodableData) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -31,8 +31,9 @@ from typing import Any, Optional, Sequence
 from ..data.datasets.base import DatasetLayoutError
 from ..data.datasets.registry import DatasetSource, DatasetSourceError
 from ..interrupt import SignalReceived, exit_code
-from ..models.factory import CheckpointWriteError
+from ..models.factory import CheckpointError, CheckpointWriteError
 from ..tagging.tagger import load_tagger
+from ..data.base import UndecodableData
 from ..train.distributed import DeviceUnavailable, DistInfo, select_device
 from ..train.finetune import (OWN_LR, RECIPES, REFERENCE_SCRIPTS, FinetuneResult, PreprocessingConflict,
                               adopt_model_frontend, cross_validate, finetune, open_datasets, recipe_defaults)
@@ -191,7 +192,8 @@ def print_result(result: FinetuneResult, recipe: str, seconds: float) -> None:
     print(f"reported ({metrics['reported']}): {selection} {_fmt(metrics.get(selection))}")
     print(f"checkpoints: last {result.last_checkpoint}   best {result.best_checkpoint}")
     summary = result.summary
-    print(f"clips skipped (undecodable, replaced by others): {summary.get('skipped_clips', 0)}")
+    print(f"clip decodes that failed (each clip replaced by another of the training set): "
+          f"{summary.get('skipped_clips', 0)}")
     coverage = summary.get("teacher_coverage")
     if coverage:
         found, missing = int(coverage.get("found", 0)), int(coverage.get("missing", 0))
@@ -379,6 +381,6 @@ def main(argv: Optional[Sequence[str]] = None, recipe: str = "own") -> int:
         print("\ninterrupted: checkpoints written before (last.pt) are intact", file=sys.stderr)
         return exit_code(stopped.signum) if isinstance(stopped, SignalReceived) else 130
     except (DatasetSourceError, DatasetLayoutError, FileNotFoundError, RunDirectoryBusy, ResumeMismatch,
-            CheckpointWriteError, DeviceUnavailable, PreprocessingConflict) as err:
+            CheckpointWriteError, DeviceUnavailable, UndecodableData, CheckpointError, PreprocessingConflict) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

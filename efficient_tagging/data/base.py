@@ -43,6 +43,11 @@ TASKS = ("multilabel", "multiclass")
 DECODE_ERRORS = (AudioDecodeError, OSError, ValueError)
 
 
+class UndecodableData(RuntimeError):
+    """Too much of a training set fails to decode to train on it: the data is broken, and training on
+    the rest (or on silence) would give a model without saying so."""
+
+
 class ClipDataset(Dataset):
     """Base of the clip datasets; see the module docstring for what a subclass provides.
 
@@ -212,10 +217,12 @@ class ClipDataset(Dataset):
                     return self._item(torch.zeros(self.clip_samples), self._clip_target(index), index, name,
                                       skipped, teacher=False, decoded=False)
                 if skipped > self.max_resample_retries or len(self) < 2:
-                    log.error("giving up on clip %d after %d undecodable clips; returning silence with no labels",
-                              original, skipped)
-                    return self._item(torch.zeros(self.clip_samples), np.zeros(self.num_classes, np.float32),
-                                      index, name, skipped, teacher=False)
+                    source = self._clip_source(original)
+                    raise UndecodableData(
+                        f"{source}: clip {original} ({self._clip_name(original)}) and the {skipped - 1} clips drawn "
+                        f"to replace it all failed to decode (last: {name}: {error}). The data looks broken: "
+                        f"check that its files decode (e.g. efficient_tagging.audio.decode_audio on a few), "
+                        f"rather than train on what is left")
                 index = self._replacement(original, skipped)
         return self._item(waveform, self._clip_target(index), index, name, skipped)
 

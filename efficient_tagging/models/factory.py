@@ -13,6 +13,7 @@ final classification layer, and only when the caller asks for a different `num_c
 from __future__ import annotations
 
 import errno
+import hashlib
 import importlib
 import inspect
 import logging
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..frontends import build_frontend, frontend_sample_rate, frontend_settings, frontend_window_samples
 from ..frontends.contract import CONTRACT_KEY, InputContract
-from ..hub import MIRROR_ENV, cached_file
+from ..hub import MIRROR_ENV, DownloadError, cached_file, move_aside
 from ..labels import LabelMap
 from .layers import min_input_frames
 from .registry import PretrainedEntry, get_entry
@@ -133,6 +134,26 @@ def _load_weights_only(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: unreadable, not a state_dict, or damaged (checksum)."""
+
+
+#: where a checkpoint of this project stores the SHA-256 of its weights (`state_dict_sha256`)
+WEIGHTS_HASH_KEY = "state_dict_sha256"
+
+
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over a state_dict's names, dtypes, shapes and bytes, in name order: one flipped bit in
+    any weight changes it. (About 1 s per GB of weights.)"""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
 def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a checkpoint file safely; returns `(state_dict, metadata)` (metadata empty for plain files)."""
     path = Path(path)
@@ -141,13 +162,18 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
     try:
         content = _load_weights_only(path)
     except Exception as error:  # torch raises many types for corrupt / non-torch files
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(content, dict):
-        raise ValueError(f"{path}: expected a state_dict (dict of tensors), got {type(content).__name__}")
+        raise CheckpointError(f"{path}: expected a state_dict (dict of tensors), got {type(content).__name__}")
     metadata: dict[str, Any] = {}
     if content.get("format") == CHECKPOINT_FORMAT:
         metadata = {k: v for k, v in content.items() if k != "state_dict"}
         content = content["state_dict"]
+        stored = metadata.get(WEIGHTS_HASH_KEY)
+        if stored is not None and isinstance(content, dict) and state_dict_sha256(content) != stored:
+            raise CheckpointError(f"{path}: the weights do not match the checksum stored when the checkpoint was written "
+                             f"(a damaged file: disk or copy error?). Restore it from a good copy (or, for a "
+                             f"training run, resume from another checkpoint of it)")
     else:
         for wrapper in ("state_dict", "model"):  # common training-checkpoint wrappers
             if isinstance(content.get(wrapper), dict) and all(
@@ -156,7 +182,7 @@ def read_checkpoint(path: Union[str, Path]) -> tuple[dict[str, torch.Tensor], di
                 break
     not_tensors = [k for k, v in content.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise ValueError(f"{path}: not a state_dict; entries that are not tensors: {not_tensors[:5]}")
+        raise CheckpointError(f"{path}: not a state_dict; entries that are not tensors: {not_tensors[:5]}")
     state_dict = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in content.items()}
     return state_dict, metadata
 
@@ -206,6 +232,79 @@ def load_weights(model: nn.Module, state_dict: dict[str, torch.Tensor], source: 
     return skipped
 
 
+def _catalogue_url(entry: PretrainedEntry) -> str:
+    if os.environ.get(MIRROR_ENV):
+        return os.environ[MIRROR_ENV].rstrip("/") + "/" + urllib.parse.quote(entry.filename)
+    return entry.url
+
+
+def _cached_catalogue_weights(entry: PretrainedEntry, cache_dir: Union[str, Path, None], progress: bool
+                              ) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """The release file of `entry` from the download cache (downloaded once), read.
+
+    A download must fit the entry's architecture before it is renamed into the cache. A cached copy
+    gets the cache's cheap checks only (a full check would build the model at every call); one that
+    then fails to read, or (in `get_model`) to load, is replaced by `_replace_cached_download`."""
+    path = cached_file(_catalogue_url(entry), entry.filename, cache=cache_dir, sha256=entry.sha256,
+                       progress=progress, validate=_fits_catalogue_entry(entry), validate_cached=False)
+    try:
+        state_dict, metadata = read_checkpoint(path)
+    except CheckpointError as error:
+        return _replace_cached_download(entry, path, error, cache_dir, progress)
+    return path, state_dict, metadata
+
+
+def _replace_cached_download(entry: PretrainedEntry, path: Path, error: Exception, cache_dir: Union[str, Path, None],
+                             progress: bool) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """A cached release file that cannot be used (unreadable, or weights of another architecture, e.g.
+    served under this name by a mirror): moved aside to `<name>.bad-<time>`, like a truncated file,
+    and downloaded once more (checked before it is renamed into the cache)."""
+    moved = move_aside(path)
+    logger.warning("cached %s (%s) is not usable (%s); moved it to %s and downloading it again",
+                   entry.name, path, str(error).splitlines()[0], moved)
+    try:
+        path = cached_file(_catalogue_url(entry), entry.filename, cache=cache_dir, sha256=entry.sha256,
+                           progress=progress, validate=_fits_catalogue_entry(entry), validate_cached=False)
+    except Exception as download_error:
+        raise DownloadError(f"the cached copy of {entry.name} was not usable ({str(error).splitlines()[0]}); it was "
+                            f"moved to {moved}. Downloading it again failed: {download_error}") from download_error
+    state_dict, metadata = read_checkpoint(path)
+    return path, state_dict, metadata
+
+
+def _fits_catalogue_entry(entry: PretrainedEntry) -> Callable[[Path], None]:
+    """A download-cache validator: the file's weights must fit the architecture of `entry` (names and
+    shapes), so a wrong file served under a catalogue name is refused before it is renamed into the
+    cache, and a bad cached copy is moved aside instead of failing every later `get_model`."""
+    def validate(path: Path) -> None:
+        state_dict, _ = read_checkpoint(path)
+        expected = {name: tuple(shape) for name, shape in _catalogue_shapes(entry).items()}
+        found = {name: tuple(tensor.shape) for name, tensor in state_dict.items()}
+        if found != expected:
+            missing = sorted(set(expected) - set(found))
+            unexpected = sorted(set(found) - set(expected))
+            shapes = [f"{k}: {found[k]} (expected {expected[k]})" for k in expected if k in found and found[k] != expected[k]]
+            raise CheckpointError(f"its weights do not fit {entry.name} ({entry.arch}, {entry.config}): "
+                                  f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} of other shape"
+                                  + (f", e.g. {(missing + unexpected + shapes)[0]}" if missing or unexpected or shapes
+                                     else ""))
+    return validate
+
+
+_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
+
+
+def _catalogue_shapes(entry: PretrainedEntry) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the state_dict of a catalogue architecture (built once per process)."""
+    if entry.name not in _SHAPES:
+        config = dict(entry.config)
+        if entry.arch == "ast":
+            config["imagenet_pretrain"] = False  # shapes only: no DeiT download
+        model = create_model(entry.arch, **config)
+        _SHAPES[entry.name] = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return _SHAPES[entry.name]
+
+
 def _resolve_file(location: str) -> Path:
     if location.startswith("file://"):
         return Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
@@ -236,6 +335,13 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
     settings), `dataset` and `label_map` (a `LabelMap` or None when not known offline).
     """
     config.pop("pretrained_name", None)
+    if pretrained_name is None and weights is not None:
+        # a fresh architecture with a weights file: the file is loaded (strictly), never ignored
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path} (get_model(arch={arch!r}, weights=...) loads it "
+                                    f"into the {arch} model built from the given config)")
+        return get_model(str(path), arch=arch, cache_dir=cache_dir, progress=progress, **config)
     if pretrained_name is None:
         if arch == "ast" and cache_dir is not None:  # AST's ImageNet init downloads DeiT weights
             config.setdefault("cache_dir", cache_dir)
@@ -262,19 +368,9 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
         base_config = dict(entry.config)
         if weights is not None:
             path = Path(weights).expanduser()
-        else:
-            url = entry.url
-            if os.environ.get(MIRROR_ENV):
-                url = os.environ[MIRROR_ENV].rstrip("/") + "/" + urllib.parse.quote(entry.filename)
-            path = cached_file(url, entry.filename, cache=cache_dir, sha256=entry.sha256, progress=progress)
-        try:
             state_dict, metadata = read_checkpoint(path)
-        except ValueError as error:
-            if weights is not None:
-                raise
-            # The cache's own checks are cheap (container, not a full load): a cached file can still fail here.
-            raise ValueError(f"{error}\nIt is the cached download of {entry.name}: delete {path} and run again to "
-                             f"download it again (or put a good copy of {entry.url} there).") from error
+        else:
+            path, state_dict, metadata = _cached_catalogue_weights(entry, cache_dir, progress)
         source = f"{path} ({entry.name})"
 
     class_key = "label_dim" if arch == "ast" else "num_classes"
@@ -291,7 +387,13 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
         # Released DyMNs run at their final training temperature, as the reference does.
         base_config["T_max"] = base_config.get("pretrain_final_temp", 1.0)
     model = create_model(arch, **{**base_config, **config})
-    load_weights(model, state_dict, source=source, allow_new_head=new_head)
+    try:
+        load_weights(model, state_dict, source=source, allow_new_head=new_head)
+    except ValueError as error:
+        if entry is None or weights is not None:
+            raise
+        path, state_dict, metadata = _replace_cached_download(entry, path, error, cache_dir, progress)
+        load_weights(model, state_dict, source=f"{path} ({entry.name})", allow_new_head=new_head)
     if arch == "dymn" and "dymn_temperature" in metadata and not {"T_max", "pretrain_final_temp"} & set(config):
         model.set_temperature(metadata["dymn_temperature"])
 
@@ -406,6 +508,7 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[
         "task": task if task is not None else getattr(model, "task", None),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    payload[WEIGHTS_HASH_KEY] = state_dict_sha256(payload["state_dict"])  # verified by read_checkpoint
     # what every tagging path will feed the model (frontends.contract); read back and checked by get_model
     payload[CONTRACT_KEY] = model_input_contract(model, preprocessing=payload["preprocessing"], label_map=labels,
                                                  task=payload["task"], dataset=payload["dataset"]).to_dict()

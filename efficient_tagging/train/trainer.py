@@ -31,13 +31,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from ..data.base import UndecodableData
 from ..data.augment import gain_augment, mix, mixstyle, mixup, roll_waveforms, wavmix
 from ..data.hdf5 import AudioSetDataset, read_label_map
 from ..data.sampling import DistributedWeightedSampler, check_positive_labels, class_balanced_weights
 from ..data.teacher_logits import check_teacher_coverage
 from ..frontends.mel import AugmentMelSTFT
 from ..labels import LabelMap
-from ..models.factory import create_model, get_model, pretrained_arch, read_checkpoint, save_checkpoint
+from ..models.factory import (CheckpointError, create_model, get_model, pretrained_arch, read_checkpoint,
+                              save_checkpoint)
 from ..models.layers import forward_spectrogram
 from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_max, reduce_sum, select_device
 from ..interrupt import StopOnSignal, signal_name
@@ -191,6 +193,20 @@ MODEL_FIELDS = ("arch", "model_name", "width_mult", "head_type", "se_dims", "str
 # Fields that only say where and how a run executes, not what it computes: never compared on resume.
 RUNTIME_FIELDS = ("num_workers", "progress", "cuda", "eval_batch_size", "out_dir", "resume", "resume_override",
                   "crash_after_steps", "checkpoint_every_steps")
+
+
+# Training stops when more than this share of an epoch's clip decodes fail (checked once at least
+# UNDECODABLE_MIN_ATTEMPTS were made, and at the epoch's end): undecodable clips are replaced by others,
+# but a set that is mostly broken is not the data the user meant to train on.
+UNDECODABLE_LIMIT = 0.5
+UNDECODABLE_MIN_ATTEMPTS = 256
+
+
+def _check_undecodable(failed: int, attempts: int, final: bool) -> None:
+    if attempts and failed > UNDECODABLE_LIMIT * attempts and (final or attempts >= UNDECODABLE_MIN_ATTEMPTS):
+        raise UndecodableData(f"{failed} of {attempts} clip decodes failed this epoch (more than "
+                              f"{UNDECODABLE_LIMIT:.0%}): the training data looks broken (the log names the clips); "
+                              f"fix or remove them rather than train on what is left")
 
 
 class ResumeMismatch(ValueError):
@@ -585,7 +601,11 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
     history: list[dict[str, Any]] = []
     last_path = _training_state_path(out_dir, "last")
     if config.resume and last_path.is_file():
-        weights, checkpoint = read_checkpoint(last_path)
+        try:
+            weights, checkpoint = read_checkpoint(last_path)
+        except CheckpointError as error:
+            raise CheckpointError(f"--resume: {error}. To start this run over instead, delete {last_path} or "
+                                  f"use another --out_dir") from None
         state = checkpoint["extra"]["training"]
         check_resume_config(state.get("train_config"), config, last_path, _shape_mismatches(unwrap(model), weights))
         unwrap(model).load_state_dict(weights, strict=True)
@@ -653,6 +673,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         # Data wait: time blocked in next() (worker start-up included) out of the epoch's step time, so
         # a run shows whether decoding keeps up with the model (near 0) or the model waits (near 1).
         data_wait, loop_start = 0.0, time.perf_counter()
+        epoch_failed, epoch_attempts = 0, 0  # clip decodes of this epoch (this process): failed, all
         batches = iter(loader)
         while True:
             wait_start = time.perf_counter()
@@ -698,6 +719,9 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
             global_step += 1
             skipped_clips += int(batch["skipped"].sum())
             clips_seen += waveform.shape[0]
+            epoch_failed += int(batch["skipped"].sum())
+            epoch_attempts += int(batch["skipped"].sum()) + waveform.shape[0]
+            _check_undecodable(epoch_failed, epoch_attempts, final=False)
             if use_teacher:
                 masked_teacher_clips += int((~batch["has_teacher"]).sum())
             epoch_totals["loss"] += float(loss.detach())
@@ -722,6 +746,8 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
                 break
         step_time = time.perf_counter() - loop_start
         del batches  # shuts the epoch's workers down now, not while evaluation runs its own
+        if not stop_signal:
+            _check_undecodable(epoch_failed, epoch_attempts, final=True)
         bar.close()
         epoch_timing = data_wait_record(epoch + 1, data_wait, step_time)
         if stop_signal:

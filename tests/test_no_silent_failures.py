@@ -1,0 +1,259 @@
+"""No silent wrong results, no lost work (issue 24): each failure a fault or hostile-input probe found
+ends in a clear error naming the file / key / value and what to do, or in documented, counted
+behaviour. Each test fails on the code before its fix."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_tiny_audioset, save_tiny_teacher
+
+
+# ----------------------------------------------------------------------------- 1. duplicate audio_names
+def _duplicate_names(path, rows_and_names):
+    """Rename rows of an AudioSet-format HDF5 in place (the writer itself refuses duplicates)."""
+    with h5py.File(path, "r+") as handle:
+        names = handle["audio_name"][()]
+        for row, name in rows_and_names:
+            names[row] = name.encode()
+        del handle["audio_name"]
+        handle.create_dataset("audio_name", data=names)
+
+
+def test_duplicate_audio_names_are_refused_when_a_dataset_opens(tmp_path):
+    """Labelling 400 clips of which 50 shared one name wrote 351 rows while saying 400, and training then
+    distilled 49 clips from another clip's logits. Now the dataset refuses to open, naming the repeats."""
+    from efficient_tagging.data.hdf5 import AudioSetDataset
+
+    data = make_tiny_audioset(tmp_path / "dup.h5", num_clips=12)
+    _duplicate_names(data, [(5, "Ytiny_0002.flac"), (9, "Ytiny_0002.flac"), (11, "Ytiny_0007.flac")])
+    with pytest.raises(ValueError) as caught:
+        AudioSetDataset(data, sample_rate=16000, clip_length=1.0)
+    message = str(caught.value)
+    assert str(data) in message and "2 audio_name(s) name more than one clip (3 rows too many)" in message
+    assert "'Ytiny_0002.flac' (dup.h5 row 2, dup.h5 row 5, dup.h5 row 9)" in message
+    assert "unique audio_name" in message
+
+
+def test_duplicate_audio_names_across_files_are_refused(tmp_path):
+    from efficient_tagging.data.hdf5 import AudioSetDataset
+
+    first = make_tiny_audioset(tmp_path / "a.h5", num_clips=4)
+    second = make_tiny_audioset(tmp_path / "b.h5", num_clips=4, seed=1)  # the same names, other clips
+    with pytest.raises(ValueError, match=r"'Ytiny_0000.flac' \(a.h5 row 0, b.h5 row 0\)"):
+        AudioSetDataset([first, second], sample_rate=16000, clip_length=1.0)
+
+
+def test_labelling_cli_refuses_duplicates_and_writes_nothing(tmp_path, capsys):
+    from efficient_tagging.cli import label as label_cli
+
+    from conftest import labelling_args
+
+    data = make_tiny_audioset(tmp_path / "dup.h5", num_clips=8)
+    _duplicate_names(data, [(3, "Ytiny_0001.flac")])
+    teacher = save_tiny_teacher(tmp_path / "teacher.pt")
+    output = tmp_path / "logits.h5"
+    code = label_cli.main(labelling_args(data, output, teacher))
+    assert code != 0
+    assert "Ytiny_0001.flac" in capsys.readouterr().err
+    assert not output.exists()
+
+
+# ----------------------------------------------------------------------------- 2. weights= with arch=
+def test_weights_with_arch_are_loaded_not_ignored(tmp_path):
+    """`get_model(arch="mn", ..., weights="/nonexistent/file.pt")` returned a fresh random model."""
+    from efficient_tagging import get_model
+
+    with pytest.raises(FileNotFoundError, match="weights file not found: /nonexistent/file.pt"):
+        get_model(arch="mn", width_mult=0.4, num_classes=10, weights="/nonexistent/file.pt")
+    torch.manual_seed(1)
+    trained = get_model(arch="mn", width_mult=0.1, num_classes=10)
+    plain = tmp_path / "plain.pt"
+    torch.save(trained.state_dict(), plain)  # an official-style plain state_dict
+    loaded = get_model(arch="mn", width_mult=0.1, num_classes=10, weights=plain)
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), loaded.state_dict().values()))
+    with pytest.raises(ValueError, match="does not fit"):
+        get_model(arch="mn", width_mult=0.4, num_classes=10, weights=plain)  # strict: another width
+
+
+# ----------------------------------------------------------------------------- 3. undecodable training data
+def _training_run(data, eval_data, out_dir, epoch_len=8, extra=()):
+    import contextlib
+    import io
+
+    from efficient_tagging.cli.audioset import main
+
+    flags = ["--train", "--train_hdf5", str(data), "--eval_hdf5", str(eval_data), "--n_epochs", "1", "--batch_size", "4",
+             "--epoch_len", str(epoch_len),
+             "--num_workers", "0", "--model_width", "0.1", "--n_mels", "32", "--resample_rate", "16000",
+             "--clip_length", "1", "--no_progress", "--wandb", "disabled", "--out_dir", str(out_dir),
+             "--runs_dir", str(out_dir.parent / "runs"), *extra]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(flags)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_training_on_undecodable_data_stops_with_an_error(tmp_path):
+    """Every clip undecodable: the old trainer trained on silence without labels, exited 0, wrote best.pt
+    and said the bad clips were "replaced by others"."""
+    from conftest import corrupt_clip
+
+    data = make_tiny_audioset(tmp_path / "bad.h5", num_clips=8)
+    for i in range(8):
+        corrupt_clip(data, f"Ytiny_{i:04d}.flac")
+    eval_data = make_tiny_audioset(tmp_path / "eval.h5", num_clips=4, seed=1)
+    code, out, err = _training_run(data, eval_data, tmp_path / "run")
+    assert code == 1
+    assert "failed to decode" in err and "bad.h5" in err and "data looks broken" in err
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_mostly_undecodable_data_stops_at_the_documented_share(tmp_path, monkeypatch):
+    """More than half of an epoch's decodes failing stops the run (UNDECODABLE_LIMIT), even when every
+    drawn clip finds a decodable replacement; one bad clip in eight trains on and is counted."""
+    from conftest import corrupt_clip
+    from efficient_tagging.train import trainer
+
+    eval_data = make_tiny_audioset(tmp_path / "eval.h5", num_clips=4, seed=1)
+    data = make_tiny_audioset(tmp_path / "some_bad.h5", num_clips=8)
+    corrupt_clip(data, "Ytiny_0003.flac")
+    code, out, err = _training_run(data, eval_data, tmp_path / "ok")
+    assert code == 0, err[-2000:]
+    assert "clip decodes that failed (each clip replaced by another of the training set): " in out
+
+    many = make_tiny_audioset(tmp_path / "many_bad.h5", num_clips=16)
+    for i in range(14):
+        corrupt_clip(many, f"Ytiny_{i:04d}.flac")
+    monkeypatch.setattr(trainer, "UNDECODABLE_MIN_ATTEMPTS", 8)
+    code, out, err = _training_run(many, eval_data, tmp_path / "many", epoch_len=16)
+    assert code == 1 and "clip decodes failed this epoch (more than 50%)" in err
+
+
+# ----------------------------------------------------------------------------- 4. names printed from files
+def test_label_names_with_terminal_escapes_are_printed_escaped(tmp_path, capsys):
+    """Label names from a file with an escape sequence cleared the screen when printed."""
+    from efficient_tagging import get_model, save_checkpoint
+    from efficient_tagging.cli import tag as tag_cli
+    from efficient_tagging.audio import encode_audio
+    from efficient_tagging.labels import LabelMap
+
+    names = ["\x1b[2J\x1b[Hclear", "bell\x07", "line\nbreak", "plain"]
+    model = get_model(arch="mn", width_mult=0.1, num_classes=4, input_dim_f=32)
+    checkpoint = save_checkpoint(tmp_path / "hostile.pt", model, preprocessing={"sr": 16000, "n_mels": 32, "hopsize": 320},
+                                 labels=LabelMap.from_names(names))
+    wav = tmp_path / "tone.wav"
+    wav.write_bytes(encode_audio(0.1 * np.sin(np.arange(16000) * 0.1).astype(np.float32), 16000, "wav"))
+    assert tag_cli.main(["--model_path", str(checkpoint), "--audio_path", str(wav), "--top_k", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed
+    assert "\\x1b[2J\\x1b[Hclear" in printed and "line\\nbreak" in printed and "plain" in printed
+    with pytest.raises(ValueError, match="list of 'names'"):
+        LabelMap.from_dict({"names": "abc"})
+
+
+# ----------------------------------------------------------------------------- 5. truncated WAV
+def test_a_truncated_wav_is_tagged_with_a_warning(tmp_path, caplog):
+    """Header says 3 s, data holds 1 s: FFmpeg takes the duration from the file size, so nothing was
+    said (mp3 was detected). The WAV header's data size is read and compared with what was decoded."""
+    import logging
+
+    from efficient_tagging.audio import encode_audio, wav_header_duration
+    from efficient_tagging.tagging.tagger import AudioTagger
+    from efficient_tagging import get_model
+
+    whole = encode_audio((0.1 * np.sin(np.arange(48000) * 0.1)).astype(np.float32), 16000, "wav")
+    assert wav_header_duration(whole) == pytest.approx(3.0)
+    truncated = tmp_path / "truncated.wav"
+    truncated.write_bytes(whole[:len(whole) - 32000])
+    intact = tmp_path / "intact.wav"
+    intact.write_bytes(whole)
+    model = get_model(arch="mn", width_mult=0.1, num_classes=3, input_dim_f=32)
+    model.preprocessing = {"sr": 16000, "n_mels": 32, "hopsize": 320}
+    tagger = AudioTagger(model)
+    with caplog.at_level(logging.WARNING):
+        tagger.tag_file(intact, 2)
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()]
+    with caplog.at_level(logging.WARNING):
+        tagger.tag_file(truncated, 2)
+    warned = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert warned and str(truncated) in warned[0] and "states 3.00 s" in warned[0]
+
+
+# ----------------------------------------------------------------------------- 6. checkpoint integrity
+def _flip_a_bit_in_the_largest_tensor(path):
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        entry = max((i for i in archive.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+        with open(path, "rb") as handle:
+            handle.seek(entry.header_offset)
+            local = handle.read(30)
+        name_length, extra_length = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        start = entry.header_offset + 30 + name_length + extra_length
+    data = bytearray(path.read_bytes())
+    data[start + entry.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_with_a_flipped_bit_is_refused(tmp_path):
+    """One flipped bit inside a weight tensor loaded and ran silently (get_model, --resume)."""
+    from efficient_tagging import get_model, save_checkpoint
+    from efficient_tagging.models.factory import read_checkpoint
+
+    model = get_model(arch="mn", width_mult=0.1, num_classes=3)
+    path = save_checkpoint(tmp_path / "good.pt", model)
+    state, metadata = read_checkpoint(path)
+    assert len(metadata["state_dict_sha256"]) == 64
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    _flip_a_bit_in_the_largest_tensor(path)
+    with pytest.raises(ValueError, match=r"good\.pt: the weights do not match the checksum"):
+        read_checkpoint(path)
+    with pytest.raises(ValueError, match=r"good\.pt: the weights do not match the checksum"):
+        get_model(str(path))
+
+
+def test_resume_from_a_damaged_checkpoint_is_one_clear_error(tmp_path):
+    """A corrupt --resume checkpoint printed a traceback before the (good) message."""
+    data = make_tiny_audioset(tmp_path / "d.h5", num_clips=8)
+    eval_data = make_tiny_audioset(tmp_path / "e.h5", num_clips=4, seed=1)
+    assert _training_run(data, eval_data, tmp_path / "run")[0] == 0
+    _flip_a_bit_in_the_largest_tensor(tmp_path / "run" / "last.pt")
+    code, out, err = _training_run(data, eval_data, tmp_path / "run", extra=("--resume",))
+    assert code == 1
+    assert "Traceback" not in err and "--resume:" in err and "last.pt: the weights do not match the checksum" in err
+    assert "delete" in err
+
+
+# ----------------------------------------------------------------------------- 7. wrong file in the cache
+def test_a_wrong_architecture_in_the_download_cache_is_moved_aside(tmp_path, monkeypatch):
+    """A file of another architecture served under a catalogue name was cached, and every later
+    get_model(name) failed until the user deleted it by hand. Downloads must fit before they are
+    renamed into the cache; a bad cached copy is moved aside and fetched again."""
+    from efficient_tagging import get_model
+    from efficient_tagging.hub import DownloadError
+    from efficient_tagging.models.registry import get_entry
+
+    entry = get_entry("mn04_as")
+    wrong = get_model(arch="mn", width_mult=0.5)  # another width: other shapes
+    right = get_model(arch="mn", width_mult=0.4)
+    mirror, cache = tmp_path / "mirror", tmp_path / "cache"
+    mirror.mkdir()
+    cache.mkdir()
+    monkeypatch.setenv("EFFICIENT_TAGGING_MIRROR", mirror.as_uri())
+
+    # a mirror serving the wrong file: refused before it reaches the cache
+    torch.save(wrong.state_dict(), mirror / entry.filename)
+    with pytest.raises(DownloadError, match="do not fit mn04_as"):
+        get_model("mn04_as", cache_dir=cache)
+    assert not (cache / entry.filename).exists()
+
+    # a wrong file already in the cache (put there by hand, or by an older version): moved aside, fetched again
+    torch.save(wrong.state_dict(), cache / entry.filename)
+    torch.save(right.state_dict(), mirror / entry.filename)
+    model = get_model("mn04_as", cache_dir=cache)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), right.state_dict().values()))
+    assert len(list(cache.glob(f"{entry.filename}.bad-*"))) == 1
+    assert get_model("mn04_as", cache_dir=cache) is not None  # and the next call just works
