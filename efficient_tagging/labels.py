@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 from .hub import cached_file
+from .textfile import open_text
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def read_class_labels_csv(path: Union[str, Path]) -> LabelMap:
         raise FileNotFoundError(f"label file not found: {path}")
     names: list[str] = []
     ids: list[str] = []
-    with open(path, newline="", encoding="utf-8") as handle:
+    with open_text(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:3]] != ["index", "mid", "display_name"]:

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -151,3 +152,15 @@ class FileLock:
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         self.release()
+
+
+def temporary_file(destination: Union[str, Path], suffix: str = ".tmp") -> tuple[int, str]:
+    """`tempfile.mkstemp` beside `destination` for an atomic write (write, then `os.replace`), with
+    the permissions a plain `open()` would give the file (0666 less the umask) instead of mkstemp's
+    private 0600 -- so other users and containers can read what was written. Returns (fd, path)."""
+    destination = Path(destination)
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle, 0o666 & ~umask)
+    return handle, temporary

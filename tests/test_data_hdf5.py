@@ -179,14 +179,17 @@ def test_bad_clips_are_replaced_logged_and_counted(tmp_path, caplog, payload):
     assert dataset[2]["index"] == item["index"] and dataset.skipped_clips == 2
 
 
-def test_all_clips_bad_returns_silence_without_raising(tmp_path):
+def test_all_clips_bad_is_an_error_not_silence(tmp_path):
+    """A clip and every replacement drawn for it undecodable: an error naming the file and the clip (it
+    used to return silence without labels, and training went on over it; issue 24)."""
+    from efficient_tagging.data.base import UndecodableData
+
     path = make_hdf5(tmp_path / "a.hdf", ["Y0.mp3", "Y1.mp3"])
     _replace_clip(path, 0, b"garbage")
     _replace_clip(path, 1, b"")
     dataset = AudioSetDataset(path, clip_length=CLIP, max_resample_retries=3)
-    item = dataset[0]
-    assert item["skipped"] == 4 and torch.equal(item["waveform"], torch.zeros(SR // 2))
-    assert item["target"].sum() == 0 and not item["has_teacher"]
+    with pytest.raises(UndecodableData, match=r"a\.hdf.*clip 0 \(Y0\.mp3\) and the 3 clips drawn to replace it"):
+        dataset[0]
 
 
 def test_several_files_are_concatenated(tmp_path):

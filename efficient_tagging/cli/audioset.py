@@ -31,11 +31,12 @@ from ..labelling import label_hdf5
 from ..models.factory import CheckpointError, CheckpointWriteError, get_model
 from ..tagging.tagger import AudioTagger, load_tagger
 from ..data.base import UndecodableData
+from ..textfile import InputFileError
 from ..train.audioset import AUDIOSET_DEFAULTS, DEMO_DEFAULTS, demo_teacher_config
 from ..train.distributed import DeviceUnavailable, DistInfo, init_distributed, select_device
 from ..train.interrupt import TrainingInterrupted
 from ..train.reproducibility import portable_cpu_numerics
-from ..train.run_lock import RunDirectoryBusy
+from ..train.run_lock import RunDirectoryBusy, RunDirectoryHoldsRun, fresh_run_directory
 from ..train.tracking import RunTracker
 from ..train.trainer import ResumeMismatch, TrainConfig, cap_num_workers, evaluate, train
 from .train_flags import add_training_arguments, config_from_args
@@ -177,7 +178,12 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
     student_args = argparse.Namespace(**{**vars(args), "experiment_name": args.experiment_name or "demo_student"})
     config = config_from_args(student_args, student_defaults)
     if args.out_dir is None:
-        config.out_dir = str(root / "student" / f"{config.arch}{str(config.width_mult).replace('.', '')}")
+        default_dir = root / "student" / f"{config.arch}{str(config.width_mult).replace('.', '')}"
+        # a rerun keeps the earlier student and writes beside it (--resume / --overwrite: that folder)
+        config.out_dir = str(default_dir if config.resume or config.overwrite else fresh_run_directory(default_dir))
+        if is_main and Path(config.out_dir) != default_dir:
+            print(f"[demo] {default_dir} holds an earlier student run (kept; --overwrite replaces it, --resume "
+                  f"continues it): this run writes {config.out_dir}", flush=True)
     config.teacher_logits = config.teacher_logits or str(teacher_logits_path)
     if is_main:
         print(f"[demo] distilling the student ({config.arch}, width {config.width_mult}) from the teacher logits",
@@ -303,8 +309,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("\ninterrupted: nothing more was saved (checkpoints written before, e.g. last.pt, are intact)",
               file=sys.stderr)
         return exit_code(stopped.signum) if isinstance(stopped, SignalReceived) else 130
-    except (RunDirectoryBusy, ResumeMismatch, CheckpointWriteError, CheckpointError, DeviceUnavailable,
-            UndecodableData) as err:
+    except (RunDirectoryBusy, RunDirectoryHoldsRun, ResumeMismatch, CheckpointWriteError, CheckpointError,
+            DeviceUnavailable, UndecodableData, InputFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

@@ -34,11 +34,12 @@ from ..interrupt import SignalReceived, exit_code
 from ..models.factory import CheckpointError, CheckpointWriteError
 from ..tagging.tagger import load_tagger
 from ..data.base import UndecodableData
+from ..textfile import InputFileError
 from ..train.distributed import DeviceUnavailable, DistInfo, select_device
 from ..train.finetune import (OWN_LR, RECIPES, REFERENCE_SCRIPTS, FinetuneResult, PreprocessingConflict,
                               adopt_model_frontend, cross_validate, finetune, open_datasets, recipe_defaults)
 from ..train.interrupt import TrainingInterrupted
-from ..train.run_lock import RunDirectoryBusy
+from ..train.run_lock import RunDirectoryBusy, RunDirectoryHoldsRun, check_run_directory
 from ..train.tracking import RunTracker
 from ..train.trainer import SELECTION_METRIC, ResumeMismatch, cap_num_workers, dataset_task, evaluate
 from .dataset_flags import add_dataset_arguments, source_from_args
@@ -263,6 +264,8 @@ def run_training(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
     source = source_from_args(args, recipe)
     overrides = _overrides(args, recipe)
     values = {**recipe_defaults(recipe), **overrides}
+    # before any data is read: a busy out_dir, or one holding a run this one would replace, is refused now
+    check_run_directory(values["out_dir"], resume=bool(values.get("resume")), overwrite=bool(values.get("overwrite")))
     # a model is fine-tuned on the inputs it was trained with: its stored frontend, before the data opens
     for line in adopt_model_frontend(values, set(overrides), values.get("model_name"),
                                      override=args.override_preprocessing):
@@ -380,7 +383,8 @@ def main(argv: Optional[Sequence[str]] = None, recipe: str = "own") -> int:
     except (KeyboardInterrupt, SignalReceived) as stopped:
         print("\ninterrupted: checkpoints written before (last.pt) are intact", file=sys.stderr)
         return exit_code(stopped.signum) if isinstance(stopped, SignalReceived) else 130
-    except (DatasetSourceError, DatasetLayoutError, FileNotFoundError, RunDirectoryBusy, ResumeMismatch,
-            CheckpointWriteError, DeviceUnavailable, UndecodableData, CheckpointError, PreprocessingConflict) as err:
+    except (DatasetSourceError, DatasetLayoutError, FileNotFoundError, RunDirectoryBusy, RunDirectoryHoldsRun,
+            ResumeMismatch, CheckpointWriteError, CheckpointError, DeviceUnavailable, UndecodableData, InputFileError,
+            PreprocessingConflict) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -179,6 +179,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(runtime, "--seed", type=int, help="seed of every random draw (data order, augmentation, initialisation)")
     flag(runtime, "--out_dir", help="where last.pt and best.pt are written")
     flag(runtime, "--resume", action="store_true", help="continue exactly from out_dir/last.pt")
+    flag(runtime, "--overwrite", action="store_true",
+         help="start over in an out_dir that already holds a run's checkpoints, replacing them (without it, "
+              "and without --resume, such an out_dir is refused: a rerun never silently replaces finished work)")
     flag(runtime, "--resume_override", action="store_true",
          help="with --resume: accept settings that differ from the checkpoint's run (batch size, epochs, ...; "
               "printed old -> new); the model's own settings can never change")

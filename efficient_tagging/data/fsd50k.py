@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..labels import LabelMap
+from ..textfile import open_text
 from .hdf5 import AudioSetDataset, read_label_map
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def read_fsd50k_vocabulary(path: PathLike) -> LabelMap:
         raise FileNotFoundError(f"FSD50K vocabulary file not found: {path}")
     names: list[str] = []
     ids: list[str] = []
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         for line_number, cells in enumerate(csv.reader(handle), start=1):
             cells = [cell.strip() for cell in cells]
             if not any(cells):

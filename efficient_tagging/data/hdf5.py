@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from ..audio import AudioDecodeError, decode_audio, resample
 from ..labels import AUDIOSET_NUM_CLASSES, LabelMap
+from ..textfile import InputFileError
 from .base import ClipDataset
 
 if TYPE_CHECKING:
@@ -62,12 +63,25 @@ def _decode_name(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
 
 
+def open_hdf5(path: PathLike, mode: str = "r", **options: Any) -> h5py.File:
+    """`h5py.File(path, mode)`; a file that is not HDF5 (or is damaged) is an InputFileError naming it and
+    what was expected, not h5py's bare "file signature not found"."""
+    try:
+        return h5py.File(path, mode, **options)
+    except OSError as error:
+        if "signature" in str(error) or "truncated" in str(error) or "bad object header" in str(error):
+            raise InputFileError(f"{path}: not an HDF5 file, or a damaged one ({error}); this takes AudioSet-format HDF5 "
+                             f"files (audio_name, mp3, target: see efficient_tagging.data.prepare to pack audio "
+                             f"into one) or teacher-logits HDF5 files") from None
+        raise
+
+
 def read_audio_names(path: PathLike) -> list[str]:
     """The `audio_name` column of an AudioSet-format (or teacher-logits) HDF5 file as a list of str."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"HDF5 file not found: {path}")
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path) as handle:
         if "audio_name" not in handle:
             raise KeyError(f"{path}: no 'audio_name' dataset (found {sorted(handle.keys())})")
         return [_decode_name(name) for name in handle["audio_name"][()]]
@@ -75,7 +89,7 @@ def read_audio_names(path: PathLike) -> list[str]:
 
 def read_label_map(path: PathLike) -> Optional[LabelMap]:
     """The label map stored in the file's `label_names`/`label_ids` attributes, or None if absent."""
-    with h5py.File(path, "r") as handle:
+    with open_hdf5(path) as handle:
         if "label_names" not in handle.attrs:
             return None
         names = json.loads(_decode_name(handle.attrs["label_names"]))
@@ -292,7 +306,7 @@ class AudioSetDataset(ClipDataset):
         for path in self.paths:
             if not path.is_file():
                 raise FileNotFoundError(f"HDF5 file not found: {path}")
-            with h5py.File(path, "r") as handle:
+            with open_hdf5(path) as handle:
                 missing = [key for key in ("audio_name", "mp3", "target") if key not in handle]
                 if missing:
                     raise KeyError(f"{path}: not an AudioSet-format HDF5 file, missing dataset(s) {missing}")

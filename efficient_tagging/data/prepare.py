@@ -42,6 +42,7 @@ import numpy as np
 from ..audio import AudioDecodeError, decode_audio, encode_audio, pad_or_truncate, resample
 from ..labels import LabelMap, audioset_labels, read_class_labels_csv
 from ..locking import FileLock, OutputLockedError
+from ..textfile import open_text
 from .hdf5 import AudioSetHDF5Writer
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def _is_float(text: str) -> bool:
 
 
 def _data_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         for line_number, row in enumerate(csv.reader(handle, skipinitialspace=True), start=1):
             if not row or all(not cell.strip() for cell in row):
                 continue
@@ -121,7 +122,7 @@ def _data_lines(path: Path) -> Iterator[tuple[int, list[str]]]:
 
 def detect_csv_format(path: Path) -> str:
     """'audioset' or 'plain', from the first lines of the file."""
-    with open(path, encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         for line in handle:
             if line.strip():
                 break
@@ -446,7 +447,7 @@ def read_fsd50k_ground_truth(csv_path: Path, with_split: bool) -> list[tuple[str
     """Rows (fname, labels, mids, split) of FSD50K's dev.csv (`fname,labels,mids,split`) or eval.csv
     (`fname,labels,mids`; split "eval"); labels and mids are comma-separated inside quotes."""
     required = ["fname", "labels"] + (["split"] if with_split else [])
-    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+    with open_text(csv_path) as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in (reader.fieldnames or [])]
         missing = [name for name in required if name not in header]
@@ -559,7 +560,7 @@ def _openmic_root(release_dir: Path) -> Path:
 
 def _read_partition(path: Path) -> list[str]:
     keys = []
-    with open(path, encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         for line in handle:
             key = line.strip().split(",")[0].strip()
             if key and key != "sample_key":  # one sample key per line; tolerate a header
@@ -598,7 +599,7 @@ def read_openmic_aggregated_labels(path: Path, label_map: LabelMap) -> tuple[lis
     lookup = {name: i for i, name in enumerate(label_map.names)}
     rows: dict[str, int] = {}
     known: list[tuple[int, int, float]] = []
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         reader = csv.DictReader(handle)
         header = [name.strip() for name in (reader.fieldnames or [])]
         if not {"sample_key", "instrument", "relevance"} <= set(header):

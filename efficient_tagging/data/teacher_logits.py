@@ -24,7 +24,6 @@ import errno
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
@@ -32,7 +31,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 import h5py
 import numpy as np
 
-from ..locking import FileLock, OutputLockedError, lock_path_for
+from ..locking import FileLock, OutputLockedError, lock_path_for, temporary_file
+from .hdf5 import open_hdf5
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class TeacherLogits:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"teacher-logits file not found: {self.path}")
-        with h5py.File(self.path, "r") as handle:
+        with open_hdf5(self.path) as handle:
             missing = [key for key in ("audio_name", "logits") if key not in handle]
             if missing:
                 raise KeyError(f"{self.path}: not a teacher-logits file, missing dataset(s) {missing}")
@@ -607,7 +607,7 @@ def merge_teacher_logits(shard_paths: Sequence[PathLike], output: PathLike, *,
     for shard_index, path in enumerate(shard_paths):
         if not path.is_file():
             raise FileNotFoundError(f"shard not found: {path}")
-        with h5py.File(path, "r") as handle:
+        with open_hdf5(path) as handle:
             if "audio_name" not in handle or "logits" not in handle:
                 raise ValueError(f"{path}: not a teacher-logits file")
             attrs = {k: _decode_attr(v) for k, v in handle.attrs.items()
@@ -644,7 +644,7 @@ def merge_teacher_logits(shard_paths: Sequence[PathLike], output: PathLike, *,
     missing_order = list(missing)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    handle_fd, temporary = tempfile.mkstemp(prefix=output.name + ".", suffix=".tmp", dir=output.parent)
+    handle_fd, temporary = temporary_file(output)
     os.close(handle_fd)
     os.unlink(temporary)
     attrs = dict(setup or {})

@@ -87,6 +87,7 @@ from ..audio import AudioSource, load_audio
 from ..frontends import AugmentMelSTFT, build_frontend
 from ..frontends.contract import CONTRACT_KEY, InputContract
 from ..labels import LabelMap
+from ..locking import temporary_file
 from ..models.layers import min_input_frames, sliding_window_starts
 from ..tagging.tagger import AudioTagger, BlockFactory, TaggingMixin, check_model_input
 
@@ -420,7 +421,7 @@ def _write_atomically(model_proto: Any, path: Path) -> Path:
     """Write an ONNX ModelProto to `path` via a temp file in the same folder + rename (no half-written files)."""
     onnx = _require("onnx")
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temp = temporary_file(path)
     os.close(handle)
     try:
         if model_proto.ByteSize() >= 2 ** 31 - 1:

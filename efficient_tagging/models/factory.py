@@ -19,7 +19,6 @@ import inspect
 import logging
 import os
 import shutil
-import tempfile
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -31,6 +30,7 @@ from ..frontends import build_frontend, frontend_sample_rate, frontend_settings,
 from ..frontends.contract import CONTRACT_KEY, InputContract
 from ..hub import MIRROR_ENV, DownloadError, cached_file, move_aside
 from ..labels import LabelMap
+from ..locking import temporary_file
 from .layers import min_input_frames
 from .registry import PretrainedEntry, get_entry
 
@@ -266,8 +266,10 @@ def _replace_cached_download(entry: PretrainedEntry, path: Path, error: Exceptio
         path = cached_file(_catalogue_url(entry), entry.filename, cache=cache_dir, sha256=entry.sha256,
                            progress=progress, validate=_fits_catalogue_entry(entry), validate_cached=False)
     except Exception as download_error:
-        raise DownloadError(f"the cached copy of {entry.name} was not usable ({str(error).splitlines()[0]}); it was "
-                            f"moved to {moved}. Downloading it again failed: {download_error}") from download_error
+        raise DownloadError(f"the cached copy of {entry.name} was not usable and was moved to {moved}; downloading "
+                            f"it again failed: {download_error}\nWhat was wrong with the cached copy: {error}\n"
+                            f"Put a good copy of {entry.url} at {path} (or copy_into_cache it) and run again"
+                            ) from download_error
     state_dict, metadata = read_checkpoint(path)
     return path, state_dict, metadata
 
@@ -520,7 +522,7 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[
         payload["extra"] = extra
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        handle, temporary = temporary_file(path)
     except OSError as err:
         raise _write_error(path, err, payload) from err
     os.close(handle)

@@ -32,7 +32,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from torch import Tensor
 
 from ..audio import AudioDecodeError, stream_audio
 from ..labels import LabelMap
+from ..locking import temporary_file
 from .tagger import Tag, TaggingMixin
 
 logger = logging.getLogger(__name__)
@@ -342,12 +342,8 @@ class ProbabilitiesWriter:
         self.top_k = int(top_k)
         self.rows = 0
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        handle, temporary = temporary_file(self.path)  # the permissions any new file would get
         self._temporary = Path(temporary)
-        # mkstemp creates a private (0600) file; the output gets the permissions any new file would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle, 0o666 & ~umask)
         self._stream: Optional[io.TextIOWrapper] = open(handle, "w", encoding="utf-8", newline="")
         self._csv = None
         if self.format == ".csv":

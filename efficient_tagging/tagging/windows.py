@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
@@ -46,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..audio import AudioSource, stream_audio
+from ..locking import temporary_file
 from ..models.layers import forward_spectrogram
 from .long_input import SpectrogramStream, _FrameBuffer, frame_geometry
 
@@ -329,7 +329,7 @@ def write_text_atomic(path: Union[str, Path], text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file and a rename (no half-written file on a kill)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = temporary_file(path)
     try:
         with os.fdopen(handle, "w", newline="") as out:
             out.write(text)
@@ -634,7 +634,7 @@ def plot_tags_over_time(tags: TagsOverTime, path: Union[str, Path], style: Optio
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    handle, temporary = temporary_file(path, suffix=".png")
     os.close(handle)
     try:
         figure.savefig(temporary, format="png")

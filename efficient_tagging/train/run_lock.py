@@ -49,3 +49,43 @@ class RunDirectoryLock(FileLock):
         except OutputLockedError as busy:
             raise RunDirectoryBusy(self.directory, busy.holder) from None
         return self
+
+
+class RunDirectoryHoldsRun(ValueError):
+    """`out_dir` already holds the checkpoints of a run, and this run was asked neither to continue
+    (`--resume`) nor to replace (`--overwrite`) it."""
+
+
+#: checkpoints whose presence means out_dir holds a run (finished or interrupted)
+RUN_CHECKPOINTS = ("last.pt", "best.pt")
+
+
+def check_run_directory(directory: Union[str, Path], *, resume: bool = False, overwrite: bool = False,
+                        probe_lock: bool = True) -> None:
+    """Before anything is loaded: refuse an `out_dir` that another live run holds (RunDirectoryBusy),
+    or one holding a run's checkpoints unless `resume` (continue it) or `overwrite` (replace it) --
+    a rerun must never silently replace finished work (RunDirectoryHoldsRun, naming the files)."""
+    directory = Path(directory)
+    if probe_lock and (directory / LOCK_NAME).exists():
+        with RunDirectoryLock(directory):  # raises RunDirectoryBusy while another run holds it
+            pass
+    if resume or overwrite:
+        return
+    present = [directory / name for name in RUN_CHECKPOINTS if (directory / name).is_file()]
+    if present:
+        when = datetime.datetime.fromtimestamp(max(p.stat().st_mtime for p in present)).isoformat(" ", "seconds")
+        raise RunDirectoryHoldsRun(
+            f"{directory} already holds a training run ({', '.join(p.name for p in present)}, last written {when}): "
+            f"this run would replace its checkpoints. Give another --out_dir, --resume to continue that run (a "
+            f"finished one is only evaluated again), or --overwrite to replace it")
+
+
+def fresh_run_directory(base: Union[str, Path]) -> Path:
+    """`base` if it holds no run's checkpoints, else the first of `base-2`, `base-3`, ... that holds none
+    (the demo's student folders: a rerun keeps the earlier result and writes beside it)."""
+    base = Path(base)
+    candidate, number = base, 1
+    while any((candidate / name).is_file() for name in RUN_CHECKPOINTS):
+        number += 1
+        candidate = base.with_name(f"{base.name}-{number}")
+    return candidate

@@ -31,12 +31,13 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from ..data.base import UndecodableData
 from ..data.augment import gain_augment, mix, mixstyle, mixup, roll_waveforms, wavmix
+from ..data.base import UndecodableData
 from ..data.hdf5 import AudioSetDataset, read_label_map
 from ..data.sampling import DistributedWeightedSampler, check_positive_labels, class_balanced_weights
 from ..data.teacher_logits import check_teacher_coverage
 from ..frontends.mel import AugmentMelSTFT
+from ..hardware import resolve_precision
 from ..labels import LabelMap
 from ..models.factory import (CheckpointError, create_model, get_model, pretrained_arch, read_checkpoint,
                               save_checkpoint)
@@ -44,7 +45,7 @@ from ..models.layers import forward_spectrogram
 from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_max, reduce_sum, select_device
 from ..interrupt import StopOnSignal, signal_name
 from .interrupt import TrainingInterrupted
-from .run_lock import RunDirectoryBusy, RunDirectoryLock
+from .run_lock import RunDirectoryBusy, RunDirectoryHoldsRun, RunDirectoryLock, check_run_directory
 from .losses import TASK_KINDS, kd_temperature, masked_bce_loss, single_label_loss, task_loss
 from .metrics import (accuracy_by_group, evaluate_masked_predictions, evaluate_predictions,
                       multiclass_metrics)
@@ -140,6 +141,7 @@ class TrainConfig:
     dataset: str = "audioset"  # what the model is trained on: stored in its checkpoint
     out_dir: str = "runs/audioset"
     resume: bool = False
+    overwrite: bool = False  # start over in an out_dir that holds a run's checkpoints (else refused)
     resume_override: bool = False  # --resume although settings differ from the checkpoint's run (not the model)
     checkpoint_every_steps: int = 500  # also checkpoint mid-epoch, so a killed job loses little
     eval_batch_size: Optional[int] = None
@@ -191,7 +193,7 @@ class TrainConfig:
 MODEL_FIELDS = ("arch", "model_name", "width_mult", "head_type", "se_dims", "strides", "model_kwargs", "num_classes",
                 "n_mels")
 # Fields that only say where and how a run executes, not what it computes: never compared on resume.
-RUNTIME_FIELDS = ("num_workers", "progress", "cuda", "eval_batch_size", "out_dir", "resume", "resume_override",
+RUNTIME_FIELDS = ("num_workers", "progress", "cuda", "eval_batch_size", "out_dir", "resume", "overwrite", "resume_override",
                   "crash_after_steps", "checkpoint_every_steps")
 
 
@@ -491,14 +493,32 @@ def train(config: TrainConfig, tracker: Optional[Any] = None,
     fine-tuning datasets: ESC-50, DCASE20, OpenMIC, CSV/folder ...); their `task` picks the loss
     and metrics unless `config.task` says otherwise.
 
-    Holds `out_dir/.lock` for the whole run (RunDirectoryBusy if another run holds it). On
+    Holds `out_dir/.lock` for the whole run (RunDirectoryBusy if another run holds it); an out_dir
+    that already holds a run's checkpoints is refused unless `config.resume` or `config.overwrite`
+    (RunDirectoryHoldsRun: a rerun never silently replaces finished work). On
     SIGINT/SIGTERM it finishes the current step, writes `last.pt` and raises TrainingInterrupted
     (resuming from it continues exactly); the signal handlers are the previous ones again after.
     """
     dist_info = init_distributed()
     device = select_device(config.cuda, dist_info)
     with _locked_run_directory(Path(config.out_dir), dist_info), StopOnSignal(armed=False) as stop:
+        _check_out_dir_is_free(config, dist_info)
         return _train(config, tracker, dist_info, device, stop, datasets)
+
+
+def _check_out_dir_is_free(config: TrainConfig, dist_info: DistInfo) -> None:
+    """Rank 0 (which writes the checkpoints) checks, under the lock, that out_dir holds no earlier run
+    this one would replace; every rank learns the verdict (no rank trains on alone)."""
+    refusal: Optional[RunDirectoryHoldsRun] = None
+    if dist_info.rank == 0:
+        try:
+            check_run_directory(config.out_dir, resume=config.resume, overwrite=config.overwrite, probe_lock=False)
+        except RunDirectoryHoldsRun as error:
+            refusal = error
+    if dist_info.enabled and reduce_max(1.0 if refusal else 0.0) > 0 and refusal is None:
+        raise RunDirectoryHoldsRun(f"{config.out_dir} already holds a training run (seen by rank 0)")
+    if refusal is not None:
+        raise refusal
 
 
 def _stop_signal(stop: StopOnSignal, dist_info: DistInfo) -> int:
@@ -513,6 +533,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
     show_progress = config.progress and is_main
     seed_everything(config.seed + dist_info.rank)
     out_dir = Path(config.out_dir)
+    precision = resolve_precision(config.precision, device)  # bf16 without native bf16: float32, with a note
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -592,7 +613,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
     scheduler = make_lr_scheduler(optimizer, exp_warmup_linear_down(config.warm_up_len, config.ramp_down_len,
                                                                     config.ramp_down_start, config.last_lr_value),
                                   steps_per_epoch, per_step=config.lr_per_step)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "16")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
     augment_generator = torch.Generator().manual_seed(config.seed * 1000 + dist_info.rank)
 
     start_epoch, step_in_epoch, global_step, best_map = 0, 0, 0, -math.inf
@@ -694,7 +715,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
                 mixed = wavmix(waveform, labels, None, generator=augment_generator)
                 waveform = mixed.waveform  # labels and teacher are mixed in the loss, step by step
                 teacher_mixes.append((mixed.permutation, mixed.lam))
-            with autocast_context(device, config.precision):
+            with autocast_context(device, precision):
                 spectrogram = frontend(waveform).unsqueeze(1)
                 if config.mixstyle_p > 0:  # the reference's DCASE recipe: MixStyle instead of mixup
                     spectrogram = mixstyle(spectrogram, config.mixstyle_p, config.mixstyle_alpha, augment_generator)
@@ -779,7 +800,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         improved = False
         if evaluate_now:
             metrics = evaluate(model, frontend, eval_set, device, dist_info,
-                               config.eval_batch_size or config.batch_size, num_workers, config.precision,
+                               config.eval_batch_size or config.batch_size, num_workers, precision,
                                show_progress, task=task, seen_groups=train_devices)
             epoch_record.update(_epoch_metrics(task, metrics))
             final_metrics = {**epoch_record, **{k: metrics[k] for k in DETAIL_METRICS if k in metrics}}

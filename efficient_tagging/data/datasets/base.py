@@ -18,6 +18,7 @@ import torch
 
 from ...audio import AudioDecodeError, decode_audio, stated_duration
 from ...labels import LabelMap
+from ...textfile import open_text
 from ..base import TASKS, ClipDataset
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def read_table(path: Path, required: Sequence[str], layout: str, delimiter: str 
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found. Expected layout: {layout}")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
+    with open_text(path) as handle:
         reader = csv.reader(handle, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
