@@ -368,3 +368,25 @@ def test_bf16_without_native_bf16_runs_float32_with_a_note(monkeypatch, caplog):
     assert hardware.resolve_precision("auto", "cpu") == "32" and hardware.resolve_precision("16", "cpu") == "16"
     monkeypatch.setattr(hardware, "native_bf16", lambda device="cpu": True)
     assert hardware.resolve_precision("bf16", "cpu") == "bf16"
+
+
+# ----------------------------------------------------------------------------- 11, 12. command-line outputs
+def test_windowed_inference_outputs_follow_one_rule(tmp_path, capsys):
+    """`--plot /nonexistent/dir/x.png` silently created folders; a folder as --audio_path said "audio file
+    not found". Every output flag now needs an existing folder, and a folder input is explained."""
+    from efficient_tagging.cli import tag as tag_cli
+    from efficient_tagging.cli import tag_over_time as over_time_cli
+
+    missing = tmp_path / "nonexistent" / "dir"
+    for flag, name in (("--plot", "x.png"), ("--events", "e.csv"), ("--output", "t.csv")):
+        with pytest.raises(SystemExit) as stop:
+            over_time_cli.main(["--audio_path", str(tmp_path), flag, str(missing / name)])
+        assert stop.value.code == 2
+        assert f"{flag} {missing / name}: the folder {missing} does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tag_cli.main(["--audio_path", str(tmp_path), "--output", str(missing / "t.csv")])
+    assert "does not exist; create it first" in capsys.readouterr().err
+    assert not (tmp_path / "nonexistent").exists()
+    with pytest.raises(SystemExit):
+        over_time_cli.main(["--audio_path", str(tmp_path)])
+    assert "is a folder: windowed_inference.py tags one recording" in capsys.readouterr().err

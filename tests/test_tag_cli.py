@@ -277,8 +277,9 @@ def test_one_file_prints_efficientat_block_and_json_as_before(mixed_folder, chec
                             + "********************************************************\n")
     assert captured.err == ""
     assert tag.main(["--model_path", str(checkpoint), "--audio_path", str(path), "--top_k", "3", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [
-        {"label": t.label, "index": t.index, "probability": t.probability} for t in expected]
+    # one JSON shape for one file or many (issue 24: a bare list for one file, {path, top_k} for several)
+    assert json.loads(capsys.readouterr().out) == [{"path": str(path), "top_k": [
+        {"label": t.label, "index": t.index, "probability": t.probability} for t in expected]}]
 
 
 def test_several_files_print_a_block_per_file_in_order(mixed_folder, checkpoint, capsys):
@@ -386,7 +387,12 @@ def test_progress_bar_goes_to_stderr(tagger, mixed_folder, capsys):
 
 
 def test_one_file_with_output_writes_it_and_says_so(mixed_folder, checkpoint, tmp_path, capsys):
-    output = tmp_path / "out" / "one.csv"  # a missing folder is made
+    output = tmp_path / "out" / "one.csv"  # one rule for every output flag: the folder must exist (issue 24)
+    with pytest.raises(SystemExit):
+        tag.main(["--audio_path", str(mixed_folder / "a_8k_mono.wav"), "--model_path", str(checkpoint),
+                  "--output", str(output)])
+    assert "does not exist; create it first" in capsys.readouterr().err and not output.parent.exists()
+    output.parent.mkdir()
     assert tag.main(["--audio_path", str(mixed_folder / "a_8k_mono.wav"), "--model_path", str(checkpoint),
                      "--output", str(output)]) == 0
     captured = capsys.readouterr()

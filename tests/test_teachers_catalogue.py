@@ -189,7 +189,7 @@ def test_ensemble_from_names_and_cli(monkeypatch, tmp_path, capsys):
                                "passt_s_kd_p16_128_ap486", "--cache_dir", str(tmp_path), "--labels_path",
                                str(LABELS_CSV), "--json", "--top_k", "2"])
         assert code == 0
-        assert len(json.loads(capsys.readouterr().out)) == 2
+        assert len(json.loads(capsys.readouterr().out)[0]["top_k"]) == 2
 
 
 def _complexity_json(capsys, *args) -> dict:

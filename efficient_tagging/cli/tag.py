@@ -5,10 +5,10 @@
 
 Give files and/or folders (positional or after `--audio_path`); folders are searched recursively
 for `efficient_tagging.tagging.files.AUDIO_EXTENSIONS`, other files there are skipped and counted.
-One file given as a file prints EfficientAT's "Acoustic Event Detected" block (or, with --json, a
-list of {label, index, probability}), exactly as before; several files print one block per file
-after a line naming it (--json: a list of {path, top_k}). `--output tags.csv|tags.json` writes
-every class probability of every tagged file instead (see `tagging.files.ProbabilitiesWriter`).
+One file given as a file prints EfficientAT's "Acoustic Event Detected" block, exactly as before;
+several files print one block per file after a line naming it. --json prints one shape whatever the
+number of files: a list of {path, top_k: [{label, index, probability}]}. `--output tags.csv|tags.json`
+writes every class probability of every tagged file instead (see `tagging.files.ProbabilitiesWriter`).
 The work itself (finding files, decoding ahead in threads, batching files of equal length, atomic
 CSV/JSON) lives in `efficient_tagging.tagging.files`; this module parses flags and prints.
 
@@ -44,6 +44,7 @@ from ..tagging.files import (AUDIO_EXTENSIONS, FileTags, ProbabilitiesWriter, cl
                              tag_files, top_tags)
 from ..tagging.tagger import load_tagger
 from .help import HelpFormatter
+from .output_paths import check_output_file
 
 # Imported where used: the training floor (select_device; the package brings metrics and tracking) and the
 # ONNX runner (needs the optional onnxruntime), so that --help imports no plotting or tracking packages.
@@ -145,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cpu, cuda, cuda:N or mps; one that is not there is an error (default: cpu)")
     parser.add_argument("--cuda", action="store_true", help="the same as --device cuda (EfficientAT's flag)")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the top-k tags as JSON")
+    output.add_argument("--json", action="store_true",
+                        help="print the top-k tags as JSON: a list of {path, top_k: [{label, index, probability}]}, "
+                             "one entry per file (the same shape for one file or many)")
     output.add_argument("--output", type=Path, default=None, metavar="FILE",
                         help="write every class probability of every tagged file to FILE (.csv or .json) "
                              "instead of printing top-k tags")
@@ -175,10 +178,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error("--backend onnx needs --model_path pointing to an exported .onnx model")
         if args.device == "mps":
             parser.error("--backend onnx runs on cpu or cuda, not mps")
-    if args.output is not None and args.output.suffix.lower() not in (".csv", ".json"):
-        parser.error(f"--output {args.output}: the name must end in .csv or .json (it chooses the format)")
-    if args.output is not None and args.output.is_dir():
-        parser.error(f"--output {args.output} is a folder; give a file name ending in .csv or .json")
+    check_output_file(parser, "--output", args.output, (".csv", ".json"))
 
 
 def select_tagging_device(args: argparse.Namespace) -> torch.device:
@@ -282,8 +282,8 @@ class TagReport:
             say(tag_block(tags) if self.one_file else f"{result.path}\n{tag_block(tags)}", sys.stdout)
 
     def print_json(self) -> None:
-        if self.args.json and self.json_rows:  # one file: EfficientAT's bare list, as before
-            print(json.dumps(self.json_rows[0]["top_k"] if self.one_file else self.json_rows, indent=1))
+        if self.args.json and self.json_rows:  # one shape for one file or many: a script parses it one way
+            print(json.dumps(self.json_rows, indent=1))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

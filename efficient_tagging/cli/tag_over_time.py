@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .help import HelpFormatter
+from .output_paths import check_output_file
 from .tag import device_name, load_tagger_for, positive_int, select_tagging_device
 
 EPILOG = """\
@@ -120,12 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.output is not None and args.output.suffix.lower() not in (".csv", ".json"):
-        parser.error(f"--output {args.output}: the name must end in .csv or .json (it chooses the format)")
-    if args.plot is not None and args.plot.suffix.lower() != ".png":
-        parser.error(f"--plot {args.plot}: the name must end in .png")
-    if args.events is not None and args.events.suffix.lower() != ".csv":
-        parser.error(f"--events {args.events}: the name must end in .csv")
+    check_output_file(parser, "--output", args.output, (".csv", ".json"))
+    check_output_file(parser, "--plot", args.plot, (".png",))
+    check_output_file(parser, "--events", args.events, (".csv",))
+    if args.audio_path is not None and args.audio_path.is_dir():
+        parser.error(f"--audio_path {args.audio_path} is a folder: windowed_inference.py tags one recording over "
+                     f"time. For the top tags of every file in a folder use inference.py {args.audio_path}; for "
+                     f"each file over time, run this command once per file")
     if args.frame_level and args.stream:
         parser.error("--frame_level tags a file; it cannot be combined with --stream")
     if args.cuda and args.device not in (None, "cuda"):
