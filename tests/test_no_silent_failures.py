@@ -390,3 +390,21 @@ def test_windowed_inference_outputs_follow_one_rule(tmp_path, capsys):
     with pytest.raises(SystemExit):
         over_time_cli.main(["--audio_path", str(tmp_path)])
     assert "is a folder: windowed_inference.py tags one recording" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- 13. what is printed is true
+def test_help_and_printed_lines_say_what_happens(tmp_path, capsys):
+    """--experiment_name showed "default: audioset" in the fine-tuning commands (recorded under runs/own),
+    --num_workers "default: 12" on a 2-core machine; a digit classifier printed "Acoustic Event Detected"."""
+    from efficient_tagging.cli import finetune as finetune_cli
+    from efficient_tagging.cli.tag import tag_block
+    from efficient_tagging.tagging.tagger import Tag
+    from efficient_tagging.train.trainer import cap_num_workers
+
+    own_help = finetune_cli.build_parser("own").format_help()
+    assert "(default: own)" in " ".join(own_help.split()) and "default: audioset" not in own_help
+    assert "(default: esc50)" in " ".join(finetune_cli.build_parser("esc50").format_help().split())
+    if cap_num_workers(12, log=False) < 12:
+        assert f"at most one per core: {cap_num_workers(12, log=False)} here" in " ".join(own_help.split())
+    assert tag_block([Tag("seven", 7, 0.9)]).startswith("************* Acoustic Event Detected: *****************")
+    assert "Classified as" in tag_block([Tag("seven", 7, 0.9)], "multiclass")

@@ -113,7 +113,7 @@ def build_parser(recipe: str = "own") -> argparse.ArgumentParser:
     parser.add_argument("--cache_path", default=None, metavar="DIR",
                         help="decode and resample every clip once into float16 caches in DIR, so later epochs "
                              "(and ESC-50 folds) read without decoding; safe to share between runs (default: none)")
-    add_training_arguments(parser, shown, finetune=True)
+    add_training_arguments(parser, shown, finetune=True, experiment_name=recipe)
     parser.add_argument("--override_preprocessing", action="store_true",
                         help="starting from a model (--pretrained_name / --pretrained), the run uses the frontend the "
                              "model was trained with (sample rate, mel bins, window, hop, FFT size, band edges) and "
@@ -218,14 +218,32 @@ def _tracker(args: argparse.Namespace, recipe: str, name_suffix: str = "") -> Ru
     return RunTracker((args.experiment_name or recipe) + name_suffix, args.runs_dir, wandb_mode=args.wandb or "offline")
 
 
-def _start_line(values: dict[str, Any], num_classes: int) -> str:
+def _start_line(values: dict[str, Any], num_classes: int, class_names: Optional[Sequence[str]] = None) -> str:
     start = values.get("model_name")
     if start:
         stored = _stored_num_classes(str(start))
-        head = (f"its {num_classes}-class classifier kept" if stored == num_classes
-                else f"classifier replaced for {num_classes} classes")
-        return f"model: from {start} ({head})"
+        if stored != num_classes:
+            return f"model: from {start} (classifier replaced for {num_classes} classes)"
+        # same output width: the trainer keeps the classifier's weights (e.g. continuing an ESC-50 run)
+        stored_names = _stored_class_names(str(start))
+        if stored_names is not None and class_names is not None and list(stored_names) != list(class_names):
+            return (f"model: from {start} (its {num_classes}-class classifier is kept, but it was trained for other "
+                    f"classes ({', '.join(stored_names[:3])}, ...) than these ({', '.join(list(class_names)[:3])}, "
+                    f"...): its first epochs relearn them)")
+        return f"model: from {start} (its {num_classes}-class classifier kept: the same number of classes)"
     return f"model: trained from scratch ({values.get('arch', 'mn')}, width {values['width_mult']:g})"
+
+
+def _stored_class_names(spec: str) -> Optional[list[str]]:
+    """The class names a checkpoint of this project stores (None for catalogue names and plain files)."""
+    if not Path(spec).is_file():
+        return None
+    from ..frontends.contract import CONTRACT_KEY
+    from ..models.factory import read_checkpoint
+
+    _, metadata = read_checkpoint(spec)
+    labels = (metadata.get(CONTRACT_KEY) or {}).get("labels") or metadata.get("labels")
+    return list(labels["names"]) if isinstance(labels, dict) and labels.get("names") else None
 
 
 def _stored_num_classes(spec: str) -> Optional[int]:
@@ -274,7 +292,8 @@ def run_training(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
                          teacher_logits=overrides.pop("teacher_logits", None), cache_path=args.cache_path)
     for line in describe_data(source, data):
         print(line, flush=True)
-    print(_start_line(values, data.train.num_classes), flush=True)
+    label_map = getattr(data.train, "label_map", None)
+    print(_start_line(values, data.train.num_classes, label_map.names if label_map is not None else None), flush=True)
     model = overrides.pop("model_name", None)
     result, _ = _recorded_finetune(_tracker(args, recipe), values, model=model, train_data=data.train,
                                    eval_data=data.val, test_data=data.test, recipe=recipe,

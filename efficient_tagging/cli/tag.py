@@ -228,9 +228,11 @@ def load_tagger_for(args: argparse.Namespace, device: torch.device) -> Any:
     return tagger.to(device)
 
 
-def tag_block(tags: Sequence[Any]) -> str:
-    """EfficientAT's printed result, unchanged."""
-    lines = ["************* Acoustic Event Detected: *****************"]
+def tag_block(tags: Sequence[Any], task: Optional[str] = None) -> str:
+    """EfficientAT's printed result, unchanged for a tagger of sound events; a single-label classifier
+    (a digit or scene model: softmax over classes) says that it picks a class instead."""
+    lines = ["********* Classified as (softmax over the classes): ****" if task == "multiclass"
+             else "************* Acoustic Event Detected: *****************"]
     lines += [f"{tag.label}: {tag.probability:.3f}" for tag in tags]
     lines.append("********************************************************")
     return "\n".join(lines)
@@ -260,8 +262,9 @@ class TagReport:
     """Takes each file's result as it comes: prints its top-k (or adds it to --output) and counts it."""
 
     def __init__(self, args: argparse.Namespace, class_names: Sequence[str], writer: Optional[ProbabilitiesWriter],
-                 one_file: bool) -> None:
+                 one_file: bool, task: Optional[str] = None) -> None:
         self.args, self.class_names, self.writer, self.one_file = args, class_names, writer, one_file
+        self.task = task
         self.tagged = 0
         self.failed: list[FileTags] = []
         self.json_rows: list[dict[str, Any]] = []
@@ -279,7 +282,8 @@ class TagReport:
         if self.args.json:
             self.json_rows.append({"path": str(result.path), "top_k": tags_json(tags)})
         else:
-            say(tag_block(tags) if self.one_file else f"{result.path}\n{tag_block(tags)}", sys.stdout)
+            block = tag_block(tags, self.task)
+            say(block if self.one_file else f"{result.path}\n{block}", sys.stdout)
 
     def print_json(self) -> None:
         if self.args.json and self.json_rows:  # one shape for one file or many: a script parses it one way
@@ -311,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # EfficientAT's form: one path that is a file prints the bare block, as it always did
     one_file = len(args.inputs) == 1 and not Path(args.inputs[0]).is_dir()
     progress = False if args.no_progress or one_file else None  # None: a bar only on a terminal
-    report = TagReport(args, class_names, writer, one_file)
+    report = TagReport(args, class_names, writer, one_file, getattr(tagger, "task", None))
     not_written = f" ({args.output} not written)" if writer is not None else ""
     try:
         # with a bar on screen, log lines (e.g. truncation warnings) go around it, not through it

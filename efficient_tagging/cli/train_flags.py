@@ -14,7 +14,7 @@ import json
 from dataclasses import MISSING, fields
 from typing import Any, Mapping, Optional
 
-from ..train.trainer import TrainConfig
+from ..train.trainer import TrainConfig, cap_num_workers
 
 
 def _config_defaults() -> dict[str, Any]:
@@ -38,7 +38,8 @@ def _show(value: Any) -> str:
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[Mapping[str, Any]] = None,
-                           demo_defaults: Optional[Mapping[str, Any]] = None, finetune: bool = False) -> None:
+                           demo_defaults: Optional[Mapping[str, Any]] = None, finetune: bool = False,
+                           experiment_name: str = "audioset") -> None:
     """Model, data, augmentation, optimisation, distillation and runtime flags.
 
     `defaults` is the preset the command applies to unset flags (TrainConfig's own defaults
@@ -49,6 +50,7 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     `--model_name` (default mn10_as; without it the model is trained from scratch, as there),
     `--pretrained_name NAME_OR_PATH` to start from any catalogue model or checkpoint, `--lr` for
     the peak learning rate and `--no_roll` / `--no_wavmix` (both are on by default there).
+    `experiment_name`: the run-record name the command uses when --experiment_name is not given.
     """
     base = {**_config_defaults(), **(defaults or {})}
     demo = {**base, **(demo_defaults or {})} if demo_defaults is not None else None
@@ -57,6 +59,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
         dest = dest or names[0].lstrip("-")
         if dest in base:
             shown = f"default: {_show(base[dest])}"
+            if dest == "num_workers" and isinstance(base[dest], int) and cap_num_workers(base[dest], log=False) < base[dest]:
+                shown += f", at most one per core: {cap_num_workers(base[dest], log=False)} here"
             if demo is not None and demo.get(dest) != base[dest]:
                 shown += f"; demo: {_show(demo[dest])}"
             help = f"{help} ({shown})"
@@ -190,7 +194,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(runtime, "--eval_batch_size", type=int, help="clips per evaluation forward pass; none = --batch_size")
     flag(runtime, "--eval_every_epochs", type=int, help="evaluate (and update best.pt) every N epochs and after the last")
     runtime.add_argument("--experiment_name", default=None,
-                         help="name of the run record runs/<name>/<id> (default: audioset; demo: demo_student)")
+                         help=f"name of the run record runs/<name>/<id> (default: {experiment_name}"
+                              + ("; demo: demo_student)" if experiment_name == "audioset" else ")"))
     runtime.add_argument("--runs_dir", default="runs", help="where sacred run records are written (default: runs)")
     runtime.add_argument("--wandb", default=None, choices=["disabled", "offline", "online"],
                          help="Weights & Biases logging, never required (default: offline for real training, a "
