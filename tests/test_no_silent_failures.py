@@ -408,3 +408,18 @@ def test_help_and_printed_lines_say_what_happens(tmp_path, capsys):
         assert f"at most one per core: {cap_num_workers(12, log=False)} here" in " ".join(own_help.split())
     assert tag_block([Tag("seven", 7, 0.9)]).startswith("************* Acoustic Event Detected: *****************")
     assert "Classified as" in tag_block([Tag("seven", 7, 0.9)], "multiclass")
+
+
+# ----------------------------------------------------------------------------- 14. catalogue
+def test_dymn_rows_carry_their_published_map_and_openmic_maps_are_marked(capsys):
+    """dymn04_as / dymn10_as had no published mAP (EfficientAT's README: 45.0, 47.7), so the plot left them
+    out; the table showed the OpenMIC teachers' 0.850 in the mAP column as if it were AudioSet's."""
+    from efficient_tagging.cli import complexity as complexity_cli
+    from efficient_tagging.models.registry import get_entry
+
+    assert get_entry("dymn04_as").published_map == pytest.approx(0.450)
+    assert get_entry("dymn10_as").published_map == pytest.approx(0.477)
+    assert complexity_cli.main(["--table", "--teachers", "--only", "dymn04_as",
+                                "openmic2008_passt_u_f128_p16_s10_ap85_swa"]) == 0
+    table = capsys.readouterr().out
+    assert "0.450" in table and "0.850 (OpenMIC)" in table

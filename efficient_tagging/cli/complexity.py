@@ -484,9 +484,13 @@ def format_table(rows: Sequence[tuple[Target, ComplexityReport]]) -> str:
     header = ("model", "arch", "input", "params (M)", "MACs (G)", "mAP", "mem eff. (kB)", "mem (kB)", "RF")
     lines = []
     for target, r in rows:
+        dataset = target.extra.get("dataset", "audioset")
+        published = "-" if target.published_map is None else f"{target.published_map:.3f}"
+        if target.published_map is not None and dataset != "audioset":
+            published += f" ({'OpenMIC' if dataset == 'openmic' else dataset})"  # not an AudioSet mAP: say so
         lines.append((
             target.name, target.arch, f"{r.n_mels}x{r.frames}", f"{r.params / 1e6:.3f}", f"{r.macs / 1e9:.3f}",
-            f"{target.published_map:.3f}" if target.published_map is not None else "-",
+            published,
             f"{r.peak_memory_efficient_kb:.1f}" if r.peak_memory_efficient_kb is not None else "-",
             f"{r.peak_memory_kb:.1f}" if r.peak_memory_kb is not None else "-",
             # a transformer's receptive field is the whole input after the first attention layer
@@ -663,7 +667,8 @@ def _run(args: argparse.Namespace) -> int:
         else:
             print(format_table(rows))
             print(f"(MACs and memory for one {_clip(args.duration)} clip at each model's own preprocessing; "
-                  f"memory at {args.bits_per_elem} bits per element; mAP as published)")
+                  f"memory at {args.bits_per_elem} bits per element; mAP as published, on AudioSet unless "
+                  f"marked)")
         if args.plot is not None:
             count = write_plot(rows, args.plot)
             print(f"wrote {args.plot} ({count} models with a published AudioSet mAP)", file=sys.stderr)
