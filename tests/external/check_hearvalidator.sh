@@ -15,8 +15,11 @@ model="${2:-}"
 if [ ! -x "$venv/bin/hear-validator" ]; then
     python3 -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip
-    # TensorFlow only for the validator's own imports; torch as the project pins it
-    "$venv/bin/python" -m pip install -q hearvalidator tensorflow-cpu
+    # TensorFlow only for the validator's own imports; torch as the project pins it. hearvalidator
+    # 2021.0.6 (the release that accepts 32 kHz models) declares Python < 3.9 although it runs on newer
+    # ones: install 2021.0.2 for its dependencies, then 2021.0.6 over it without the version check.
+    "$venv/bin/python" -m pip install -q "hearvalidator==2021.0.2" tensorflow-cpu
+    "$venv/bin/python" -m pip install -q --no-deps --ignore-requires-python "hearvalidator==2021.0.6"
     "$venv/bin/python" -m pip install -q -e .
 fi
 if [ -z "$model" ]; then
