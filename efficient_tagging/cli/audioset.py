@@ -46,6 +46,9 @@ from .help import HelpFormatter
 logger = logging.getLogger("efficient_tagging")
 
 
+VENDOR_NAMES = {"intel": "Intel", "amd": "AMD"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -60,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "run (default: 2000)")
     parser.add_argument("--demo_native_cpu", action="store_true",
                         help="demo: use this CPU's fastest kernels and all its threads instead of portable numerics "
-                             "(AVX2 kernels, 2 threads), which make the demo's numbers the same on any x86-64 "
-                             "machine (default: off)")
+                             "(AVX2 kernels, 2 threads), which make the demo's numbers the same on x86-64 CPUs "
+                             "of one vendor; Intel and AMD differ (README: what the demo's numbers mean) "
+                             "(default: off)")
     add_training_arguments(parser, AUDIOSET_DEFAULTS, DEMO_DEFAULTS)
     return parser
 
@@ -140,7 +144,9 @@ def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
     numerics = {"native": True} if args.demo_native_cpu else portable_cpu_numerics(threads=2)
     if is_main and not args.demo_native_cpu:
         print(f"[demo] portable CPU numerics ({numerics.get('aten_capability')} kernels, {numerics['threads']} "
-              "threads): the same numbers on any x86-64 machine; --demo_native_cpu for this CPU's fastest kernels",
+              f"threads): the same numbers on every {VENDOR_NAMES.get(str(numerics.get('cpu_vendor')), 'x86-64')} CPU "
+              "with AVX2, other "
+              "vendors' differ (README); --demo_native_cpu for this CPU's fastest kernels",
               flush=True)
     sizes = {"num_train": args.demo_clips, "num_eval": max(16, args.demo_clips // 8),
              "sample_rate": DEMO_DEFAULTS["sample_rate"], "clip_length": DEMO_DEFAULTS["clip_length"]}
