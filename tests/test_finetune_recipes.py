@@ -663,3 +663,14 @@ def test_every_fine_tuning_command_in_the_readme_parses():
     for command in commands:
         words = shlex.split(command.split("#")[0])
         build_parser(recipes[words[1].split("/")[-1]]).parse_args(words[2:])
+
+
+def test_cross_validation_checks_every_fold_folder_first(esc50_root, tmp_path, monkeypatch, capsys):
+    """A finished fold is never replaced unasked, and the check comes before any data is read (issue 24)."""
+    opened = []
+    monkeypatch.setattr(train_finetune, "open_datasets", lambda *a, **k: opened.append(1))
+    (tmp_path / "cv" / "fold3").mkdir(parents=True)
+    (tmp_path / "cv" / "fold3" / "best.pt").write_bytes(b"an earlier fold")
+    code = esc50_cli.main(["--dataset_dir", str(esc50_root), "--all_folds", *tiny_run(tmp_path, "cv")])
+    assert code == 1 and not opened
+    assert "fold3 already holds a training run" in capsys.readouterr().err

@@ -315,6 +315,9 @@ def run_cross_validation(args: argparse.Namespace) -> dict[str, Any]:
     model = overrides.pop("model_name", None)
     overrides.pop("dataset", None)
     values = {**recipe_defaults("esc50"), **overrides}
+    for fold in range(1, 6):  # before any data is read: no fold's earlier run is replaced unasked
+        check_run_directory(Path(out_dir) / f"fold{fold}", resume=bool(values.get("resume")),
+                            overwrite=bool(values.get("overwrite")))
     print(f"ESC-50 5-fold cross-validation from {source.dataset_dir}; "
           f"{_start_line({**values, 'model_name': model}, 50)}", flush=True)
     def run_fold(fold: int, **arguments: Any) -> FinetuneResult:
