@@ -430,7 +430,7 @@ def frame_tags(tagger: nn.Module, audio: Union[AudioSource, Tensor, np.ndarray],
         waveform = tagger.contract.to_waveform(audio, sample_rate).reshape(1, -1)
     else:
         waveform = tagger.contract.to_waveform(load_audio(audio, tagger.sample_rate)).reshape(1, -1)
-    if waveform.shape[-1] < tagger.min_samples:  # frames stand for real time: pad only to one STFT window
+    if waveform.shape[-1] < tagger.min_samples:  # frames stand for real time: zeros, only up to the shortest input
         waveform = torch.nn.functional.pad(waveform, (0, tagger.min_samples - waveform.shape[-1]))
     resolution = frame_resolution(tagger)
     spectrogram = tagger.frontend(waveform.to(tagger.device))
