@@ -336,7 +336,7 @@ def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
         try:
             import onnx
 
-            from efficient_tagging.export.onnx import _write_atomically
+            from efficient_tagging.export.metadata import _write_atomically
 
             graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g",
                                            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],

@@ -190,7 +190,7 @@ def _rewrite_metadata(source, destination, **changes):
 
     import onnx
 
-    from efficient_tagging.export.onnx import METADATA_PREFIX
+    from efficient_tagging.export.metadata import METADATA_PREFIX
 
     model = onnx.load(str(source))
     props = {p.key: p.value for p in model.metadata_props}
@@ -208,7 +208,8 @@ def test_contradictory_onnx_metadata_is_refused(taggers, tmp_path):
     results; 3 labels for 10 outputs gave an IndexError traceback. Both are refused, naming both values."""
     if "onnx_spectrogram" not in taggers:
         pytest.skip("onnx extras not installed")
-    from efficient_tagging.export.onnx import OnnxTagger, read_onnx_metadata
+    from efficient_tagging.export.metadata import read_onnx_metadata
+    from efficient_tagging.export.runtime import OnnxTagger
 
     exported = taggers["onnx_spectrogram"].path
     meta = read_onnx_metadata(exported)

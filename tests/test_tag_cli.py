@@ -360,11 +360,11 @@ def test_missing_device_is_an_error_not_a_cpu_run(mixed_folder, checkpoint, monk
 
 
 def test_onnx_backend_without_the_runner_says_so(mixed_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "efficient_tagging.export.onnx", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "efficient_tagging.export.runtime", None)  # as if not installed
     model = tmp_path / "model.onnx"
     model.write_bytes(b"")
     code = tag.main([str(mixed_folder / "f_32k.flac"), "--model_path", str(model)])  # .onnx picks the backend
-    assert code == 1 and "--backend onnx needs efficient_tagging.export.onnx" in capsys.readouterr().err
+    assert code == 1 and "--backend onnx needs efficient_tagging.export.runtime" in capsys.readouterr().err
 
 
 def test_help_documents_exit_status_and_imports_no_plotting_or_tracking():

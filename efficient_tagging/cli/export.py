@@ -84,15 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     try:
         from ..audio import load_audio
-        from ..export.onnx import (
-            OnnxTagger,
-            agreement_report,
-            calibration_waveforms,
-            default_recording,
-            export_onnx,
-            max_logit_difference,
-            quantize_int8,
-        )
+        from ..export.onnx import export_onnx
+        from ..export.quantize import agreement_report, calibration_waveforms, default_recording, quantize_int8
+        from ..export.runtime import OnnxTagger, max_logit_difference
         from ..tagging.tagger import load_tagger
 
         tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path, cache_dir=args.cache_dir)

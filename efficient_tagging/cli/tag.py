@@ -203,9 +203,9 @@ def select_tagging_device(args: argparse.Namespace) -> torch.device:
 def load_onnx_tagger(model_path: str, device: torch.device) -> Any:
     """The exported model behind --backend onnx, on the CPU or the CUDA execution provider."""
     try:
-        from ..export.onnx import OnnxTagger
+        from ..export.runtime import OnnxTagger
     except ImportError as error:
-        raise RuntimeError(f"--backend onnx needs efficient_tagging.export.onnx, which this installation "
+        raise RuntimeError(f"--backend onnx needs efficient_tagging.export.runtime, which this installation "
                            f"lacks or cannot import ({error})") from error
     if device.type == "cuda":
         providers: list[Any] = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]

@@ -538,3 +538,42 @@ class DyMN(nn.Module):
         # Unlike the reference's `.squeeze()`, keep (B, num_classes) for any B and num_classes.
         logits = self.classifier(features)
         return logits, embedding
+
+
+# --------------------------------------------------------------------------------------
+# export form (ONNX Conv has a fixed group count: the batch cannot be folded into it)
+# --------------------------------------------------------------------------------------
+class BatchFreeDynamicConv2d(nn.Module):
+    """A DyMN ``DynamicConv2d`` written without the batch in the convolution's ``group`` count.
+
+    Wraps (shares the parameters of) the original module; ``forward(x, ctx)`` is the same function.
+    1x1 convolutions (``groups == 1``): a batched matmul with each sample's mixed kernel. Others:
+    one static grouped conv with the K candidate kernels, whose outputs are mixed per sample with
+    the attention weights (convolution is linear in its kernel).
+    """
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: Tensor, ctx: Any) -> Tensor:
+        c = self.conv
+        b = x.shape[0]
+        attention = torch.softmax(c.residuals(ctx.h_c.reshape(b, -1)) / c.temperature, dim=-1)  # (B, K)
+        kernels, groups = c.num_kernels, c.groups
+        if c.kernel_size == 1 and groups == 1 and c.padding == 0:
+            mixed = (attention @ c.weight.reshape(kernels, -1)).reshape(b, c.out_channels, c.in_channels)
+            if c.stride > 1:
+                x = x[:, :, ::c.stride, ::c.stride]
+            # (B, 1, O, I) @ (B, F, I, T): no reshape merging F and T, which torch.export could only
+            # trace with guards on the time length
+            return torch.matmul(mixed.unsqueeze(1), x.transpose(1, 2)).transpose(1, 2)
+        per_group = c.out_channels // groups
+        weight = c.weight.reshape(kernels, groups, per_group, c.in_channels // groups, c.kernel_size, c.kernel_size)
+        weight = weight.transpose(0, 1).reshape(groups * kernels * per_group, c.in_channels // groups,
+                                                c.kernel_size, c.kernel_size)
+        out = F.conv2d(x, weight, None, c.stride, c.padding, c.dilation, groups)  # (B, g*K*per_group, F', T')
+        f, t = out.shape[-2], out.shape[-1]
+        out = out.reshape(b, groups, kernels, per_group, f, t)
+        out = (out * attention.reshape(b, 1, kernels, 1, 1, 1)).sum(dim=2)
+        return out.reshape(b, c.out_channels, f, t)
