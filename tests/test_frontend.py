@@ -148,3 +148,24 @@ def test_train_mode_masks_follow_torchaudio_frequency_then_time():
     log_mel = torchaudio.transforms.TimeMasking(40, iid_masks=True)(log_mel)
     masked_value = (0.0 + 4.5) / 5.0
     assert torch.equal(ours == masked_value, log_mel == 0)
+
+
+@requires_shared
+def test_the_in_graph_frontend_stays_equal_to_augment_mel_stft():
+    """`GraphMelFrontend` (what ONNX waveform exports compute: float64 STFT) beside `AugmentMelSTFT`:
+    the same log-mel within float32 rounding on real audio (measured 1.2e-6 at the 32 kHz defaults),
+    for the catalogue and the demo settings; a changed detail (pre-emphasis) is far outside."""
+    from conftest import metro_long
+    from efficient_tagging.frontends.mel import GraphMelFrontend
+
+    for settings, rate in (({}, 32000), ({"n_mels": 64, "sr": 16000}, 16000)):
+        frontend = AugmentMelSTFT(**settings).eval()
+        audio = torch.stack([metro_long(10, sample_rate=rate), 0.01 * metro_long(10, sample_rate=rate).flip(0)])
+        with torch.no_grad():
+            expected, graph = frontend(audio), GraphMelFrontend(frontend)(audio)
+        assert graph.shape == expected.shape and graph.dtype == torch.float32
+        assert float((graph - expected).abs().max()) <= 1e-5
+    changed = audio.clone()
+    changed[:, 1:] = audio[:, 1:] - 0.02 * audio[:, :-1]  # as if the pre-emphasis were 0.99
+    with torch.no_grad():
+        assert float((GraphMelFrontend(frontend)(changed) - expected).abs().max()) > 1e-3

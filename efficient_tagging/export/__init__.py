@@ -1,5 +1,5 @@
 """Export of taggers to other runtimes, one room per job: `graph.py` (rewrites that make a model
-exportable, the in-graph mel frontend), `onnx.py` (export_onnx, add_frontend), `metadata.py` (what an
+exportable; the in-graph mel frontend is `frontends.mel.GraphMelFrontend`), `onnx.py` (export_onnx, add_frontend), `metadata.py` (what an
 export stores about itself, read back and checked), `runtime.py` (OnnxTagger: ONNX Runtime behind the
 tagging API), `quantize.py` (int8 and its agreement report).
 

@@ -1,7 +1,6 @@
 """Graph rewrites for export: modules that compute what the PyTorch ones do in a form ONNX can hold.
 
-- :class:`GraphMelFrontend`: ``AugmentMelSTFT`` in eval mode with the STFT power in float64 (see
-  ``export/onnx.py`` for why);
+- the in-graph mel frontend is ``frontends.mel.GraphMelFrontend``, beside the frontend it equals;
 - :func:`exportable_model`: a copy of a student whose DyMN dynamic convolutions are their batch-free
   form (``models.dymn.BatchFreeDynamicConv2d``) and whose fixed average pools are convolutions;
 - the graphs that are exported: spectrogram or waveform in, logits (and probabilities) out.
@@ -15,39 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..frontends import AugmentMelSTFT
 from ..models.dymn import BatchFreeDynamicConv2d
 
 # --------------------------------------------------------------------------------------
 # graph modules
 # --------------------------------------------------------------------------------------
-class GraphMelFrontend(nn.Module):
-    """``AugmentMelSTFT`` (eval mode) in an exportable form: float32 pre-emphasis, float64 STFT.
-
-    Same function as the frontend it is built from (``(x + 4.5) / 5`` of the log-mel of the
-    pre-emphasised, centred, reflect-padded STFT power); see the module docstring for why the STFT
-    runs in float64. Input (B, samples) float32, output (B, n_mels, frames).
-    """
-
-    def __init__(self, frontend: AugmentMelSTFT) -> None:
-        super().__init__()
-        if not isinstance(frontend, AugmentMelSTFT):
-            raise TypeError(f"GraphMelFrontend needs an AugmentMelSTFT frontend, got {type(frontend).__name__}")
-        self.n_fft, self.hopsize, self.win_length = int(frontend.n_fft), int(frontend.hopsize), int(frontend.win_length)
-        self.register_buffer("window", frontend.window.detach().double().clone(), persistent=False)
-        self.register_buffer("mel_basis", frontend.eval_mel_basis.detach().float().clone(), persistent=False)
-
-    def forward(self, waveform: Tensor) -> Tensor:
-        waveform = waveform.float()
-        emphasised = waveform[:, 1:] - 0.97 * waveform[:, :-1]  # float32, bit-identical to the frontend
-        spectrum = torch.stft(emphasised.double(), self.n_fft, hop_length=self.hopsize, win_length=self.win_length,
-                              window=self.window, center=True, pad_mode="reflect", normalized=False,
-                              onesided=True, return_complex=True)
-        power = (spectrum.real.square() + spectrum.imag.square()).float()
-        mel = torch.matmul(self.mel_basis, power)
-        return ((mel + 1e-5).log() + 4.5) / 5.0
-
-
 class AvgPoolAsConv(nn.Module):
     """``nn.AvgPool2d`` (zero padding counted, floor mode) as a depthwise conv with weights 1/(kh*kw).
 

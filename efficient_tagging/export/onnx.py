@@ -79,10 +79,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..frontends import AugmentMelSTFT, build_frontend
+from ..frontends.mel import GraphMelFrontend
 from ..labels import LabelMap
 from ..models.layers import min_input_frames
 from ..tagging.tagger import AudioTagger
-from .graph import GraphMelFrontend, _global_pools_as_means, _SpectrogramGraph, _WaveformGraph, exportable_model
+from .graph import _global_pools_as_means, _SpectrogramGraph, _WaveformGraph, exportable_model
 from .metadata import (DEFAULT_OPSET, EXPORTERS, INPUT_KINDS, METADATA_PREFIX, MIN_OPSET, OnnxMetadata, PathLike,
                        _load_onnx_model, _quiet_exporter, _require, _set_metadata, _write_atomically,
                        read_onnx_metadata)

@@ -171,3 +171,33 @@ class AugmentMelSTFT(nn.Module):
             if self.timem > 0:
                 log_mel = _iid_mask(log_mel, self.timem, axis=2)
         return (log_mel + 4.5) / 5.0
+
+
+class GraphMelFrontend(nn.Module):
+    """``AugmentMelSTFT`` (eval mode) in an exportable form: float32 pre-emphasis, float64 STFT.
+
+    Same function as the frontend it is built from (``(x + 4.5) / 5`` of the log-mel of the
+    pre-emphasised, centred, reflect-padded STFT power); the STFT runs in float64 (``export/onnx.py``:
+    a float32 ONNX STFT moves quiet log-mel bands by 4.5e-6, which the model amplifies; float64 stays
+    within torch's own float32 rounding). Input (B, samples) float32, output (B, n_mels, frames).
+    Kept here, beside ``AugmentMelSTFT``, so a change to one is seen next to the other
+    (tests/test_frontend.py checks that they stay equal).
+    """
+
+    def __init__(self, frontend: AugmentMelSTFT) -> None:
+        super().__init__()
+        if not isinstance(frontend, AugmentMelSTFT):
+            raise TypeError(f"GraphMelFrontend needs an AugmentMelSTFT frontend, got {type(frontend).__name__}")
+        self.n_fft, self.hopsize, self.win_length = int(frontend.n_fft), int(frontend.hopsize), int(frontend.win_length)
+        self.register_buffer("window", frontend.window.detach().double().clone(), persistent=False)
+        self.register_buffer("mel_basis", frontend.eval_mel_basis.detach().float().clone(), persistent=False)
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        waveform = waveform.float()
+        emphasised = waveform[:, 1:] - 0.97 * waveform[:, :-1]  # float32, bit-identical to the frontend
+        spectrum = torch.stft(emphasised.double(), self.n_fft, hop_length=self.hopsize, win_length=self.win_length,
+                              window=self.window, center=True, pad_mode="reflect", normalized=False,
+                              onesided=True, return_complex=True)
+        power = (spectrum.real.square() + spectrum.imag.square()).float()
+        mel = torch.matmul(self.mel_basis, power)
+        return ((mel + 1e-5).log() + 4.5) / 5.0
