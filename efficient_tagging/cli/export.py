@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .help import HelpFormatter
+from .model_flags import add_model_arguments
 
 EPILOG = """\
 examples:
@@ -28,16 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export a tagger to ONNX (dynamic batch and time), check it against PyTorch, and "
                     "optionally write an int8 copy (ONNX Runtime static quantization) with an agreement report.",
         formatter_class=HelpFormatter, epilog=EPILOG)
-    parser.add_argument("--model_name", default="mn10_as",
-                        help="catalogue name (see `python complexity/complexity.py --table`); with --model_path "
-                             "it gives the architecture/frontend of a plain official state_dict")
-    parser.add_argument("--model_path", default=None,
-                        help="local checkpoint: this project's checkpoint, or a plain official state_dict "
-                             "(then --model_name says which architecture it is)")
-    parser.add_argument("--labels_path", default=None,
-                        help="AudioSet class_labels_indices.csv (default: cache, downloaded if missing)")
-    parser.add_argument("--cache_dir", default=None, help="download cache (default: $EFFICIENT_TAGGING_CACHE, "
-                                                          "the repo's pretrained/ or ~/.cache/efficient_tagging)")
+    add_model_arguments(parser, onnx=False)
     parser.add_argument("--output", default=None,
                         help="the .onnx file to write (default: <model name or checkpoint name>.onnx)")
     parser.add_argument("--with_frontend", action="store_true",

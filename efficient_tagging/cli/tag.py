@@ -29,21 +29,19 @@ import argparse
 import contextlib
 import json
 import logging
-import re
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ..tagging.ensemble import TeacherEnsemble
 from ..tagging.files import (AUDIO_EXTENSIONS, FileTags, ProbabilitiesWriter, class_names_of, find_audio_files,
                              tag_files, top_tags)
-from ..tagging.tagger import load_tagger
 from .help import HelpFormatter
+from .model_flags import (add_model_arguments, device_name, load_tagger_for, non_negative_int,
+                          positive_int, select_tagging_device)
 from .output_paths import check_output_file
 
 # Imported where used: the training floor (select_device; the package brings metrics and tracking) and the
@@ -79,37 +77,6 @@ exit status:
   130  interrupted; --output is left untouched
 """
 
-DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (bad values exit with code 2 and a usage message)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def device_name(text: str) -> str:
-    """argparse type: cpu, cuda, cuda:N or mps (whether it exists is checked when the run starts)."""
-    if not DEVICE_PATTERN.match(text.strip()):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
-    return text.strip()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Tag audio files with a pretrained or local model and print the top-k labels, or write "
@@ -120,12 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio_path", nargs="+", action="extend", default=None, metavar="PATH",
                         help="audio file(s) or folder(s) in any format FFmpeg/PyAV decodes (EfficientAT's flag; "
                              "the same as positional paths)")
-    parser.add_argument("--model_name", default="mn10_as",
-                        help="catalogue name (see `python complexity/complexity.py --table`); with --model_path "
-                             "it gives the architecture/frontend of a plain official state_dict")
-    parser.add_argument("--model_path", default=None,
-                        help="local checkpoint: this project's checkpoint, a plain official state_dict "
-                             "(then --model_name says which architecture it is), or an exported .onnx model")
+    add_model_arguments(parser, onnx=True)
     parser.add_argument("--ensemble", nargs="+", default=None, metavar="NAME",
                         help="tag with the mean logits of several catalogue models (e.g. PaSST teachers and "
                              "students; each with its own frontend); replaces --model_name/--model_path. It takes every word up to the "
@@ -135,10 +97,6 @@ def build_parser() -> argparse.ArgumentParser:
                              ".onnx file; default: onnx if --model_path ends in .onnx, else torch)")
     parser.add_argument("--top_k", type=positive_int, default=10,
                         help="labels to print per file, and to list under top_k in an --output .json file")
-    parser.add_argument("--labels_path", default=None,
-                        help="AudioSet class_labels_indices.csv (default: cache, downloaded if missing)")
-    parser.add_argument("--cache_dir", default=None, help="download cache (default: $EFFICIENT_TAGGING_CACHE, "
-                                                          "the repo's pretrained/ or ~/.cache/efficient_tagging)")
     parser.add_argument("--eager", action="store_true",
                         help="run the PyTorch model as built: no BatchNorm folding, channels-last or inference_mode "
                              "(the default fast path gives the same logits within float rounding, ~1.7x faster)")
@@ -179,53 +137,6 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         if args.device == "mps":
             parser.error("--backend onnx runs on cpu or cuda, not mps")
     check_output_file(parser, "--output", args.output, (".csv", ".json"))
-
-
-def select_tagging_device(args: argparse.Namespace) -> torch.device:
-    """The device asked for, checked to exist (DeviceUnavailable otherwise: never a silent CPU run)."""
-    from ..train.distributed import DeviceUnavailable, select_device
-
-    if args.cuda:
-        return select_device(True)
-    device = torch.device(args.device or "cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceUnavailable(f"--device {args.device} given but no CUDA device is available; "
-                                    f"use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceUnavailable(f"--device {args.device} given but this machine has "
-                                    f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceUnavailable(f"--device {args.device} given but MPS is not available here; use --device cpu")
-    return device
-
-
-def load_onnx_tagger(model_path: str, device: torch.device) -> Any:
-    """The exported model behind --backend onnx, on the CPU or the CUDA execution provider."""
-    try:
-        from ..export.runtime import OnnxTagger
-    except ImportError as error:
-        raise RuntimeError(f"--backend onnx needs efficient_tagging.export.runtime, which this installation "
-                           f"lacks or cannot import ({error})") from error
-    if device.type == "cuda":
-        providers: list[Any] = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
-    else:
-        providers = ["CPUExecutionProvider"]
-    return OnnxTagger(model_path, providers=providers, threads=None)
-
-
-def load_tagger_for(args: argparse.Namespace, device: torch.device) -> Any:
-    """The tagger --model_name/--model_path/--ensemble/--backend describe, on `device`."""
-    if args.backend == "onnx":
-        return load_onnx_tagger(args.model_path, device)
-    if args.ensemble:
-        tagger = TeacherEnsemble.from_names(args.ensemble, cache_dir=args.cache_dir, labels_path=args.labels_path)
-    else:
-        tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path, cache_dir=args.cache_dir)
-    for member in getattr(tagger, "members", None) or [tagger]:
-        if hasattr(member, "fast"):
-            member.fast = not getattr(args, "eager", False)
-    return tagger.to(device)
 
 
 def tag_block(tags: Sequence[Any], task: Optional[str] = None) -> str:

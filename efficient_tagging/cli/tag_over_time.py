@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .help import HelpFormatter
+from .model_flags import (add_model_arguments, device_name, load_tagger_for, odd_int, positive_float, positive_int,
+                          probability, select_tagging_device)
 from .output_paths import check_output_file
-from .tag import device_name, load_tagger_for, positive_int, select_tagging_device
 
 EPILOG = """\
 outputs (any combination; written atomically):
@@ -40,33 +41,6 @@ exit status: 0 done, 1 failed (model/audio/output), 2 usage error, 130 interrupt
 """
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
-
-
-def probability(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a probability, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
-    return value
-
-
-def odd_int(text: str) -> int:
-    value = positive_int(text)
-    if value % 2 == 0:
-        raise argparse.ArgumentTypeError(f"must be odd (a centred median filter), got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Tag audio over time: class probabilities per window (CSV/JSON), a heatmap (PNG) and sound "
@@ -75,16 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--audio_path", type=Path, help="audio file in any format and rate PyAV decodes")
     source.add_argument("--stream", metavar="PATH|-", help="raw PCM from a file or '-' (stdin), tagged live")
-    parser.add_argument("--model_name", "--model", dest="model_name", default="mn10_as",
-                        help="catalogue name (--model is EfficientAT's windowed_inference.py flag)")
-    parser.add_argument("--model_path", default=None, help="local checkpoint (or a .onnx export with --backend onnx)")
+    add_model_arguments(parser, onnx=True, model_alias=True)
     parser.add_argument("--ensemble", nargs="+", default=None, metavar="NAME",
                         help="mean logits of several catalogue models of one sample rate")
     parser.add_argument("--backend", choices=("torch", "onnx"), default=None,
                         help="torch, or onnx for a --model_path exported with experiments/export_onnx.py "
                              "(default: onnx when --model_path ends in .onnx)")
-    parser.add_argument("--labels_path", default=None, help="AudioSet class_labels_indices.csv (default: cache)")
-    parser.add_argument("--cache_dir", default=None, help="download cache")
     parser.add_argument("--eager", action="store_true",
                         help="run the PyTorch model as built: no BatchNorm folding, channels-last or inference_mode "
                              "(the default fast path gives the same logits within float rounding, ~1.7x faster)")
