@@ -221,11 +221,10 @@ def _tracker(args: argparse.Namespace, recipe: str, name_suffix: str = "") -> Ru
 def _start_line(values: dict[str, Any], num_classes: int, class_names: Optional[Sequence[str]] = None) -> str:
     start = values.get("model_name")
     if start:
-        stored = _stored_num_classes(str(start))
+        stored, stored_names = _stored_head(str(start))
         if stored != num_classes:
             return f"model: from {start} (classifier replaced for {num_classes} classes)"
         # same output width: the trainer keeps the classifier's weights (e.g. continuing an ESC-50 run)
-        stored_names = _stored_class_names(str(start))
         if stored_names is not None and class_names is not None and list(stored_names) != list(class_names):
             return (f"model: from {start} (its {num_classes}-class classifier is kept, but it was trained for other "
                     f"classes ({', '.join(stored_names[:3])}, ...) than these ({', '.join(list(class_names)[:3])}, "
@@ -234,31 +233,22 @@ def _start_line(values: dict[str, Any], num_classes: int, class_names: Optional[
     return f"model: trained from scratch ({values.get('arch', 'mn')}, width {values['width_mult']:g})"
 
 
-def _stored_class_names(spec: str) -> Optional[list[str]]:
-    """The class names a checkpoint of this project stores (None for catalogue names and plain files)."""
-    if not Path(spec).is_file():
-        return None
+def _stored_head(spec: str) -> tuple[Optional[int], Optional[list[str]]]:
+    """(classes, class names) of a catalogue model / checkpoint as stored, from one read of the file
+    (None where it cannot be told without loading: names are known for this project's checkpoints)."""
     from ..frontends.contract import CONTRACT_KEY
     from ..models.factory import read_checkpoint
-
-    _, metadata = read_checkpoint(spec)
-    labels = (metadata.get(CONTRACT_KEY) or {}).get("labels") or metadata.get("labels")
-    return list(labels["names"]) if isinstance(labels, dict) and labels.get("names") else None
-
-
-def _stored_num_classes(spec: str) -> Optional[int]:
-    """Classes of a catalogue model / checkpoint as stored (None when it cannot be told without loading)."""
     from ..models.registry import CATALOGUE
 
     if spec in CATALOGUE:
-        return CATALOGUE[spec].num_classes
-    if Path(spec).is_file():
-        import torch
-
-        state = torch.load(spec, map_location="cpu", weights_only=True)
-        config = (state.get("config") if isinstance(state, dict) else None) or {}
-        return config.get("num_classes", config.get("label_dim"))
-    return None
+        return CATALOGUE[spec].num_classes, None
+    if not Path(spec).is_file():
+        return None, None
+    _, metadata = read_checkpoint(spec)
+    config = metadata.get("config") or {}
+    labels = (metadata.get(CONTRACT_KEY) or {}).get("labels") or metadata.get("labels")
+    names = list(labels["names"]) if isinstance(labels, dict) and labels.get("names") else None
+    return config.get("num_classes", config.get("label_dim")), names
 
 
 def _recorded_finetune(tracker: RunTracker, config: dict[str, Any], **kwargs: Any) -> tuple[FinetuneResult, Any]:

@@ -254,7 +254,10 @@ class WindowEngine:
                              f"({self.num_samples / self.sample_rate:.3f} s) contains {bad} NaN/inf samples")
         self.num_samples += block.numel()
         if self._head is not None:
-            self._head = [*self._head, block.clone()] if self.num_samples <= self.grid.window_samples else None
+            if self.num_samples <= self.grid.window_samples:
+                self._head.append(block.clone())
+            else:
+                self._head = None  # longer than one window: the grid of windows, nothing kept
         for index, member in enumerate(self._members):
             self._pending[index].extend(member.push(block))
         return self._combine()
