@@ -23,16 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-RECORDING = REPO.parent / "shared" / "data" / "metro_station-paris.wav"
+from _common import LABELS_CSV, METRO_WAV, REPO, rotated, run_child  # puts the checkout on sys.path
 
 PHASES = r"""
 import sys, time
@@ -54,26 +50,11 @@ PHASE_NAMES = ("import torch", "import the CLI module", "load_tagger (build + we
                "first tag_file (+ inference copy)", "second tag_file")
 
 
-def run_child(command: list[str], env: Optional[dict] = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of one fresh process (`env`: its environment)."""
-    start = time.perf_counter()
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                             env=env)
-    assert child.stdout is not None
-    output = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed with exit code {child.returncode}")
-    return seconds, usage.ru_maxrss / 1024, output  # ru_maxrss is in KiB on Linux
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--rounds", type=int, default=5, help="rotated rounds")
-    parser.add_argument("--audio", type=Path, default=RECORDING, help="the file to tag")
+    parser.add_argument("--audio", type=Path, default=METRO_WAV, help="the file to tag")
     args = parser.parse_args(argv)
     if not args.audio.is_file():
         raise SystemExit(f"{args.audio} not found (pass --audio)")
@@ -83,8 +64,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     workdir = tempfile.TemporaryDirectory()
     checkpoint = Path(workdir.name) / "mn10.pt"
-    labels_csv = REPO.parent / "shared" / "data" / "class_labels_indices.csv"
-    labels = audioset_labels(labels_csv) if labels_csv.is_file() else None
+    labels = audioset_labels(LABELS_CSV) if LABELS_CSV.is_file() else None
     save_checkpoint(checkpoint, get_model(arch="mn", width_mult=1.0), labels=labels, dataset="audioset")
 
     script = str(REPO / "experiments" / "inference.py")
@@ -101,8 +81,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     phases: list[list[float]] = []
     names = list(paths)
     for round_index in range(args.rounds):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in rotated(names, round_index):
             seconds, peak, output = run_child(paths[name])
             wall[name].append(seconds)
             rss[name].append(peak)

@@ -54,23 +54,17 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-try:
-    import efficient_tagging  # noqa: F401
-except ImportError:  # running from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import CyclicSampler, parse_workers, rotated, write_synthetic_hdf5  # puts the checkout on sys.path
 
 import av
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from efficient_tagging.audio import decode_audio
 from efficient_tagging.data.hdf5 import AudioSetDataset, read_audio_names
 from efficient_tagging.data.teacher_logits import TeacherLogitsWriter
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_training_throughput import build_synthetic_hdf5  # noqa: E402  (same synthetic clips)
 
 SAMPLE_RATE = 32000
 CLIP_SECONDS = 10.0
@@ -148,19 +142,6 @@ def build_eval_file(source: Path, path: Path, rows: int) -> None:
             mp3[row] = src["mp3"][row]
         for key, value in src.attrs.items():
             dst.attrs[key] = value
-
-
-class CyclicSampler(Sampler[int]):
-    """`count` indices start, start+1, ... modulo the dataset size (runs past small files)."""
-
-    def __init__(self, size: int, count: int, start: int = 0):
-        self.size, self.count, self.start = size, count, start
-
-    def __iter__(self) -> Iterator[int]:
-        return iter([(self.start + i) % self.size for i in range(self.count)])
-
-    def __len__(self) -> int:
-        return self.count
 
 
 # ----------------------------------------------------------------------------- competing load
@@ -272,16 +253,6 @@ def training_run(hdf5_path: Path, eval_path: Path, teacher_path: Path, workers: 
 
 # ----------------------------------------------------------------------------- main
 
-def parse_workers(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative worker counts, got {text!r}")
-    return list(dict.fromkeys(values))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("data")
@@ -344,7 +315,7 @@ def prepare_data(args: argparse.Namespace, folder: Path) -> tuple[Path, Path]:
         hdf5_path = folder / f"synthetic_{args.num_clips}.hdf"
         if not hdf5_path.is_file():
             print(f"encoding {args.num_clips} synthetic 10 s clips (mp3, 32 kHz) into {hdf5_path} ...", flush=True)
-            build_synthetic_hdf5(hdf5_path, args.num_clips, args.seed)
+            write_synthetic_hdf5(hdf5_path, args.num_clips, args.seed, CLIP_SECONDS, SAMPLE_RATE)
     if args.teacher_logits is not None:
         if not args.teacher_logits.is_file():
             raise SystemExit(f"--teacher-logits: file not found: {args.teacher_logits}")
@@ -391,9 +362,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         line = []
         for load in loads:
             members = [p for p in paths if p["load"] == load]
-            shift = r % len(members)
             with competing_load(load):
-                for path in members[shift:] + members[:shift]:
+                for path in rotated(members, r):
                     gc.collect()
                     value = measure(path, start)
                     path["clips_per_s"].append(value)
@@ -423,8 +393,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             build_eval_file(hdf5_path, eval_path, min(8, len(dataset)))
         runs = {w: [] for w in args.train_workers}
         for r in range(args.train_repeats):
-            order = args.train_workers[r % len(args.train_workers):] + args.train_workers[:r % len(args.train_workers)]
-            for workers in order:
+            for workers in rotated(args.train_workers, r):
                 result = training_run(hdf5_path, eval_path, teacher_path, workers, args.batch_size, args.train_steps,
                                       folder / f"train_w{workers}")
                 if result is None:

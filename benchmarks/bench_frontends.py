@@ -26,20 +26,15 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from _common import METRO_WAV as METRO, rotated  # puts the checkout on sys.path
 
-from efficient_tagging.audio import decode_audio  # noqa: E402
-from efficient_tagging.frontends.kaldi import kaldi_fbank  # noqa: E402
-from efficient_tagging.resample import sinc_resample  # noqa: E402
-
-METRO = REPO.parent / "shared" / "data" / "metro_station-paris.wav"
+from efficient_tagging.audio import decode_audio
+from efficient_tagging.frontends.kaldi_fbank import kaldi_fbank
+from efficient_tagging.resample import sinc_resample
 AST_OPTIONS = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
                    num_mel_bins=128, dither=0.0, frame_shift=10)
 
@@ -102,8 +97,7 @@ def run_section(title: str, batch: int, paths: dict, device: torch.device, round
         max_diff = {name: (outputs[name].double() - baseline.double()).abs().max().item() for name in names}
         seconds: dict[str, list[float]] = {name: [] for name in names}
         for round_index in range(rounds):
-            order = names[round_index % len(names):] + names[:round_index % len(names)]
-            for name in order:
+            for name in rotated(names, round_index):
                 seconds[name].append(timed(paths[name], device, min_time))
     base_median = statistics.median(seconds[names[0]])
     rows = []

@@ -30,31 +30,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from bench_cold_start import RECORDING, run_child  # noqa: E402  (fresh process: wall s, peak RSS MiB)
-
-LABELS_CSV = REPO.parent / "shared" / "data" / "class_labels_indices.csv"
-
-
-def write_clips(path: Path, clips: int, seconds: float = 10.0, sample_rate: int = 32000) -> Path:
-    """An AudioSet-format HDF5 of `clips` mp3 clips: tones and noise (content does not change memory)."""
-    import numpy as np
-
-    from efficient_tagging.audio import encode_audio
-    from efficient_tagging.data.hdf5 import AudioSetHDF5Writer
-
-    rng = np.random.default_rng(0)
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    with AudioSetHDF5Writer(path, num_classes=527, sample_rate=sample_rate) as writer:
-        for index in range(clips):
-            wave = 0.05 * rng.standard_normal(len(t)) + 0.2 * np.sin(2 * np.pi * rng.uniform(100, 4000) * t)
-            target = np.zeros(527, dtype=bool)
-            target[rng.integers(527)] = True
-            writer.add(f"Yclip{index:05d}.mp3", encode_audio(wave.astype(np.float32), sample_rate, "mp3"), target)
-    return path
+from _common import LABELS_CSV, METRO_WAV, REPO, run_child, write_synthetic_hdf5  # puts the checkout on sys.path
 
 
 def save_passt_s(path: Path) -> Path:
@@ -75,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--clips", type=int, default=64, help="10-s clips the labelling jobs label")
     parser.add_argument("--rounds", type=int, default=1, help="runs of the tagging and labelling jobs (median)")
     parser.add_argument("--demo", action="store_true", help="also run the demo (README command 1), ~3 min")
-    parser.add_argument("--audio", type=Path, default=RECORDING, help="the file to tag")
+    parser.add_argument("--audio", type=Path, default=METRO_WAV, help="the file to tag")
     args = parser.parse_args(argv)
     if not args.audio.is_file():
         raise SystemExit(f"{args.audio} not found (pass --audio)")
@@ -92,7 +68,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     labels = audioset_labels(LABELS_CSV) if LABELS_CSV.is_file() else None
     save_checkpoint(student, get_model(arch="mn", width_mult=1.0), labels=labels, dataset="audioset")
     teacher = save_passt_s(folder / "passt_s.pt")
-    data = write_clips(folder / "clips.hdf", args.clips)
+    data = write_synthetic_hdf5(folder / "clips.hdf", args.clips, seed=0)  # content does not change memory
 
     def label_command(precision: str, output: str) -> list[str]:
         return [sys.executable, str(REPO / "experiments" / "ex_teacher_labels.py"), "--hdf5", str(data),

@@ -23,22 +23,17 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from _common import METRO_WAV as METRO  # puts the checkout on sys.path
 
-from efficient_tagging.audio import load_audio  # noqa: E402
-from efficient_tagging.models.factory import get_model  # noqa: E402
-from efficient_tagging.tagging.streaming import StreamingTagger  # noqa: E402
-from efficient_tagging.tagging.tagger import AudioTagger  # noqa: E402
-from efficient_tagging.tagging.windows import tag_over_time  # noqa: E402
-
-METRO = REPO.parent / "shared" / "data" / "metro_station-paris.wav"
+from efficient_tagging.audio import load_audio
+from efficient_tagging.models.factory import get_model
+from efficient_tagging.tagging.streaming import StreamingTagger
+from efficient_tagging.tagging.tagger import AudioTagger
+from efficient_tagging.tagging.windows import tag_over_time
 
 
 def one_run(tagger: AudioTagger, audio: torch.Tensor, window: float, hop: float, chunk: int) -> dict:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import platform
 import statistics
 import sys
@@ -40,31 +39,12 @@ from typing import Callable, Optional
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from _common import REPO, reference_model, rotated  # puts the checkout on sys.path
+
 sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import METRO_WAV, metro_long, randomised_student  # noqa: E402
 from efficient_tagging.tagging.tagger import AudioTagger  # noqa: E402
-
-
-def reference_model(checkout: Path, state_dict: dict, arch: str) -> torch.nn.Module:
-    """EfficientAT's mn10 / dymn10 from a checkout, with our weights (its keys are ours: strict load)."""
-    previous = os.getcwd()
-    sys.path.insert(0, str(checkout))
-    os.chdir(checkout)  # the reference reads metadata/ relative to the working directory at import
-    try:
-        if arch == "dymn":
-            from models.dymn.model import get_model as reference_get_model
-        else:
-            from models.mn.model import get_model as reference_get_model
-
-        with contextlib.redirect_stdout(open(os.devnull, "w")):  # it prints the whole model
-            model = reference_get_model(width_mult=1.0, pretrained_name=None)
-    finally:
-        os.chdir(previous)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
 
 
 def reference_file_path(checkout: Path, model: torch.nn.Module) -> Optional[Callable[[Path], torch.Tensor]]:
@@ -86,11 +66,6 @@ def reference_file_path(checkout: Path, model: torch.nn.Module) -> Optional[Call
         return torch.sigmoid(logits.float()).squeeze().topk(10).indices
 
     return run
-
-
-def rotated(names: list, round_index: int) -> list:
-    shift = round_index % len(names)
-    return names[shift:] + names[:shift]
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -116,7 +91,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         spectrogram = eager.frontend(batch).unsqueeze(1)
         fast_model = default.inference_model()
         expected = model(spectrogram)[0]
-    from efficient_tagging.models.inference import inference_copy
+    from efficient_tagging.models.fused import inference_copy
 
     bf16_model = inference_copy(model).to(torch.bfloat16)
 

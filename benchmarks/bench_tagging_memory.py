@@ -37,14 +37,10 @@ import tempfile
 import time
 from pathlib import Path
 
-try:
-    import efficient_tagging  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import REPO  # puts the checkout on sys.path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
 FILE_RATE = 44100
 
 

@@ -27,18 +27,13 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 import statistics
-import sys
 import time
 import types
 from pathlib import Path
 
-try:
-    import efficient_tagging  # noqa: F401
-except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import rotated  # puts the checkout on sys.path
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +92,7 @@ def build(name: str):
         model = build_passt_from_reference_args("passt_s_swa_p16_128_ap476")
         frontend = build_frontend({k: v for k, v in PASST_PREPROCESSING.items() if k != "frontend"})
         return Tagger(frontend, model, 998, "passt").eval(), 32000
-    from efficient_tagging.frontends.kaldi_fbank import ASTFbank
+    from efficient_tagging.frontends.ast_fbank import ASTFbank
     from efficient_tagging.models.ast import ASTModel
     model = ASTModel(imagenet_pretrain=False, audioset_pretrain=False, model_size="base384", verbose=False)
     return Tagger(ASTFbank(target_length=1024, layout="btf"), model, 1024, "ast").eval(), 16000
@@ -157,8 +152,7 @@ def main(argv=None) -> int:
         times = {p: [] for p in paths}
         logits = {}
         for r in range(args.rounds):
-            shift = r % len(paths)
-            for path in paths[shift:] + paths[:shift]:
+            for path in rotated(paths, r):
                 seconds, logits[path] = run_path(taggers[path], waveform, path, precision)
                 times[path].append(seconds)
         rate = {p: [args.batch_size / t for t in times[p]] for p in paths}

@@ -23,7 +23,6 @@ import argparse
 import copy
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -31,14 +30,11 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from _common import reference_model  # puts the checkout on sys.path
 
-from bench_tagging_latency import reference_model  # noqa: E402  (EfficientAT's model from a checkout)
-from efficient_tagging.frontends import build_frontend  # noqa: E402
-from efficient_tagging.hardware import native_bf16  # noqa: E402
-from efficient_tagging.models import get_model  # noqa: E402
+from efficient_tagging.frontends import build_frontend
+from efficient_tagging.hardware import native_bf16
+from efficient_tagging.models import get_model
 
 
 def make_step(model: torch.nn.Module, frontend: torch.nn.Module, batch: dict, *, channels_last: bool,

@@ -39,20 +39,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
-try:
-    import efficient_tagging  # noqa: F401
-except ImportError:  # running from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import CyclicSampler, parse_workers, rotated, write_synthetic_hdf5  # puts the checkout on sys.path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from efficient_tagging import AugmentMelSTFT, get_model
-from efficient_tagging.audio import encode_audio
-from efficient_tagging.data.hdf5 import AudioSetDataset, AudioSetHDF5Writer
+from efficient_tagging.data.hdf5 import AudioSetDataset
 
 SAMPLE_RATE = 32000
 CLIP_SECONDS = 10.0
@@ -60,51 +55,6 @@ NUM_CLASSES = 527
 
 
 # ----------------------------------------------------------------------------- data
-
-def synthetic_clip(rng: np.random.Generator, num_samples: int, sample_rate: int) -> np.ndarray:
-    """Pink-ish noise plus a few steady and gliding tones, peak below 1."""
-    t = np.arange(num_samples, dtype=np.float64) / sample_rate
-    noise = rng.standard_normal(num_samples)
-    noise = np.convolve(noise, np.ones(8) / 8, mode="same")  # tilt the spectrum down a little
-    signal = rng.uniform(0.02, 0.2) * noise
-    for _ in range(int(rng.integers(1, 5))):
-        f0 = rng.uniform(80.0, 6000.0)
-        glide = rng.uniform(-0.3, 0.3) * f0 / CLIP_SECONDS
-        phase = 2 * np.pi * (f0 * t + 0.5 * glide * t ** 2)
-        envelope = 0.5 * (1 + np.sin(2 * np.pi * rng.uniform(0.1, 2.0) * t + rng.uniform(0, 2 * np.pi)))
-        signal += rng.uniform(0.05, 0.3) * envelope * np.sin(phase)
-    peak = np.abs(signal).max()
-    if peak > 0.95:
-        signal *= 0.95 / peak
-    return signal.astype(np.float32)
-
-
-def build_synthetic_hdf5(path: Path, num_clips: int, seed: int) -> None:
-    from tqdm import tqdm
-
-    rng = np.random.default_rng(seed)
-    num_samples = int(CLIP_SECONDS * SAMPLE_RATE)
-    with AudioSetHDF5Writer(path, num_classes=NUM_CLASSES, sample_rate=SAMPLE_RATE,
-                            expected_rows=num_clips) as writer:
-        for i in tqdm(range(num_clips), desc="encoding synthetic clips (mp3, 32 kHz)", unit="clip"):
-            target = np.zeros(NUM_CLASSES, dtype=np.uint8)
-            target[rng.choice(NUM_CLASSES, size=int(rng.integers(1, 4)), replace=False)] = 1
-            writer.add(f"Ysynthetic{i:06d}.mp3", encode_audio(synthetic_clip(rng, num_samples, SAMPLE_RATE),
-                                                              SAMPLE_RATE), target)
-
-
-class CyclicSampler(Sampler[int]):
-    """`count` indices 0, 1, ..., N-1, 0, 1, ... starting at `start` (runs past small files)."""
-
-    def __init__(self, size: int, count: int, start: int = 0):
-        self.size, self.count, self.start = size, count, start
-
-    def __iter__(self) -> Iterator[int]:
-        return iter([(self.start + i) % self.size for i in range(self.count)])
-
-    def __len__(self) -> int:
-        return self.count
-
 
 def make_loader(dataset: AudioSetDataset, batch_size: int, num_batches: int, workers: int, start: int,
                 pin_memory: bool) -> DataLoader:
@@ -228,16 +178,6 @@ def print_table(paths: list[dict[str, Any]], titles: dict[str, str]) -> None:
 
 # ----------------------------------------------------------------------------- main
 
-def parse_workers(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip() != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative worker counts, got {text!r}")
-    return list(dict.fromkeys(values))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
@@ -348,8 +288,7 @@ def run(args: argparse.Namespace, hdf5_path: Path, device: torch.device, environ
 
     rounds: list[list[str]] = []
     for r in range(args.repeats):
-        shift = r % len(paths)
-        order = paths[shift:] + paths[:shift]
+        order = rotated(paths, r)
         bench.round_offset = (r * args.batch_size) % len(dataset)
         rounds.append([p["name"] for p in order])
         line = []
@@ -407,7 +346,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             hdf5_path = args.hdf5
         else:
             hdf5_path = Path(tmp) / "synthetic.hdf"
-            build_synthetic_hdf5(hdf5_path, args.num_clips, args.seed)
+            write_synthetic_hdf5(hdf5_path, args.num_clips, args.seed, CLIP_SECONDS, SAMPLE_RATE, NUM_CLASSES)
         results = run(args, hdf5_path, device, environment)
 
     if args.json is not None:

@@ -35,49 +35,23 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-try:
-    import efficient_tagging  # noqa: F401
-except ImportError:  # running from a checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import rotated, write_synthetic_hdf5  # puts the checkout on sys.path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from efficient_tagging import AugmentMelSTFT, get_model
-from efficient_tagging.audio import encode_audio
-from efficient_tagging.data.hdf5 import AudioSetDataset, AudioSetHDF5Writer
+from efficient_tagging.data.hdf5 import AudioSetDataset
 from efficient_tagging.data.waveform_cache import CachedWaveforms
 
 SAMPLE_RATE = 32000
 NUM_CLASSES = 527
-
-
-def synthetic_clip(rng: np.random.Generator, num_samples: int, rate: int) -> np.ndarray:
-    """Smoothed noise plus one to four steady tones, peak below 1."""
-    t = np.arange(num_samples) / rate
-    signal = rng.uniform(0.02, 0.2) * np.convolve(rng.standard_normal(num_samples), np.ones(8) / 8, mode="same")
-    for _ in range(int(rng.integers(1, 5))):
-        signal += rng.uniform(0.05, 0.3) * np.sin(2 * np.pi * rng.uniform(80.0, 6000.0) * t)
-    return (signal * min(1.0, 0.95 / np.abs(signal).max())).astype(np.float32)
-
-
-def build_hdf5(path: Path, num_clips: int, clip_seconds: float, seed: int, rate: int) -> None:
-    from tqdm import tqdm
-
-    rng = np.random.default_rng(seed)
-    with AudioSetHDF5Writer(path, num_classes=NUM_CLASSES, sample_rate=rate, expected_rows=num_clips) as writer:
-        for i in tqdm(range(num_clips), desc=f"encoding synthetic clips (mp3, {rate} Hz)", unit="clip"):
-            target = np.zeros(NUM_CLASSES, dtype=np.uint8)
-            target[rng.choice(NUM_CLASSES, size=int(rng.integers(1, 4)), replace=False)] = 1
-            writer.add(f"Ysynthetic{i:06d}.mp3",
-                       encode_audio(synthetic_clip(rng, int(clip_seconds * rate), rate), rate), target)
 
 
 class Trainer:
@@ -164,7 +138,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         hdf5_path = args.hdf5
         if hdf5_path is None:
             hdf5_path = work / "synthetic.hdf"
-            build_hdf5(hdf5_path, args.num_clips, args.clip_length, args.seed, args.source_rate)
+            write_synthetic_hdf5(hdf5_path, args.num_clips, args.seed, args.clip_length, args.source_rate,
+                                 NUM_CLASSES)
         cache_root = args.cache_dir or work
         cache_root.mkdir(parents=True, exist_ok=True)
 
@@ -220,9 +195,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         total = time.perf_counter()
         for r in range(args.repeats):
-            shift = r % len(paths)
             line = []
-            for p in paths[shift:] + paths[:shift]:
+            for p in rotated(paths, r):
                 p["seconds"].append(p["fn"](r))
                 line.append(f"{p['section']}/{p['name']} {p['seconds'][-1]:.1f} s")
             print(f"round {r + 1}/{args.repeats} ({time.perf_counter() - total:.0f} s): " + "; ".join(line), flush=True)

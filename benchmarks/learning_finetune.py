@@ -44,11 +44,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 from scipy import signal
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from _common import REPO  # puts the checkout on sys.path
 
-from efficient_tagging.audio import encode_audio  # noqa: E402
+from efficient_tagging.audio import encode_audio
 
 # ----------------------------------------------------------------------------- the sounds
 

@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from _common import REPO  # puts the checkout on sys.path
 
-from efficient_tagging.audio import load_audio  # noqa: E402
-from efficient_tagging.models.factory import get_model  # noqa: E402
-from efficient_tagging.tagging.tagger import AudioTagger  # noqa: E402
+from efficient_tagging.audio import load_audio
+from efficient_tagging.models.factory import get_model
+from efficient_tagging.tagging.tagger import AudioTagger
 
 SHARED = REPO.parent / "shared"
 

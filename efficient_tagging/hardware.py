@@ -1,4 +1,5 @@
-"""What the machine computes natively, and the precision a job runs at when the user leaves it to us.
+"""What the machine computes natively, the precision a job runs at when the user leaves it to us, and
+the device a run asked for (checked to exist).
 
 `--precision auto` (the labelling default) means: bf16 where the hardware multiplies bf16
 natively, float32 elsewhere. "Natively" matters on CPUs: oneDNN accepts bf16 on any AVX-512 CPU,
@@ -11,7 +12,7 @@ import logging
 import os
 import platform
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Optional, Protocol, Union
 
 import torch
 
@@ -125,3 +126,48 @@ def in_cpu_pieces(compute: Callable[[torch.Tensor], torch.Tensor], rows: torch.T
     if step >= rows.shape[0]:
         return compute(rows)
     return torch.cat([compute(piece) for piece in rows.split(step)])
+
+
+class DeviceUnavailable(RuntimeError):
+    """The run asked for a device this machine does not have."""
+
+
+NO_CUDA_MESSAGE = "--cuda given but no CUDA device is available; drop --cuda to run on the CPU"
+
+
+class _HasDevice(Protocol):
+    device: torch.device  # e.g. train.distributed.DistInfo: this process's device under torchrun
+
+
+def _checked_device(name: str) -> torch.device:
+    """``name`` (cpu, cuda, cuda:N, mps) as a device, after checking that this machine has it."""
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"--device {name} given but no CUDA device is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(f"--device {name} given but this machine has "
+                                    f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"--device {name} given but MPS is not available here; use --device cpu")
+    return device
+
+
+def select_device(cuda: bool = False, dist_info: Optional[_HasDevice] = None, *,
+                  device: Optional[str] = None) -> torch.device:
+    """The device a run asked for: ``cuda`` (this rank's GPU when ``dist_info`` has one), else the
+    named ``device`` (cpu, cuda, cuda:N, mps), else the CPU.
+
+    A device this machine lacks is a DeviceUnavailable error, never a silent fall-back to the CPU
+    (a run meant for a GPU would otherwise crawl for days unnoticed). The messages name the
+    commands' flags (--cuda, --device), which is how every run asks for a device.
+    """
+    if cuda:
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(NO_CUDA_MESSAGE)
+        if dist_info is not None and dist_info.device.type == "cuda":
+            return dist_info.device
+        return torch.device("cuda")
+    if device is None:
+        return torch.device("cpu")
+    return _checked_device(device)

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -62,15 +60,6 @@ def _autocast(device: torch.device, precision: str):
     if precision == "32":
         return torch.autocast(device_type=device.type, enabled=False)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def _crash(batch_index: int) -> None:
-    """Test hook (hidden --crash_after_batches): die like kill -9, without any cleanup."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if hasattr(signal, "SIGKILL"):
-        os.kill(os.getpid(), signal.SIGKILL)
-    os._exit(17)
 
 
 def teacher_metrics(dataset: Any, logits_path: PathLike) -> dict[str, float]:
@@ -176,9 +165,7 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
                   batch_size: int = 32, num_workers: int = 0,
                   device: Union[str, torch.device] = "cpu", precision: str = "auto", teacher_names: Sequence[str] = (),
                   attrs: Optional[dict[str, Any]] = None, flush_every_batches: int = 10, dtype: str = "float32",
-                  progress: bool = True, shard: tuple[int, int] = (0, 1), metrics: bool = True,
-                  crash_after_batches: Optional[int] = None,
-                  signal_after_batches: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+                  progress: bool = True, shard: tuple[int, int] = (0, 1), metrics: bool = True) -> dict[str, Any]:
     """Label every clip of `dataset` with `teacher` into `output_path` (resuming if it exists).
 
     `dataset` is any clip dataset of this package (AudioSet HDF5, ESC-50, FSD50K, DCASE20, OpenMIC,
@@ -195,7 +182,6 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
     were there before are restored and `LabellingInterrupted` is raised; rerun to continue. A
     run that fails or stops before labelling a single clip leaves no output file behind. The
     output is locked for the run's lifetime (a second run on it fails with `OutputLockedError`).
-    `crash_after_batches` / `signal_after_batches=(signum, n)` are test hooks.
 
     `precision`: "auto" (default) runs bf16 weights under bf16 autocast where the device multiplies
     bf16 natively (`hardware.native_bf16`: CUDA bf16, AVX512-BF16/AMX CPUs) and float32 elsewhere;
@@ -217,21 +203,8 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
     if requested == "auto":
         logger.info("precision auto: %s (%s)", precision, "native bf16 on this device" if precision == "bf16"
                     else "no native bf16 on this device")
-    autocast = _autocast(device, precision)
-    sample_rate = int(getattr(teacher, "sample_rate", 32000))
-    if int(getattr(dataset, "sample_rate", sample_rate)) != sample_rate:
-        raise ValueError(f"{_describe_teacher(teacher, teacher_names)} takes {sample_rate} Hz audio, the dataset is "
-                         f"opened at {dataset.sample_rate} Hz: open it at the teacher's rate")
-    if getattr(dataset, "replace_undecodable", False):
-        raise ValueError("open the dataset with replace_undecodable=False for labelling: an undecodable clip "
-                         "would otherwise be labelled with another clip's audio")
     sources = list(sources) or [str(getattr(dataset, "source", type(dataset).__name__))]
-    teacher_classes = teacher_num_classes(teacher)
-    if teacher_classes is not None and teacher_classes != dataset.num_classes:
-        raise ValueError(f"{_describe_teacher(teacher, teacher_names)} outputs {teacher_classes} classes, but "
-                         f"{', '.join(sources)} have {dataset.num_classes}: teacher logits must have "
-                         f"one column per class of the data. Use a teacher trained on these classes (AudioSet: "
-                         f"527; a dataset of your own: a model fine-tuned on it); nothing was written")
+    sample_rate = _check_teacher_fits(teacher, dataset, teacher_names, sources)
     teacher = cast_model_weights(teacher.to(device).eval(), precision)
     info = {
         "teachers": list(teacher_names) or list(getattr(teacher, "names", [type(teacher).__name__])),
@@ -247,11 +220,7 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
         info["shard"] = [rank, world_size]
     created = not output_path.exists()
     mine = [i for i, name in enumerate(dataset.audio_names) if i % world_size == rank]
-    missing: list[str] = []
-    labelled = 0
-    done: set[str] = set()
-    missing_before = 0
-    completed = False
+    run = _LabellingRun(teacher, device, _autocast(device, precision), flush_every_batches)
     writer: Optional[TeacherLogitsWriter] = None
     stop = StopOnSignal()
     start = time.time()
@@ -261,76 +230,112 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
         with stop:
             writer = TeacherLogitsWriter(output_path, num_classes=dataset.num_classes, attrs=info, dtype=dtype,
                                          resume=True)
-            done = writer.existing_names()
-            missing_before = len(writer.missing_names())
-            todo = [i for i in mine if dataset.audio_names[i] not in done]
+            run.done = writer.existing_names()
+            run.missing_before = len(writer.missing_names())
+            todo = [i for i in mine if dataset.audio_names[i] not in run.done]
             loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
                                 collate_fn=_collate)
             bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="teacher labelling", unit="clip",
                        disable=not progress, dynamic_ncols=True, smoothing=0.1)
-            batches = None
             try:
-                with stop.interruptible():  # starting workers changes nothing of ours
-                    batches = iter(loader)
-                batch_index = 0
-                while not stop.requested:
-                    # waiting for the next batch: a signal may end the run right here
-                    with stop.interruptible():
-                        batch = next(batches, None)
-                    if batch is None:
-                        completed = True
-                        break
-                    ok = batch["decoded"]
-                    names = [n for n, good in zip(batch["audio_name"], ok.tolist()) if good]
-                    bad = [n for n, good in zip(batch["audio_name"], ok.tolist()) if not good]
-                    if bad:
-                        missing.extend(bad)
-                        writer.write_missing(bad)
-                    if names:
-                        with autocast:
-                            logits = teacher(batch["waveform"][ok].to(device))
-                        writer.write(names, logits.float().cpu().numpy())
-                        labelled += len(names)
-                    if (batch_index + 1) % flush_every_batches == 0:
-                        writer.flush()
-                    if crash_after_batches is not None and batch_index + 1 >= crash_after_batches:
-                        _crash(batch_index)
-                    bar.update(len(batch["audio_name"]))
-                    bar.set_postfix(missing=len(missing) + missing_before, refresh=False)
-                    if signal_after_batches is not None and batch_index + 1 == signal_after_batches[1]:
-                        os.kill(os.getpid(), signal_after_batches[0])
-                    batch_index += 1
-            except SignalReceived as received:
-                if received.forced:
-                    # a second signal may have landed inside a write: keep only what was committed
-                    dropped = writer.discard_buffer()
-                    labelled -= dropped
-                    logger.warning("second %s: stopping at once, %d unflushed clip(s) dropped",
-                                   signal_name(received.signum), dropped)
+                run.label(loader, writer, stop, bar)
             finally:
                 bar.close()
-                del batches  # shuts DataLoader workers down now
                 writer.close()  # commits every finished batch
     except SignalReceived:
         pass  # a second signal while closing: the file keeps what was committed
     finally:
-        if not completed:
-            if created:
-                _remove_if_empty(output_path, writer)
+        if not run.completed and created:
+            _remove_if_empty(output_path, writer)
     elapsed = max(time.time() - start, 1e-6)
     summary: dict[str, Any] = {"output": str(output_path), "shard": [rank, world_size], "clips": len(mine),
-                               "labelled_now": labelled, "labelled_before": len(done) - missing_before,
+                               "labelled_now": run.labelled, "labelled_before": len(run.done) - run.missing_before,
                                "missing_undecodable": len(writer.missing_names()) if writer is not None else 0,
                                "missing_names": writer.missing_names() if writer is not None else [],
-                               "clips_per_s": labelled / elapsed, "seconds": elapsed, "precision": precision}
-    if not completed:
+                               "clips_per_s": run.labelled / elapsed, "seconds": elapsed, "precision": precision}
+    if not run.completed:
         raise LabellingInterrupted(stop.signum if stop.signum is not None else signal.SIGINT, summary)
-    if missing:
+    if run.missing:
         logger.warning("%d clips could not be decoded and have no teacher logits (first: %s)",
-                       len(missing), ", ".join(missing[:5]))
+                       len(run.missing), ", ".join(run.missing[:5]))
     if metrics:
         summary.update(teacher_metrics(dataset, output_path))
     return summary
+
+
+def _check_teacher_fits(teacher: nn.Module, dataset: Any, teacher_names: Sequence[str], sources: Sequence[str]) -> int:
+    """Refuse data the teacher cannot label (rate, replaced clips, class count) before anything is
+    written; returns the teacher's sample rate."""
+    sample_rate = int(getattr(teacher, "sample_rate", 32000))
+    if int(getattr(dataset, "sample_rate", sample_rate)) != sample_rate:
+        raise ValueError(f"{_describe_teacher(teacher, teacher_names)} takes {sample_rate} Hz audio, the dataset is "
+                         f"opened at {dataset.sample_rate} Hz: open it at the teacher's rate")
+    if getattr(dataset, "replace_undecodable", False):
+        raise ValueError("open the dataset with replace_undecodable=False for labelling: an undecodable clip "
+                         "would otherwise be labelled with another clip's audio")
+    teacher_classes = teacher_num_classes(teacher)
+    if teacher_classes is not None and teacher_classes != dataset.num_classes:
+        raise ValueError(f"{_describe_teacher(teacher, teacher_names)} outputs {teacher_classes} classes, but "
+                         f"{', '.join(sources)} have {dataset.num_classes}: teacher logits must have "
+                         f"one column per class of the data. Use a teacher trained on these classes (AudioSet: "
+                         f"527; a dataset of your own: a model fine-tuned on it); nothing was written")
+    return sample_rate
+
+
+class _LabellingRun:
+    """The labelling loop of one `label_dataset` call and what it has done so far."""
+
+    def __init__(self, teacher: nn.Module, device: torch.device, autocast: Any, flush_every_batches: int) -> None:
+        self.teacher, self.device, self.autocast = teacher, device, autocast
+        self.flush_every_batches = flush_every_batches
+        self.labelled = 0  # clips labelled by this run
+        self.missing: list[str] = []  # undecodable clips met by this run
+        self.done: set[str] = set()  # clips the output held when the run started
+        self.missing_before = 0
+        self.completed = False
+
+    def label(self, loader: DataLoader, writer: TeacherLogitsWriter, stop: StopOnSignal, bar: Any) -> None:
+        """Label the loader's batches into `writer` until done or a signal stops the run."""
+        batches = None
+        try:
+            with stop.interruptible():  # starting workers changes nothing of ours
+                batches = iter(loader)
+            batch_index = 0
+            while not stop.requested:
+                # waiting for the next batch: a signal may end the run right here
+                with stop.interruptible():
+                    batch = next(batches, None)
+                if batch is None:
+                    self.completed = True
+                    break
+                self._label_batch(batch, writer)
+                if (batch_index + 1) % self.flush_every_batches == 0:
+                    writer.flush()
+                bar.update(len(batch["audio_name"]))
+                bar.set_postfix(missing=len(self.missing) + self.missing_before, refresh=False)
+                batch_index += 1
+        except SignalReceived as received:
+            if received.forced:
+                # a second signal may have landed inside a write: keep only what was committed
+                dropped = writer.discard_buffer()
+                self.labelled -= dropped
+                logger.warning("second %s: stopping at once, %d unflushed clip(s) dropped",
+                               signal_name(received.signum), dropped)
+        finally:
+            del batches  # shuts DataLoader workers down now
+
+    def _label_batch(self, batch: dict[str, Any], writer: TeacherLogitsWriter) -> None:
+        ok = batch["decoded"]
+        names = [n for n, good in zip(batch["audio_name"], ok.tolist()) if good]
+        bad = [n for n, good in zip(batch["audio_name"], ok.tolist()) if not good]
+        if bad:
+            self.missing.extend(bad)
+            writer.write_missing(bad)
+        if names:
+            with self.autocast:
+                logits = self.teacher(batch["waveform"][ok].to(self.device))
+            writer.write(names, logits.float().cpu().numpy())
+            self.labelled += len(names)
 
 
 def load_teachers(specs: Sequence[str], cache_dir: Optional[PathLike] = None) -> tuple[nn.Module, list[str]]:

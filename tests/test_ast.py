@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from efficient_tagging.cli import fbank_stats
-from efficient_tagging.frontends.kaldi_fbank import ASTFbank, compute_fbank_stats
+from efficient_tagging.frontends.ast_fbank import ASTFbank, compute_fbank_stats
 from efficient_tagging.models import ast as ast_module
 from efficient_tagging.models.ast import (AUDIOSET_CHECKPOINT_FILENAME, AUDIOSET_CHECKPOINT_URL, MODEL_SIZES,
                                           ASTModel, ASTSize, ASTTagger, adapt_audioset_pos_embed,

@@ -31,7 +31,8 @@ from efficient_tagging.complexity import (
     spectrogram_shape,
     trace_model,
 )
-from efficient_tagging.cli.complexity import build_model, main
+from efficient_tagging.complexity import build_model
+from efficient_tagging.cli.complexity import main
 
 REPO = Path(__file__).resolve().parents[1]
 

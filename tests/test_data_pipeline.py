@@ -169,14 +169,15 @@ class InMemoryClips(Dataset):
                 "audio_name": f"clip{index}", "skipped": 0, "decoded": True}
 
 
-def _short_run(train_set, out_dir, capsys):
+def _short_run(train_set, out_dir):
     config = TrainConfig(sample_rate=16000, clip_length=1.0, batch_size=2, num_workers=0, epoch_len=8, n_epochs=2,
                          width_mult=0.1, n_mels=32, sampler="uniform", warm_up_len=1, ramp_down_start=1,
                          ramp_down_len=1, mixup_alpha=0.0, out_dir=str(out_dir), checkpoint_every_steps=0,
                          progress=False, kd_lambda=0.0, seed=0)
     torch.set_num_threads(1)
-    summary = train(config, datasets=(train_set, InMemoryClips(4, seed=1)))
-    printed = capsys.readouterr().out
+    reported: list[str] = []  # the epoch lines the commands print
+    summary = train(config, datasets=(train_set, InMemoryClips(4, seed=1)), report_epoch=reported.append)
+    printed = "\n".join(reported)
     timing = summary["epoch_timing"]
     assert [t["epoch"] for t in timing] == [1, 2]
     for record in timing:
@@ -188,13 +189,13 @@ def _short_run(train_set, out_dir, capsys):
     return [t["data_wait_fraction"] for t in timing]
 
 
-def test_trainer_reports_data_wait_slow_vs_fast_dataset(tmp_path, capsys):
+def test_trainer_reports_data_wait_slow_vs_fast_dataset(tmp_path):
     threads = torch.get_num_threads()
     try:
         # 4 steps of 2 items per epoch; 0.2 s of sleep per item (0.4 s per step) dwarfs a step of the
         # tiny model, while the in-memory set hands a batch over in microseconds
-        slow = _short_run(InMemoryClips(8, delay=0.2), tmp_path / "slow", capsys)
-        fast = _short_run(InMemoryClips(8), tmp_path / "fast", capsys)
+        slow = _short_run(InMemoryClips(8, delay=0.2), tmp_path / "slow")
+        fast = _short_run(InMemoryClips(8), tmp_path / "fast")
     finally:
         torch.set_num_threads(threads)
     assert min(slow) > 0.6, slow

@@ -29,7 +29,7 @@ from efficient_tagging.cli import prepare as prepare_cli
 from efficient_tagging.data.datasets import base as datasets_base
 from efficient_tagging.data.datasets.dcase20 import DCASE20_SCENES
 from efficient_tagging.data.datasets.esc50 import ESC50, ESC50_CATEGORIES
-from efficient_tagging.data.fsd50k import FSD50K_NUM_CLASSES, fsd50k_dataset
+from efficient_tagging.data.datasets.fsd50k import FSD50K_NUM_CLASSES, fsd50k_dataset
 from efficient_tagging.tagging.tagger import AudioTagger
 from efficient_tagging.train import finetune as train_finetune
 from efficient_tagging.train import trainer as trainer_module

@@ -11,9 +11,11 @@ import torch
 from efficient_tagging.audio import encode_audio, resample
 from efficient_tagging.cli.prepare import main
 from efficient_tagging.data import AudioSetDataset, read_audio_names, read_label_map
-from efficient_tagging.data.fsd50k import FSD50K_NUM_CLASSES, fsd50k_dataset, fsd50k_files, fsd50k_label_map
-from efficient_tagging.data.openmic import (OPENMIC_LABELS, OpenMICDataset, openmic_dataset, openmic_files)
-from efficient_tagging.data.prepare import PrepareError, prepare_fsd50k, prepare_openmic
+from efficient_tagging.data.datasets.fsd50k import (FSD50K_NUM_CLASSES, fsd50k_dataset, fsd50k_files,
+                                                    fsd50k_label_map, prepare_fsd50k)
+from efficient_tagging.data.datasets.openmic import (OPENMIC_LABELS, OpenMICDataset, openmic_dataset, openmic_files,
+                                                     prepare_openmic)
+from efficient_tagging.data.prepare import PrepareError
 
 RAW_RATE = 44100  # FSD50K wavs and OpenMIC oggs are 44.1 kHz
 

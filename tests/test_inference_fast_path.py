@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import METRO_WAV, metro_long, randomised_student, requires_shared
-from efficient_tagging.models.inference import (OneDnnConv2d, count_foldable_batchnorms, fold_batchnorm, inference_copy,
+from efficient_tagging.models.fused import (OneDnnConv2d, count_foldable_batchnorms, fold_batchnorm, inference_copy,
                                                 pointwise_fusion_available)
 from efficient_tagging.models.mobilenet import InvertedResidual
 from efficient_tagging.tagging.tagger import AudioTagger
@@ -189,5 +189,5 @@ def test_onednn_conv_computes_the_same_outside_its_kernel_and_the_copy_falls_bac
     with torch.inference_mode():
         inference_copy(mn10).bfloat16()(spectrogram.bfloat16())
     assert not any(isinstance(m, OneDnnConv2d) for m in inference_copy(copy.deepcopy(mn10).bfloat16()).modules())
-    monkeypatch.setattr("efficient_tagging.models.inference._probe_pointwise_kernels", lambda: False)
+    monkeypatch.setattr("efficient_tagging.models.fused._probe_pointwise_kernels", lambda: False)
     assert not any(isinstance(m, OneDnnConv2d) for m in inference_copy(mn10).modules())

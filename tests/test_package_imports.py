@@ -32,7 +32,7 @@ FLOOR_OF = {room: level for level, rooms in enumerate(FLOORS) for room in rooms}
 
 
 def test_walk_finds_the_layout():
-    for name in ("efficient_tagging.frontends.mel", "efficient_tagging.frontends.kaldi_fbank",
+    for name in ("efficient_tagging.frontends.mel", "efficient_tagging.frontends.ast_fbank",
                  "efficient_tagging.tagging.tagger", "efficient_tagging.tagging.ensemble",
                  "efficient_tagging.labelling", "efficient_tagging.cli.audioset", "efficient_tagging.cli.label",
                  "efficient_tagging.cli.prepare", "efficient_tagging.cli.tag", "efficient_tagging.cli.complexity"):

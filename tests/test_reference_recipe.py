@@ -15,13 +15,13 @@ from efficient_tagging.cli.audioset import build_parser
 from efficient_tagging.cli.train_flags import config_from_args
 from efficient_tagging.data.sampling import DistributedWeightedSampler, class_balanced_weights
 from efficient_tagging.models.registry import get_entry
-from efficient_tagging.train.audioset import AUDIOSET_DEFAULTS
+from efficient_tagging.train.audioset import AUDIOSET_RECIPE
 from efficient_tagging.train.trainer import TrainConfig, train
 
 
 def _audioset_config(*flags: str) -> TrainConfig:
     args = build_parser().parse_args(["--train", "--train_hdf5", "x.h5", *flags])
-    return config_from_args(args, AUDIOSET_DEFAULTS)
+    return config_from_args(args, AUDIOSET_RECIPE)
 
 
 def reference_dymn_temperature(epoch: int, t_max: float, t0_slope: float = 1.0, t1_slope: float = 0.02,

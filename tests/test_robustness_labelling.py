@@ -23,6 +23,7 @@ from efficient_tagging.data.teacher_logits import TeacherLogits, TeacherLogitsWr
 from efficient_tagging.locking import OutputLockedError, lock_path_for
 
 SCRIPT = str(REPO / "experiments" / "ex_teacher_labels.py")
+WITH_FAULT = str(REPO / "tests" / "label_with_fault.py")  # runs SCRIPT, hit by a fault after N batches
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 NUM_CLIPS = 24
 CORRUPT = "Ytiny_0005.flac"  # in the second batch of 4
@@ -175,14 +176,15 @@ def test_signal_during_labelling_flushes_says_how_to_continue_and_resumes(setup,
     root, data, teachers = setup
     output = tmp_path / "stopped.h5"
     # after batch 3 (flushes every 2 batches: batch 3 is only buffered when the signal comes)
-    result = subprocess.run([sys.executable, SCRIPT, *_args(data, output, teachers[4]),
-                             "--signal_after_batches", f"{name}:3"], capture_output=True, text=True, env=ENV,
-                            timeout=120)
+    args = _args(data, output, teachers[4])
+    result = subprocess.run([sys.executable, WITH_FAULT, name, "3", SCRIPT, *args], capture_output=True,
+                            text=True, env=ENV, timeout=120)
     assert result.returncode == code, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert f"interrupted by SIG{name}: 12 of {NUM_CLIPS} clips are labelled and saved in {output}" in result.stderr
     command = result.stderr.split("to continue, run:\n", 1)[1].strip().splitlines()[0]
-    assert "--signal_after_batches" not in command and f"--output {output}" in command
+    # exactly the user's command line again: this script with the same flags, nothing dropped or added
+    assert shlex.split(command)[1:] == [SCRIPT, *args] and f"--output {output}" in command
     rows, missing = _rows(output)
     assert len(rows) == 11 and missing == [CORRUPT]  # all three finished batches, the buffered one included
     assert not lock_path_for(output).exists()
@@ -236,13 +238,16 @@ def test_label_hdf5_restores_the_signal_handlers_it_found(setup, tmp_path):
         signal.signal(signal.SIGTERM, old)
 
 
-def test_library_stop_raises_labelling_interrupted_with_the_partial_summary(setup, tmp_path):
+def test_library_stop_raises_labelling_interrupted_with_the_partial_summary(setup, tmp_path, monkeypatch):
+    from label_with_fault import faulty_write
+
     from efficient_tagging.labelling import LabellingInterrupted, label_hdf5, load_teachers
     root, data, teachers = setup
     teacher, _ = load_teachers([str(teachers[4])])
+    monkeypatch.setattr(TeacherLogitsWriter, "write", faulty_write("INT", 1))  # Ctrl-C during batch 1
     with pytest.raises(LabellingInterrupted) as stopped:
         label_hdf5(teacher, data, tmp_path / "lib.h5", clip_length=1.0, batch_size=4, progress=False,
-                   flush_every_batches=100, signal_after_batches=(int(signal.SIGINT), 1))
+                   flush_every_batches=100)
     assert stopped.value.signum == signal.SIGINT and stopped.value.summary["labelled_now"] == 4
     assert len(_rows(tmp_path / "lib.h5")[0]) == 4  # the buffered batch was flushed by the clean stop
 

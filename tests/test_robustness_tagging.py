@@ -23,6 +23,7 @@ from efficient_tagging.audio import (
     resample_blocks,
     stream_audio,
 )
+from efficient_tagging import complexity
 from efficient_tagging.cli import complexity as complexity_cli
 from efficient_tagging.frontends import build_frontend
 from efficient_tagging.labels import LabelMap
@@ -359,9 +360,9 @@ def test_custom_configuration_has_no_published_map(capsys):
 def test_plot_shows_only_audioset_rows_and_its_labels_do_not_overlap():
     import matplotlib.pyplot as plt
 
-    targets = complexity_cli.catalogue_targets(teachers=True)
-    rows = complexity_cli.run_table(targets, 16)
-    plot = complexity_cli.plot_complexity(rows)
+    targets = complexity.catalogue_targets(teachers=True)
+    rows = complexity.run_table(targets, 16)
+    plot = complexity.plot_complexity(rows)
     try:
         plotted = {tuple(point) for collection in plot.axes.collections for point in collection.get_offsets()}
         openmic = [(r.macs / 1e9, t.published_map) for t, r in rows if t.extra.get("dataset") == "openmic"]
@@ -370,7 +371,7 @@ def test_plot_shows_only_audioset_rows_and_its_labels_do_not_overlap():
         assert plot.points == sum(1 for t, _ in rows if t.published_map is not None
                                   and t.extra.get("dataset") == "audioset")
         renderer = plot.figure.canvas.get_renderer()
-        boxes = [complexity_cli.label_text_extent(label, renderer) for label in plot.labels]
+        boxes = [complexity.label_text_extent(label, renderer) for label in plot.labels]
         assert len(boxes) >= 25
         frame = plot.axes.get_window_extent(renderer)
         overlaps = [(plot.labels[i].get_text(), plot.labels[j].get_text())

@@ -269,12 +269,12 @@ def test_sigterm_saves_last_pt_prints_the_resume_command_and_resumes_exactly(fin
 def test_signal_handlers_are_restored_after_training(tiny_data, tmp_path):
     from efficient_tagging.cli.audioset import build_parser
     from efficient_tagging.cli.train_flags import config_from_args
-    from efficient_tagging.train.audioset import AUDIOSET_DEFAULTS
+    from efficient_tagging.train.audioset import AUDIOSET_RECIPE
     from efficient_tagging.train.trainer import train
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     args = build_parser().parse_args(_train_flags(tiny_data, tmp_path / "ckpt", "--n_epochs", "1", "--epoch_len", "4"))
     with _one_thread():
-        train(config_from_args(args, AUDIOSET_DEFAULTS))
+        train(config_from_args(args, AUDIOSET_RECIPE))
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 

@@ -12,6 +12,7 @@ from conftest import REPO, corrupt_clip, labelling_args, make_tiny_audioset, sav
 from efficient_tagging.data.teacher_logits import TeacherLogits, find_shards
 
 SCRIPT = str(REPO / "experiments" / "ex_teacher_labels.py")
+WITH_FAULT = str(REPO / "tests" / "label_with_fault.py")  # runs SCRIPT, hit by a fault after N batches
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 NUM_CLIPS = 24
 CORRUPT = "Ytiny_0005.flac"
@@ -82,8 +83,8 @@ def test_killed_run_resumes_to_identical_output(setup, reference, tmp_path, cras
     root, data, teachers = setup
     output = tmp_path / "killed.h5"
     # dies by SIGKILL (no cleanup) after `crash_after` batches; flush every 2 -> buffered rows are lost
-    result = subprocess.run([sys.executable, SCRIPT, *_args(data, output, teachers[:1]),
-                             "--crash_after_batches", str(crash_after)], capture_output=True, text=True, env=ENV,
+    result = subprocess.run([sys.executable, WITH_FAULT, "KILL", str(crash_after), SCRIPT,
+                             *_args(data, output, teachers[:1])], capture_output=True, text=True, env=ENV,
                             timeout=120)
     assert result.returncode in (-9, 137, 17), result.stderr[-2000:]
     partial = TeacherLogits(output)

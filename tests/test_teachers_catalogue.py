@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import FIXTURES, LABELS_CSV, requires_shared
-from efficient_tagging.frontends.kaldi_fbank import ASTFbank
-from efficient_tagging.cli.complexity import build_model, main as complexity_main
+from efficient_tagging.frontends.ast_fbank import ASTFbank
+from efficient_tagging.complexity import build_model
+from efficient_tagging.cli.complexity import main as complexity_main
 from efficient_tagging.frontends.mel import AugmentMelSTFT
 from efficient_tagging import AudioTagger, build_frontend
 from efficient_tagging.labels import LabelMap

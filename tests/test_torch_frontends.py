@@ -1,4 +1,4 @@
-"""The plain-torch Kaldi fbank (frontends/kaldi.py) and windowed-sinc resampler (resample.py).
+"""The plain-torch Kaldi fbank (frontends/kaldi_fbank.py) and windowed-sinc resampler (resample.py).
 
 Both replace torchaudio at run time. They are checked against the AST fixtures and, where
 torchaudio is installed (the `dev` / `oracle` extras), against torchaudio itself as an oracle:
@@ -32,8 +32,8 @@ from conftest import FIXTURES, METRO_WAV, REPO, load_fixture, requires_shared
 from efficient_tagging.audio import (StreamingResampler, decode_audio, resample, resample_blocks, resampler_context,
                                      resampler_settings)
 from efficient_tagging.hardware import cpu_description
-from efficient_tagging.frontends.kaldi import kaldi_fbank, kaldi_fbank_frames, kaldi_mel_banks
-from efficient_tagging.frontends.kaldi_fbank import ASTFbank
+from efficient_tagging.frontends.kaldi_fbank import kaldi_fbank, kaldi_fbank_frames, kaldi_mel_banks
+from efficient_tagging.frontends.ast_fbank import ASTFbank
 from efficient_tagging.resample import resampled_length, sinc_kernel_width, sinc_resample, sinc_resample_kernel
 
 AST_OPTIONS = dict(htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
@@ -113,13 +113,13 @@ def test_fbank_equals_torchaudio_on_real_audio_as_one_batch(metro_16k):
 def test_fbank_cpu_pieces_do_not_change_the_result(metro_16k, monkeypatch):
     """The CPU splits a batch into cache-sized pieces (a speed choice): any piece size gives the
     one-pass result exactly."""
-    from efficient_tagging.frontends import kaldi
+    import efficient_tagging.frontends.kaldi_fbank as kaldi_module
 
     clips = torch.stack([metro_16k[:48000], 0.5 * metro_16k[48000:96000].flip(0), metro_16k[:48000].roll(777)])
-    monkeypatch.setattr(kaldi, "CPU_CHUNK_FRAMES", 10 ** 9)
+    monkeypatch.setattr(kaldi_module, "CPU_CHUNK_FRAMES", 10 ** 9)
     one_pass = kaldi_fbank(clips, **AST_OPTIONS)
     for frames in (1, 400, 1024):
-        monkeypatch.setattr(kaldi, "CPU_CHUNK_FRAMES", frames)
+        monkeypatch.setattr(kaldi_module, "CPU_CHUNK_FRAMES", frames)
         assert torch.equal(kaldi_fbank(clips, **AST_OPTIONS), one_pass)
 
 

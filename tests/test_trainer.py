@@ -11,18 +11,29 @@ from conftest import REPO, make_tiny_audioset
 from efficient_tagging.models.factory import read_checkpoint
 
 TRAIN_SNIPPET = """
-import sys, json, torch
+import os, sys, json, torch
 torch.set_num_threads(1)
-from efficient_tagging.train.trainer import TrainConfig, train
-config = TrainConfig(**json.loads(sys.argv[1]))
-summary = train(config)
+from efficient_tagging.train import trainer
+config = trainer.TrainConfig(**json.loads(sys.argv[1]))
+kill_after_steps = int(sys.argv[2])
+if kill_after_steps:
+    # the fault comes from outside the trainer: the process dies (os._exit: no cleanup, no final
+    # checkpoint) when step kill_after_steps + 1 would start, like a job killed between steps
+    step, steps_done = trainer.train_step, []
+    def train_step_or_die(*args, **kwargs):
+        if len(steps_done) >= kill_after_steps:
+            os._exit(17)
+        steps_done.append(1)
+        return step(*args, **kwargs)
+    trainer.train_step = train_step_or_die
+summary = trainer.train(config)
 print("SUMMARY", json.dumps({k: summary[k] for k in ("best_mAP", "skipped_clips", "clips_without_teacher")}))
 """
 
 
-def _train_subprocess(config: dict, expect_rc: int = 0) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-c", TRAIN_SNIPPET, json.dumps(config)], capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def _train_subprocess(config: dict, expect_rc: int = 0, kill_after_steps: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-c", TRAIN_SNIPPET, json.dumps(config), str(kill_after_steps)],
+                            capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == expect_rc, result.stderr[-3000:]
     return result
 
@@ -48,7 +59,7 @@ def test_killed_run_resumes_to_identical_weights(tiny_data, tmp_path):
     train_path, eval_path = tiny_data
     _train_subprocess(_config(train_path, eval_path, tmp_path / "straight"))
     # hard exit (os._exit, no cleanup) in the middle of the second epoch, then --resume
-    _train_subprocess(_config(train_path, eval_path, tmp_path / "killed", crash_after_steps=5), expect_rc=17)
+    _train_subprocess(_config(train_path, eval_path, tmp_path / "killed"), expect_rc=17, kill_after_steps=5)
     interrupted, _ = read_checkpoint(tmp_path / "killed" / "last.pt")
     _train_subprocess(_config(train_path, eval_path, tmp_path / "killed", resume=True))
     straight, straight_meta = read_checkpoint(tmp_path / "straight" / "last.pt")
@@ -166,14 +177,14 @@ def test_transformer_teacher_trains_and_fine_tunes_through_the_same_trainer(tiny
 
 def test_demo_teacher_config_is_keyed_and_resumes(tmp_path):
     from efficient_tagging.cli.audioset import build_parser
-    from efficient_tagging.train.audioset import DEMO_TEACHER, demo_teacher_config
+    from efficient_tagging.train.audioset import DEMO_TEACHER_RECIPE, demo_teacher_config
 
     def config(*flags):
         args = build_parser().parse_args(["--train", *flags])
         return demo_teacher_config(args, tmp_path / "train.h5", tmp_path / "eval.h5", tmp_path)
 
     default = config()
-    assert default.arch == "passt" and default.model_kwargs == DEMO_TEACHER["model_kwargs"]
+    assert default.arch == "passt" and default.model_kwargs == DEMO_TEACHER_RECIPE.model_kwargs
     assert default.n_epochs == 16 and default.adamw and default.mixup_alpha == 0.0 and not default.resume
     # student-only flags leave the teacher alone; run-length flags change it (and its cache key)
     assert config("--width_mult", "2.0", "--max_lr", "0.1", "--mixup_alpha", "0.5").out_dir == default.out_dir

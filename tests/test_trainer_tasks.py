@@ -52,7 +52,7 @@ def test_partial_multilabel_training_on_openmic_files(tmp_path):
     """OpenMIC's layout trains with the masked loss and is evaluated by mAP over known labels only."""
     import h5py
 
-    from efficient_tagging.data.openmic import OpenMICDataset
+    from efficient_tagging.data.datasets.openmic import OpenMICDataset
 
     rng = np.random.default_rng(0)
     names = [f"{i:06d}_3840.mp3" for i in range(12)]

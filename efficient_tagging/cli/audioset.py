@@ -23,30 +23,25 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..complexity import complexity_report, spectrogram_shape
-from ..data.demo import build_demo_dataset, default_demo_root
+from ..data.base import UndecodableData
 from ..data.hdf5 import AudioSetDataset
 from ..interrupt import SignalReceived, exit_code
 from ..labelling import label_hdf5
-from ..models.factory import CheckpointError, CheckpointWriteError, get_model
+from ..models.factory import CheckpointError, CheckpointWriteError
 from ..tagging.tagger import AudioTagger, load_tagger
-from ..data.base import UndecodableData
 from ..textfile import InputFileError
-from ..train.audioset import AUDIOSET_DEFAULTS, DEMO_DEFAULTS, demo_teacher_config
+from ..train.audioset import AUDIOSET_RECIPE, DEMO_RECIPE
+from ..train.demo import DemoSettings, run_demo
 from ..train.distributed import DeviceUnavailable, DistInfo, init_distributed, select_device
 from ..train.interrupt import TrainingInterrupted
-from ..train.reproducibility import portable_cpu_numerics
-from ..train.run_lock import RunDirectoryBusy, RunDirectoryHoldsRun, fresh_run_directory
-from ..train.tracking import RunTracker
-from ..train.trainer import ResumeMismatch, TrainConfig, cap_num_workers, evaluate, train
-from .train_flags import add_training_arguments, config_from_args
+from ..train.recorded import run_recorded_training
+from ..train.run_lock import RunDirectoryBusy, RunDirectoryHoldsRun
+from ..train.trainer import ResumeMismatch, TrainConfig, cap_num_workers, evaluate
+from .train_flags import add_training_arguments, config_from_args, explicit_values, print_line
 from .dataset_flags import clip_length_with_source
 from .help import HelpFormatter
 
 logger = logging.getLogger("efficient_tagging")
-
-
-VENDOR_NAMES = {"intel": "Intel", "amd": "AMD"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(AVX2 kernels, 2 threads), which make the demo's numbers the same on x86-64 CPUs "
                              "of one vendor; Intel and AMD differ (README: what the demo's numbers mean) "
                              "(default: off)")
-    add_training_arguments(parser, AUDIOSET_DEFAULTS, DEMO_DEFAULTS)
+    add_training_arguments(parser, AUDIOSET_RECIPE.to_dict(), DEMO_RECIPE.to_dict())
     return parser
 
 
@@ -76,30 +71,9 @@ def _write_json(path: Optional[str], payload: dict[str, Any]) -> None:
         Path(path).write_text(json.dumps(payload, indent=1, default=str))
 
 
-def _complexity(model: torch.nn.Module, config: TrainConfig) -> dict[str, Any]:
-    shape = spectrogram_shape(config.n_mels, config.hop_size, config.sample_rate, duration=config.clip_length)
-    report = complexity_report(model, shape)
-    return {"params": report.params, "macs": report.macs, "input_shape": list(shape)}
-
-
-def _run_training(config: TrainConfig, args: argparse.Namespace, dist_info: DistInfo,
-                  extra_info: Optional[dict[str, Any]] = None, wandb_default: str = "offline") -> dict[str, Any]:
-    tracker = RunTracker(args.experiment_name or "audioset", args.runs_dir, enabled=dist_info.rank == 0,
-                         wandb_mode=args.wandb or wandb_default)
-
-    def main(run_tracker: RunTracker) -> dict[str, Any]:
-        summary = train(config, run_tracker)
-        if dist_info.rank == 0:
-            run_tracker.add_artifact(summary["checkpoints"]["best"])
-            per_class = Path(config.out_dir) / "per_class_ap.json"
-            per_class.write_text(json.dumps(dict(zip(summary["class_names"] or [], summary["per_class_ap"] or [])),
-                                            indent=1))
-            run_tracker.add_artifact(per_class)
-        return summary
-
-    summary = tracker.run(main, config.to_dict(), info=extra_info)
-    summary["run_dir"] = str(tracker.run_dir) if tracker.run_dir else None
-    return summary
+def _run_training(config: TrainConfig, args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
+    return run_recorded_training(config, dist_info, experiment_name=args.experiment_name or "audioset",
+                                 runs_dir=args.runs_dir, wandb_mode=args.wandb or "offline", report_epoch=print_line)
 
 
 def print_training_summary(summary: dict[str, Any], *, title: str = "training summary",
@@ -136,98 +110,26 @@ def print_training_summary(summary: dict[str, Any], *, title: str = "training su
         print(f"total time: {seconds:.0f} s")
 
 
-def run_demo(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
-    """Demo pipeline: synthetic data -> trained teacher -> teacher logits -> distilled student."""
-    started = time.time()
-    root = default_demo_root(args.demo_dir)
-    is_main = dist_info.rank == 0
-    numerics = {"native": True} if args.demo_native_cpu else portable_cpu_numerics(threads=2)
-    if is_main and not args.demo_native_cpu:
-        print(f"[demo] portable CPU numerics ({numerics.get('aten_capability')} kernels, {numerics['threads']} "
-              f"threads): the same numbers on every {VENDOR_NAMES.get(str(numerics.get('cpu_vendor')), 'x86-64')} CPU "
-              "with AVX2, other "
-              "vendors' differ (README); --demo_native_cpu for this CPU's fastest kernels",
-              flush=True)
-    sizes = {"num_train": args.demo_clips, "num_eval": max(16, args.demo_clips // 8),
-             "sample_rate": DEMO_DEFAULTS["sample_rate"], "clip_length": DEMO_DEFAULTS["clip_length"]}
-    if is_main:
-        print(f"[demo] no data paths given: using the embedded demo dataset in {root}", flush=True)
-        build_demo_dataset(root, progress=not args.no_progress, **sizes)
-    if dist_info.enabled:
-        torch.distributed.barrier()
-    data = build_demo_dataset(root, progress=False, **sizes)  # built above: only checks the cache
+def demo_settings(args: argparse.Namespace) -> DemoSettings:
+    """The demo's settings from the command's flags."""
+    return DemoSettings(demo_dir=args.demo_dir, clips=args.demo_clips, native_cpu=args.demo_native_cpu,
+                        progress=not args.no_progress, train_values=explicit_values(args),
+                        experiment_name=args.experiment_name, runs_dir=args.runs_dir, wandb=args.wandb)
 
-    teacher_config = demo_teacher_config(args, data.train_path, data.eval_path, root)
-    teacher_dir = Path(teacher_config.out_dir)
-    teacher_logits_path = teacher_dir / "teacher_logits.h5"
-    teacher_checkpoint = teacher_dir / "best.pt"
-    teacher_summary: dict[str, Any] = {}
-    if not teacher_checkpoint.is_file():
-        if is_main:
-            print(f"[demo] {'resuming' if teacher_config.resume else 'training'} the teacher "
-                  f"({teacher_config.arch}, {teacher_config.model_kwargs}) on the demo labels", flush=True)
-        teacher_args = argparse.Namespace(**{**vars(args), "experiment_name": "demo_teacher"})
-        teacher_summary = _run_training(teacher_config, teacher_args, dist_info, wandb_default="disabled")
-    if is_main and not teacher_logits_path.is_file():
-        print("[demo] labelling the demo training set with the teacher", flush=True)
-        tagger = AudioTagger(get_model(str(teacher_checkpoint)))
-        # float32 unless native: bf16 exists on some CPUs only, and the demo gives the same numbers everywhere
-        label_hdf5(tagger, [data.train_path], teacher_logits_path, clip_length=data.clip_length, batch_size=64,
-                   teacher_names=[f"demo_teacher_{teacher_dir.name}"],
-                   precision="auto" if args.demo_native_cpu else "32",
-                   progress=not args.no_progress)
-    if dist_info.enabled:
-        torch.distributed.barrier()
 
-    teacher_model = get_model(str(teacher_checkpoint))
-    student_defaults = dict(DEMO_DEFAULTS, train_hdf5=[str(data.train_path)], eval_hdf5=[str(data.eval_path)])
-    student_args = argparse.Namespace(**{**vars(args), "experiment_name": args.experiment_name or "demo_student"})
-    config = config_from_args(student_args, student_defaults)
-    if args.out_dir is None:
-        default_dir = root / "student" / f"{config.arch}{str(config.width_mult).replace('.', '')}"
-        # a rerun keeps the earlier student and writes beside it (--resume / --overwrite: that folder)
-        config.out_dir = str(default_dir if config.resume or config.overwrite else fresh_run_directory(default_dir))
-        if is_main and Path(config.out_dir) != default_dir:
-            print(f"[demo] {default_dir} holds an earlier student run (kept; --overwrite replaces it, --resume "
-                  f"continues it): this run writes {config.out_dir}", flush=True)
-    config.teacher_logits = config.teacher_logits or str(teacher_logits_path)
-    if is_main:
-        print(f"[demo] distilling the student ({config.arch}, width {config.width_mult}) from the teacher logits",
-              flush=True)
-    summary = _run_training(config, student_args, dist_info, wandb_default="disabled")
-    if not is_main:
-        return summary
-
-    # Teacher quality on the same eval split, through its own frontend (from its checkpoint).
-    teacher_tagger = AudioTagger(teacher_model)
-    eval_set = AudioSetDataset([data.eval_path], sample_rate=teacher_tagger.sample_rate,
-                               clip_length=data.clip_length)
-    teacher_metrics = evaluate(teacher_tagger.model, teacher_tagger.frontend, eval_set, torch.device("cpu"),
-                               DistInfo(False, 0, 1, 0, torch.device("cpu")), 64, 0, progress=False)
-    student_model = get_model(summary["checkpoints"]["best"])
-    result = {
-        "demo": True,
-        "data": {"train": str(data.train_path), "eval": str(data.eval_path), "classes": list(data.label_map.names),
-                 "clip_length_s": data.clip_length, "sample_rate": data.sample_rate},
-        "teacher": {"mAP": teacher_metrics["mAP"], "ROC": teacher_metrics["mean_roc_auc"],
-                    "arch": teacher_config.arch, "checkpoint": str(teacher_checkpoint),
-                    "logits": str(teacher_logits_path), **_complexity(teacher_model, teacher_config)},
-        "student": {"arch": config.arch, "mAP": summary["final"].get("mAP"), "best_mAP": summary["best_mAP"],
-                    "ROC": summary["final"].get("ROC"), "checkpoint": summary["checkpoints"]["best"],
-                    **_complexity(student_model, config)},
-        "run_dir": summary["run_dir"],
-        "teacher_run_dir": teacher_summary.get("run_dir"),
-        "skipped_clips": summary["skipped_clips"],
-        "cpu_numerics": numerics,
-        "seconds": time.time() - started,
-    }
-    header = [f"classes ({len(data.label_map)}): {' | '.join(data.label_map.names)}"]
+def _demo_command(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
+    """The embedded demo (train/demo.py); rank 0 prints its summary and returns its numbers."""
+    run = run_demo(demo_settings(args), dist_info, label_clips=label_hdf5, notify=print_line)
+    if run.result is None:
+        return run.summary
+    result = run.result
+    header = [f"classes ({len(result['data']['classes'])}): {' | '.join(result['data']['classes'])}"]
     for role in ("teacher", "student"):
         part = result[role]
         header.append(f"{role:8s} {part['arch']:6s} mAP {part['mAP']:.3f}   params {part['params'] / 1e6:.2f} M   "
-                      f"MACs {part['macs'] / 1e9:.3f} G per {data.clip_length:g} s clip")
+                      f"MACs {part['macs'] / 1e9:.3f} G per {result['data']['clip_length_s']:g} s clip")
     header.append("student run:")
-    print_training_summary(summary, title="demo summary", header_lines=header, seconds=result["seconds"])
+    print_training_summary(run.summary, title="demo summary", header_lines=header, seconds=result["seconds"])
     return result
 
 
@@ -283,8 +185,8 @@ def resume_command(argv: Sequence[str]) -> str:
 def _train_command(args: argparse.Namespace, dist_info: DistInfo) -> dict[str, Any]:
     started = time.time()
     if not args.train_hdf5:
-        return run_demo(args, dist_info)
-    config = config_from_args(args, AUDIOSET_DEFAULTS)
+        return _demo_command(args, dist_info)
+    config = config_from_args(args, AUDIOSET_RECIPE)
     result = _run_training(config, args, dist_info)
     result["seconds"] = time.time() - started
     if dist_info.rank == 0:

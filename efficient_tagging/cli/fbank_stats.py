@@ -8,7 +8,7 @@ from typing import Any, Iterable, Optional, Sequence
 from torch import Tensor
 
 from ..data.hdf5 import AudioSetDataset
-from ..frontends.kaldi_fbank import SAMPLE_RATE, compute_fbank_stats
+from ..frontends.ast_fbank import SAMPLE_RATE, compute_fbank_stats
 from .help import HelpFormatter
 
 

@@ -32,6 +32,7 @@ from ..data.datasets.base import DatasetLayoutError
 from ..data.datasets.registry import DatasetSource, DatasetSourceError
 from ..interrupt import SignalReceived, exit_code
 from ..models.factory import CheckpointError, CheckpointWriteError
+from ..models.registry import get_entry
 from ..tagging.tagger import load_tagger
 from ..data.base import UndecodableData
 from ..textfile import InputFileError
@@ -41,10 +42,10 @@ from ..train.finetune import (OWN_LR, RECIPES, REFERENCE_SCRIPTS, FinetuneResult
 from ..train.interrupt import TrainingInterrupted
 from ..train.run_lock import RunDirectoryBusy, RunDirectoryHoldsRun, check_run_directory
 from ..train.tracking import RunTracker
-from ..train.trainer import SELECTION_METRIC, ResumeMismatch, cap_num_workers, dataset_task, evaluate
+from ..train.trainer import SELECTION_METRIC, ResumeMismatch, TrainConfig, cap_num_workers, dataset_task, evaluate
 from .dataset_flags import add_dataset_arguments, source_from_args
 from .help import HelpFormatter
-from .train_flags import add_training_arguments, explicit_values
+from .train_flags import add_training_arguments, explicit_values, print_line
 
 logger = logging.getLogger("efficient_tagging")
 
@@ -125,11 +126,21 @@ def _is_training(args: argparse.Namespace, recipe: str) -> bool:
     return bool(args.train) if recipe in ("fsd50k", "openmic") else not args.evaluate
 
 
+def _catalogue_family(name: str) -> Optional[str]:
+    """The architecture a catalogue name belongs to (None for a name the catalogue does not hold)."""
+    try:
+        return get_entry(name).arch
+    except KeyError:
+        return None
+
+
 def _overrides(args: argparse.Namespace, recipe: str) -> dict[str, Any]:
     values = explicit_values(args)
     # EfficientAT: without --pretrained, --model_name still picks the family trained from scratch
-    if "model_name" not in values and "arch" not in values and str(args.model_name).startswith("dymn"):
-        values["arch"] = "dymn"
+    if "model_name" not in values and "arch" not in values:
+        family = _catalogue_family(str(args.model_name))
+        if family is not None and family != TrainConfig.arch:
+            values["arch"] = family
     values.setdefault("out_dir", f"runs/{recipe}")
     values["dataset"] = recipe if recipe != "own" else "own data"
     return values
@@ -257,7 +268,7 @@ def _recorded_finetune(tracker: RunTracker, config: dict[str, Any], **kwargs: An
     holder: dict[str, FinetuneResult] = {}
 
     def main_fn(run_tracker: RunTracker) -> dict[str, Any]:
-        holder["result"] = finetune(tracker=run_tracker, **kwargs)
+        holder["result"] = finetune(tracker=run_tracker, report_epoch=print_line, **kwargs)
         for path in holder["result"].metrics.get("confusion_matrix_files") or []:
             run_tracker.add_artifact(path)
         return _plain_metrics(holder["result"])

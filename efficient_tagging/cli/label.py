@@ -94,38 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(parser, "any")
     parser.add_argument("--summary_json", default=None, help="also write the summary to this JSON file")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument("--crash_after_batches", type=int, default=None, help=argparse.SUPPRESS)  # test hook
-    # test hook: SIG:N sends the process signal SIG (INT, TERM) after N batches, like a user's Ctrl-C / kill
-    parser.add_argument("--signal_after_batches", type=_signal_after, default=None, help=argparse.SUPPRESS)
     return parser
 
 
-_TEST_HOOKS = ("--crash_after_batches", "--signal_after_batches")
-
-
-def _signal_after(text: str) -> tuple[int, int]:
-    name, _, count = text.partition(":")
-    try:
-        return int(getattr(signal, "SIG" + name.upper().removeprefix("SIG"))), int(count)
-    except (AttributeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected SIGNAL:BATCHES such as TERM:3, got {text!r}") from None
-
-
 def continue_command(argv: Optional[Sequence[str]] = None) -> str:
-    """The command line that continues this run: the same command, without test hooks."""
+    """The command line that continues this run: the same command with the same arguments."""
     args = list(sys.argv[1:] if argv is None else argv)
-    kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg in _TEST_HOOKS:
-            skip = True
-            continue
-        if arg.split("=", 1)[0] in _TEST_HOOKS:
-            continue
-        kept.append(arg)
     on_path = shutil.which("python")
     python = "python" if on_path and Path(on_path).resolve() == Path(sys.executable).resolve() else sys.executable
     script = sys.argv[0] if sys.argv and sys.argv[0] else ""
@@ -137,7 +111,7 @@ def continue_command(argv: Optional[Sequence[str]] = None) -> str:
         prefix = [script]  # a console entry point
     else:
         prefix = [python, "-m", __name__]
-    return shlex.join(prefix + kept)
+    return shlex.join(prefix + args)
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
@@ -234,9 +208,7 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                                     num_workers=args.num_workers, device=device, precision=args.precision,
                                     teacher_names=names, attrs=attrs, flush_every_batches=args.flush_every,
                                     dtype=args.dtype, progress=not args.no_progress and rank == 0,
-                                    shard=(rank, world_size), metrics=world_size == 1,
-                                    crash_after_batches=args.crash_after_batches,
-                                    signal_after_batches=args.signal_after_batches)
+                                    shard=(rank, world_size), metrics=world_size == 1)
             if dist_info.enabled and world_size > 1:
                 barrier()
                 if rank == 0:

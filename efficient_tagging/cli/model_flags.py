@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from ..hardware import select_device
+
 DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
@@ -84,22 +86,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, onnx: bool = True, m
 
 
 def select_tagging_device(args: argparse.Namespace) -> torch.device:
-    """The device asked for, checked to exist (DeviceUnavailable otherwise: never a silent CPU run)."""
-    from ..train.distributed import DeviceUnavailable, select_device
-
-    if args.cuda:
-        return select_device(True)
-    device = torch.device(args.device or "cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceUnavailable(f"--device {args.device} given but no CUDA device is available; "
-                                    f"use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceUnavailable(f"--device {args.device} given but this machine has "
-                                    f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise DeviceUnavailable(f"--device {args.device} given but MPS is not available here; use --device cpu")
-    return device
+    """The device --cuda / --device ask for, checked to exist (hardware.select_device: DeviceUnavailable
+    otherwise, never a silent CPU run)."""
+    return select_device(bool(args.cuda), device=args.device)
 
 
 def load_onnx_tagger(model_path: str, device: torch.device) -> Any:

@@ -1,4 +1,5 @@
-"""`prepare_audioset.py`: pack a folder of audio + a label CSV into an AudioSet-format HDF5 (`data.prepare`)."""
+"""`prepare_audioset.py`: pack a folder of audio + a label CSV into an AudioSet-format HDF5 (`data.prepare`),
+or convert the FSD50K / OpenMIC-2018 release (`data.datasets.fsd50k`, `data.datasets.openmic`)."""
 from __future__ import annotations
 
 import argparse
@@ -7,16 +8,47 @@ import sys
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..data import prepare as preparation
-from ..data.prepare import (PrepareError, PrepareOptions, Report, prepare, prepare_dataset, prepare_fsd50k,
-                            prepare_openmic)
+from ..data.datasets.fsd50k import FSD50K_HDF5_NAMES, prepare_fsd50k
+from ..data.datasets.openmic import OPENMIC_HDF5_NAMES, prepare_openmic
+from ..data.prepare import PrepareError, PrepareOptions, Report, prepare, prepare_dataset
 from .help import HelpFormatter
+
+DESCRIPTION = """Build an AudioSet-format HDF5 file from a folder of audio files and a label CSV.
+
+Two CSV formats are understood (detected automatically, or forced with --csv_format):
+
+* AudioSet segments CSV (balanced_train_segments.csv, eval_segments.csv, ...):
+      # comment lines
+      YTID, start_seconds, end_seconds, "mid1,mid2,..."
+  with the class list from --class_labels (`index,mid,display_name`; default: the official
+  AudioSet list from the download cache). A clip is found in the folder as Y{YTID}.*,
+  {YTID}.* or {YTID}_{start}... / Y{YTID}_{start}... ; it is stored as `Y{YTID}.mp3`.
+
+* Plain CSV with a header naming a file column (filename / fname / file / path) and a
+  `labels` column; labels are separated by ';' (or ',' inside quotes). The class list is the
+  sorted set of labels in the CSV, or --class_labels (labels matched by display name or mid).
+  A clip is stored under its CSV filename with the extension replaced by `.mp3`.
+
+Every clip is decoded with PyAV, resampled to --sample_rate, cut to --clip_length seconds
+(shorter clips are kept as they are; readers pad) and encoded as mp3.
+
+Two official releases are converted into PaSST's HDF5 files instead (whole clips, nothing cut):
+
+* FSD50K (--fsd50k_dir: FSD50K.dev_audio/, FSD50K.eval_audio/, FSD50K.ground_truth/) ->
+  FSD50K.{train,val,eval}_mp3.hdf in --output_dir, split by dev.csv's `split` column.
+* OpenMIC-2018 (--openmic_dir: the unpacked openmic-2018-v1.0.0.tgz) ->
+  openmic_{train,test}.csv_mp3.hdf in --output_dir (targets: 20 relevances + 20 known-label mask).
+
+A fine-tuning dataset in its file layout (--dataset esc50|dcase20|csv|folder with the fine-tuning
+scripts' flags) is packed into --output_dir: ESC-50 as esc50_fold1..5.h5, the others as
+<dataset>_train.h5 / <dataset>_val.h5, audio names and label map kept (teacher logits still join).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="prepare_audioset",
-        description=preparation.__doc__,
+        description=DESCRIPTION,
         formatter_class=HelpFormatter,
         epilog="Exit codes: 0 success, 1 nothing could be written (for a release: some split is empty),\n"
                "2 bad arguments or input files.\n"
@@ -153,8 +185,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if mode == "dataset":
         return _prepare_dataset(args)
     if mode is not None:
-        from ..data.fsd50k import FSD50K_HDF5_NAMES
-        from ..data.openmic import OPENMIC_HDF5_NAMES
         names = FSD50K_HDF5_NAMES if mode == "fsd50k" else OPENMIC_HDF5_NAMES
         run = prepare_fsd50k if mode == "fsd50k" else prepare_openmic
         try:

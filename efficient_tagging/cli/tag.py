@@ -44,8 +44,8 @@ from .model_flags import (add_model_arguments, device_name, load_tagger_for, non
                           positive_int, select_tagging_device)
 from .output_paths import check_output_file
 
-# Imported where used: the training floor (select_device; the package brings metrics and tracking) and the
-# ONNX runner (needs the optional onnxruntime), so that --help imports no plotting or tracking packages.
+# Imported where used: the ONNX runner (needs the optional onnxruntime), so that --help imports no optional
+# packages. The device check comes from hardware.py (the ground floor), not from the training floor.
 
 EXIT_ALL_TAGGED = 0
 EXIT_NOTHING_TAGGED = 1

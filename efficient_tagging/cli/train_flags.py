@@ -10,6 +10,8 @@ read from the same presets, so `--help` cannot drift from the code.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 from dataclasses import MISSING, fields
 from typing import Any, Mapping, Optional
@@ -202,7 +204,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
                               "local W&B run to sync later; demo: disabled)")
     runtime.add_argument("--results_json", default=None, help="also write the run summary as JSON to this file")
     runtime.add_argument("--no_progress", action="store_true", help="no progress bars (default: shown)")
-    runtime.add_argument("--crash_after_steps", type=int, default=None, help=argparse.SUPPRESS)
+
+
+def print_line(line: str) -> None:
+    """How the training commands report each epoch (`train(..., report_epoch=print_line)`)."""
+    print(line, flush=True)
 
 
 def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -225,13 +231,9 @@ def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "no_wavmix", False):
         values["wavmix"] = False
     values["progress"] = not args.no_progress
-    if getattr(args, "crash_after_steps", None) is not None:
-        values["crash_after_steps"] = args.crash_after_steps
     return values
 
 
-def config_from_args(args: argparse.Namespace, defaults: Optional[dict[str, Any]] = None) -> TrainConfig:
-    """A TrainConfig from parsed flags; unset flags come from `defaults`, then TrainConfig's own."""
-    values = {k: v for k, v in dict(defaults or {}).items() if v is not None and k in TrainConfig.__dataclass_fields__}
-    values.update(explicit_values(args))
-    return TrainConfig(**values)
+def config_from_args(args: argparse.Namespace, preset: Optional[TrainConfig] = None) -> TrainConfig:
+    """A TrainConfig from parsed flags; unset flags come from `preset` (a recipe), else TrainConfig's defaults."""
+    return dataclasses.replace(copy.deepcopy(preset) if preset is not None else TrainConfig(), **explicit_values(args))

@@ -1,7 +1,8 @@
 """Datasets and data utilities: AudioSet-format HDF5, file datasets (ESC-50, DCASE2020, CSV, folders),
 teacher logits, waveform cache, sampling, augmentation.
 
-`efficient_tagging.data.prepare` (the HDF5 preparation command line) is not imported here.
+`efficient_tagging.data.prepare` (the HDF5 packer) and the FSD50K / OpenMIC rooms of `data.datasets`
+(readers with their release converters) are not imported here.
 """
 from .augment import WavmixResult, gain_augment, mix, mixstyle, mixup, roll_waveforms, wavmix
 from .base import ClipDataset

@@ -1,32 +1,16 @@
-"""Build an AudioSet-format HDF5 file from a folder of audio files and a label CSV.
+"""Packing audio into AudioSet-format HDF5 files, and the pieces every dataset converter shares.
 
-Two CSV formats are understood (detected automatically, or forced with --csv_format):
+`prepare(PrepareOptions)`: a folder of audio files + a label CSV (an AudioSet segments CSV or a plain
+`filename,labels` CSV) -> one HDF5 file, each clip decoded, resampled, cut to the clip length and
+encoded as mp3. `prepare_dataset(DatasetSource)`: a file-based fine-tuning dataset (ESC-50, DCASE20,
+CSV lists, class folders) -> one HDF5 file per fold or part, audio names and label map kept.
 
-* AudioSet segments CSV (balanced_train_segments.csv, eval_segments.csv, ...):
-      # comment lines
-      YTID, start_seconds, end_seconds, "mid1,mid2,..."
-  with the class list from --class_labels (`index,mid,display_name`; default: the official
-  AudioSet list from the download cache). A clip is found in the folder as Y{YTID}.*,
-  {YTID}.* or {YTID}_{start}... / Y{YTID}_{start}... ; it is stored as `Y{YTID}.mp3`.
-
-* Plain CSV with a header naming a file column (filename / fname / file / path) and a
-  `labels` column; labels are separated by ';' (or ',' inside quotes). The class list is the
-  sorted set of labels in the CSV, or --class_labels (labels matched by display name or mid).
-  A clip is stored under its CSV filename with the extension replaced by `.mp3`.
-
-Every clip is decoded with PyAV, resampled to --sample_rate, cut to --clip_length seconds
-(shorter clips are kept as they are; readers pad) and encoded as mp3.
-
-Two official releases are converted into PaSST's HDF5 files instead (whole clips, nothing cut):
-
-* FSD50K (--fsd50k_dir: FSD50K.dev_audio/, FSD50K.eval_audio/, FSD50K.ground_truth/) ->
-  FSD50K.{train,val,eval}_mp3.hdf in --output_dir, split by dev.csv's `split` column.
-* OpenMIC-2018 (--openmic_dir: the unpacked openmic-2018-v1.0.0.tgz) ->
-  openmic_{train,test}.csv_mp3.hdf in --output_dir (targets: 20 relevances + 20 known-label mask).
-
-A fine-tuning dataset in its file layout (--dataset esc50|dcase20|csv|folder with the fine-tuning
-scripts' flags) is packed into --output_dir: ESC-50 as esc50_fold1..5.h5, the others as
-<dataset>_train.h5 / <dataset>_val.h5, audio names and label map kept (teacher logits still join).
+The release converters live with their datasets (`datasets.fsd50k.prepare_fsd50k`,
+`datasets.openmic.prepare_openmic`) and share what is here: `PrepareError`, `Report`, the encoding
+(`EncodeSettings`, `Job`, `encode_into`: in order, optionally in several processes, into a file written
+atomically), `class_lookup` and the output-folder checks (`check_encoding`, `lock_output_dir`,
+`check_outputs`). The command line (`cli/prepare.py`, `prepare_audioset.py --help`) describes the
+formats and flags.
 """
 from __future__ import annotations
 
@@ -227,7 +211,7 @@ class AudioSetFolderIndex:
         return None
 
 
-# ----------------------------------------------------------------------------- decode + encode
+# ----------------------------------------------------------------------------- decode + encode (shared)
 
 @dataclass
 class EncodeSettings:
@@ -276,13 +260,88 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # parallelism comes from the processes
 
 
-# ----------------------------------------------------------------------------- main
+Job = tuple[str, Path, np.ndarray, Optional[float], Optional[float]]  # audio_name, file, target, start, end
 
-def _class_lookup(label_map: LabelMap) -> dict[str, int]:
+
+def encode_into(writer: AudioSetHDF5Writer, jobs: Sequence[Job], settings: EncodeSettings, num_workers: int,
+                quiet: bool, report: Report, desc: str) -> None:
+    """Encode every job (in order, `num_workers` processes) into `writer` and close it atomically.
+
+    Undecodable files are skipped and listed in `report.undecodable`; with nothing written the
+    partial file is discarded (no output), and any exception discards it too.
+    """
+    work = [(number, name, str(path), start, end, settings)
+            for number, (name, path, _, start, end) in enumerate(jobs)]
+    from tqdm import tqdm
+    pool = None
+    if num_workers > 0 and len(work) > 1:
+        # spawn, not fork: the parent may already run torch threads, which fork can deadlock.
+        pool = multiprocessing.get_context("spawn").Pool(num_workers, initializer=_worker_init)
+        results = pool.imap(_encode_job, work, chunksize=4)
+    else:
+        results = map(_encode_job, work)
+    try:
+        for number, encoded, error in tqdm(results, total=len(work), desc=desc, unit="clip", disable=quiet):
+            name, path, target = jobs[number][:3]
+            if encoded is None:
+                log.warning("skipping undecodable clip %s: %s", name, error)  # the error names the file
+                report.undecodable.append(str(path))
+                continue
+            writer.add(name, encoded, target)
+            report.written += 1
+        if report.written:
+            writer.close()
+        else:
+            writer.abort()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+# ----------------------------------------------------------------------------- output folders and labels (shared)
+
+def class_lookup(label_map: LabelMap) -> dict[str, int]:
+    """Class index by display name and by id (mid), so a label may be given either way."""
     lookup = {name: i for i, name in enumerate(label_map.names)}
     lookup.update({mid: i for i, mid in enumerate(label_map.ids)})
     return lookup
 
+
+def lock_output_dir(output_dir: Path, what: str) -> FileLock:
+    """Create `output_dir` and hold its lock for `what`, so two runs never write the same files."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(output_dir / f".{what}.prepare.lock", what=f"preparing {what} into {output_dir}")
+    try:
+        return lock.acquire()
+    except OutputLockedError as error:
+        raise PrepareError(str(error)) from error
+
+
+def check_outputs(outputs: dict[str, Path], overwrite: bool) -> None:
+    """No output may exist (unless `overwrite`) or be a folder."""
+    existing = [str(path) for path in outputs.values() if path.exists()]
+    if existing and not overwrite:
+        raise PrepareError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
+    folders = [str(path) for path in outputs.values() if path.is_dir()]
+    if folders:
+        raise PrepareError(f"{', '.join(folders)} is a folder, not an HDF5 file")
+
+
+def check_encoding(sample_rate: int, bitrate: Optional[int], num_workers: int) -> None:
+    """The encoding settings of a release converter or dataset packer, checked before any work."""
+    if sample_rate <= 0:
+        raise PrepareError(f"--sample_rate must be positive, got {sample_rate}")
+    if bitrate is not None and bitrate <= 0:
+        raise PrepareError(f"--bitrate must be positive, got {bitrate}")
+    if num_workers < 0:
+        raise PrepareError(f"--num_workers must be >= 0, got {num_workers}")
+
+
+# ----------------------------------------------------------------------------- folder + CSV -> one HDF5 file
 
 def _check_args(args: PrepareOptions) -> None:
     if not args.audio_dir.is_dir():
@@ -325,7 +384,7 @@ def _label_map(args: PrepareOptions, csv_format: str, rows: Sequence[Row]) -> La
 
 def _jobs(args: PrepareOptions, csv_format: str, rows: Sequence[Row], label_map: LabelMap,
           report: Report) -> list[tuple[str, Path, np.ndarray, Optional[float], Optional[float]]]:
-    lookup = _class_lookup(label_map)
+    lookup = class_lookup(label_map)
     index = AudioSetFolderIndex(args.audio_dir) if csv_format == "audioset" else None
     jobs, names = [], set()
     for row in rows:
@@ -368,346 +427,8 @@ def prepare(args: PrepareOptions) -> Report:
     jobs = _jobs(args, csv_format, rows, label_map, report)
     settings = EncodeSettings(args.sample_rate, args.clip_length, args.cut_segments, args.bitrate)
     writer = AudioSetHDF5Writer(args.output, len(label_map), args.sample_rate, label_map, expected_rows=len(jobs))
-    _encode_into(writer, jobs, settings, args.num_workers, args.quiet, report, "prepare")
+    encode_into(writer, jobs, settings, args.num_workers, args.quiet, report, "prepare")
     return report
-
-
-Job = tuple[str, Path, np.ndarray, Optional[float], Optional[float]]  # audio_name, file, target, start, end
-
-
-def _encode_into(writer: AudioSetHDF5Writer, jobs: Sequence[Job], settings: EncodeSettings, num_workers: int,
-                 quiet: bool, report: Report, desc: str) -> None:
-    """Encode every job (in order, `num_workers` processes) into `writer` and close it atomically.
-
-    Undecodable files are skipped and listed in `report.undecodable`; with nothing written the
-    partial file is discarded (no output), and any exception discards it too.
-    """
-    work = [(number, name, str(path), start, end, settings)
-            for number, (name, path, _, start, end) in enumerate(jobs)]
-    from tqdm import tqdm
-    pool = None
-    if num_workers > 0 and len(work) > 1:
-        # spawn, not fork: the parent may already run torch threads, which fork can deadlock.
-        pool = multiprocessing.get_context("spawn").Pool(num_workers, initializer=_worker_init)
-        results = pool.imap(_encode_job, work, chunksize=4)
-    else:
-        results = map(_encode_job, work)
-    try:
-        for number, encoded, error in tqdm(results, total=len(work), desc=desc, unit="clip", disable=quiet):
-            name, path, target = jobs[number][:3]
-            if encoded is None:
-                log.warning("skipping undecodable clip %s: %s", name, error)  # the error names the file
-                report.undecodable.append(str(path))
-                continue
-            writer.add(name, encoded, target)
-            report.written += 1
-        if report.written:
-            writer.close()
-        else:
-            writer.abort()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
-
-
-# ----------------------------------------------------------------------------- FSD50K and OpenMIC releases
-
-def _lock_output_dir(output_dir: Path, what: str) -> FileLock:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(output_dir / f".{what}.prepare.lock", what=f"preparing {what} into {output_dir}")
-    try:
-        return lock.acquire()
-    except OutputLockedError as error:
-        raise PrepareError(str(error)) from error
-
-
-def _check_outputs(outputs: dict[str, Path], overwrite: bool) -> None:
-    existing = [str(path) for path in outputs.values() if path.exists()]
-    if existing and not overwrite:
-        raise PrepareError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
-    folders = [str(path) for path in outputs.values() if path.is_dir()]
-    if folders:
-        raise PrepareError(f"{', '.join(folders)} is a folder, not an HDF5 file")
-
-
-def _check_encoding(sample_rate: int, bitrate: Optional[int], num_workers: int) -> None:
-    if sample_rate <= 0:
-        raise PrepareError(f"--sample_rate must be positive, got {sample_rate}")
-    if bitrate is not None and bitrate <= 0:
-        raise PrepareError(f"--bitrate must be positive, got {bitrate}")
-    if num_workers < 0:
-        raise PrepareError(f"--num_workers must be >= 0, got {num_workers}")
-
-
-def read_fsd50k_ground_truth(csv_path: Path, with_split: bool) -> list[tuple[str, list[str], list[str], str]]:
-    """Rows (fname, labels, mids, split) of FSD50K's dev.csv (`fname,labels,mids,split`) or eval.csv
-    (`fname,labels,mids`; split "eval"); labels and mids are comma-separated inside quotes."""
-    required = ["fname", "labels"] + (["split"] if with_split else [])
-    with open_text(csv_path) as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in (reader.fieldnames or [])]
-        missing = [name for name in required if name not in header]
-        if missing:
-            raise PrepareError(f"{csv_path}: missing column(s) {missing} (header {header}; expected "
-                               f"{'fname,labels,mids,split' if with_split else 'fname,labels,mids'})")
-        rows = []
-        for line_number, raw in enumerate(reader, start=2):
-            row = {key.strip(): (value or "").strip() for key, value in raw.items() if key is not None}
-            if not row.get("fname"):
-                raise PrepareError(f"{csv_path}:{line_number}: empty fname")
-            split = row["split"] if with_split else "eval"
-            if split not in ("train", "val", "eval"):
-                raise PrepareError(f"{csv_path}:{line_number}: split {split!r}, expected 'train' or 'val'")
-            labels = [label.strip() for label in row.get("labels", "").split(",") if label.strip()]
-            mids = [mid.strip() for mid in row.get("mids", "").split(",") if mid.strip()]
-            rows.append((row["fname"], labels, mids, split))
-    if not rows:
-        raise PrepareError(f"{csv_path}: contains no data rows")
-    return rows
-
-
-def prepare_fsd50k(fsd50k_dir: Path, output_dir: Path, sample_rate: int = 32000, bitrate: Optional[int] = None,
-                   num_workers: int = 0, overwrite: bool = False, quiet: bool = False) -> dict[str, Report]:
-    """Convert the raw FSD50K release into PaSST's three HDF5 files (see `data.fsd50k`).
-
-    Reads `FSD50K.ground_truth/{dev,eval,vocabulary}.csv` and the wavs of `FSD50K.dev_audio/` and
-    `FSD50K.eval_audio/`; writes `FSD50K.{train,val,eval}_mp3.hdf` to `output_dir`, each clip whole
-    (nothing cut) as mp3 at `sample_rate`, audio_name "{fname}.mp3", targets in vocabulary order,
-    rows in CSV order. Each file is written atomically; the folder is locked against a second
-    run. Returns {split: Report}; undecodable and missing wavs are skipped and counted there.
-    """
-    from .fsd50k import (FSD50K_AUDIO_DIRS, FSD50K_GROUND_TRUTH, FSD50K_HDF5_NAMES, FSD50K_SPLITS,
-                         read_fsd50k_vocabulary)
-    root, output_dir = Path(fsd50k_dir), Path(output_dir)
-    _check_encoding(sample_rate, bitrate, num_workers)
-    if not root.is_dir():
-        raise PrepareError(f"--fsd50k_dir {root}: no such folder")
-    ground_truth = root / FSD50K_GROUND_TRUTH
-    needed = [ground_truth / "dev.csv", ground_truth / "eval.csv", ground_truth / "vocabulary.csv"]
-    missing = [str(path) for path in needed if not path.is_file()]
-    missing += [str(root / name) + "/" for name in FSD50K_AUDIO_DIRS.values() if not (root / name).is_dir()]
-    if missing:
-        raise PrepareError(f"FSD50K release in {root} is incomplete: missing {', '.join(missing)} "
-                           f"(unzip FSD50K.dev_audio, FSD50K.eval_audio and FSD50K.ground_truth from Zenodo "
-                           f"record 4060432 into it)")
-    try:
-        label_map = read_fsd50k_vocabulary(ground_truth / "vocabulary.csv")
-    except ValueError as error:
-        raise PrepareError(str(error)) from error
-    outputs = {split: output_dir / FSD50K_HDF5_NAMES[split] for split in FSD50K_SPLITS}
-    rows = (read_fsd50k_ground_truth(ground_truth / "dev.csv", with_split=True)
-            + read_fsd50k_ground_truth(ground_truth / "eval.csv", with_split=False))
-    lookup = _class_lookup(label_map)
-    settings = EncodeSettings(sample_rate, None, False, bitrate)
-    reports: dict[str, Report] = {}
-    lock = _lock_output_dir(output_dir, "FSD50K")
-    try:
-        _check_outputs(outputs, overwrite)  # under the lock: a concurrent run may just have written them
-        for split in FSD50K_SPLITS:
-            report = Report()
-            audio_dir = root / FSD50K_AUDIO_DIRS["eval" if split == "eval" else "dev"]
-            jobs: list[Job] = []
-            names: set[str] = set()
-            for fname, labels, mids, row_split in rows:
-                if row_split != split:
-                    continue
-                report.rows += 1
-                path = audio_dir / f"{fname}.wav"
-                if not path.is_file():
-                    report.missing.append(str(path))
-                    continue
-                audio_name = f"{fname}.mp3"
-                if audio_name in names:
-                    report.duplicates.append(audio_name)
-                    continue
-                names.add(audio_name)
-                target = np.zeros(len(label_map), dtype=np.uint8)
-                # Labels by name (as PaSST does); a name not in the vocabulary by its mid.
-                unknown = []
-                for position, label in enumerate(labels):
-                    mid = mids[position] if len(mids) == len(labels) else None
-                    index = lookup.get(label, lookup.get(mid) if mid else None)
-                    if index is None:
-                        unknown.append(label)
-                    else:
-                        target[index] = 1
-                if unknown:
-                    report.unknown_label_rows += 1
-                    report.unknown_labels.update(unknown)
-                jobs.append((audio_name, path, target, None, None))
-            writer = AudioSetHDF5Writer(outputs[split], len(label_map), sample_rate, label_map,
-                                        expected_rows=len(jobs))
-            writer.attrs["dataset"] = f"FSD50K {split}"
-            log.info("FSD50K %s: %d clips -> %s", split, len(jobs), outputs[split])
-            _encode_into(writer, jobs, settings, num_workers, quiet, report, f"FSD50K {split}")
-            reports[split] = report
-    finally:
-        lock.release()
-    return reports
-
-
-def _openmic_root(release_dir: Path) -> Path:
-    """The folder with openmic-2018.npz: `release_dir` itself or its `openmic-2018/` (the tarball's layout)."""
-    for candidate in (release_dir, release_dir / "openmic-2018"):
-        if (candidate / "openmic-2018.npz").is_file():
-            return candidate
-    return release_dir
-
-
-def _read_partition(path: Path) -> list[str]:
-    keys = []
-    with open_text(path) as handle:
-        for line in handle:
-            key = line.strip().split(",")[0].strip()
-            if key and key != "sample_key":  # one sample key per line; tolerate a header
-                keys.append(key)
-    if not keys:
-        raise PrepareError(f"{path}: contains no sample keys")
-    return keys
-
-
-OPENMIC_AGGREGATED_LABELS = "openmic-2018-aggregated-labels.csv"
-
-
-def _read_openmic_npz(path: Path, num_classes: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(sample keys, Y_true, Y_mask) of openmic-2018.npz, never unpickling (ValueError if it would have to)."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            absent = [key for key in ("Y_true", "Y_mask", "sample_key") if key not in npz.files]
-            if absent:
-                raise PrepareError(f"{path}: missing array(s) {absent} (found {npz.files})")
-            y_true = np.asarray(npz["Y_true"], dtype=np.float32)
-            y_mask = np.asarray(npz["Y_mask"]).astype(np.float32)
-            sample_keys = [str(key) for key in npz["sample_key"]]
-    except OSError as error:
-        raise PrepareError(f"{path}: cannot read ({error})") from error
-    shape = (len(sample_keys), num_classes)
-    if y_true.shape != shape or y_mask.shape != shape:
-        raise PrepareError(f"{path}: Y_true {y_true.shape} and Y_mask {y_mask.shape} must both be {shape} "
-                           f"(one row of {num_classes} instruments per sample_key)")
-    return sample_keys, y_true, y_mask
-
-
-def read_openmic_aggregated_labels(path: Path, label_map: LabelMap) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(sample keys, Y_true, Y_mask) rebuilt from `openmic-2018-aggregated-labels.csv`
-    (`sample_key,instrument,relevance,num_responses`): relevance where annotated, 0.5 and mask 0 elsewhere,
-    as in openmic-2018.npz."""
-    lookup = {name: i for i, name in enumerate(label_map.names)}
-    rows: dict[str, int] = {}
-    known: list[tuple[int, int, float]] = []
-    with open_text(path) as handle:
-        reader = csv.DictReader(handle)
-        header = [name.strip() for name in (reader.fieldnames or [])]
-        if not {"sample_key", "instrument", "relevance"} <= set(header):
-            raise PrepareError(f"{path}: expected columns sample_key,instrument,relevance, got {header}")
-        for line_number, raw in enumerate(reader, start=2):
-            row = {key.strip(): (value or "").strip() for key, value in raw.items() if key is not None}
-            instrument = row["instrument"].replace(" ", "_")
-            if instrument not in lookup:
-                raise PrepareError(f"{path}:{line_number}: unknown instrument {row['instrument']!r}")
-            try:
-                relevance = float(row["relevance"])
-            except ValueError:
-                raise PrepareError(f"{path}:{line_number}: relevance {row['relevance']!r} is not a number") from None
-            known.append((rows.setdefault(row["sample_key"], len(rows)), lookup[instrument], relevance))
-    y_true = np.full((len(rows), len(label_map)), 0.5, np.float32)
-    y_mask = np.zeros((len(rows), len(label_map)), np.float32)
-    for row, column, relevance in known:
-        y_true[row, column], y_mask[row, column] = relevance, 1.0
-    return list(rows), y_true, y_mask
-
-
-def prepare_openmic(openmic_dir: Path, output_dir: Path, sample_rate: int = 32000, bitrate: Optional[int] = None,
-                    num_workers: int = 0, overwrite: bool = False, quiet: bool = False,
-                    split_name: str = "split01") -> dict[str, Report]:
-    """Convert the official OpenMIC-2018 release into PaSST's two HDF5 files (see `data.openmic`).
-
-    `openmic_dir` is the unpacked openmic-2018-v1.0.0.tgz (the folder with openmic-2018.npz, or its
-    parent): `openmic-2018.npz` (Y_true, Y_mask, sample_key), `partitions/{split01}_{train,test}.csv`
-    (one sample key per line), `audio/*/{sample_key}.ogg`, optionally `class-map.json`. The labels come
-    from the npz; where its `sample_key` array could only be read by unpickling (never done here) they
-    are rebuilt from `openmic-2018-aggregated-labels.csv` of the same release instead. Writes
-    `openmic_{train,test}.csv_mp3.hdf` to `output_dir`: whole clips as mp3 at `sample_rate`,
-    audio_name "{sample_key}.mp3", target float32 (N, 40) = [Y_true, Y_mask]; clips without any
-    annotated instrument are left out (as PaSST does; listed in `Report.unlabelled`). Each file is
-    written atomically; the folder is locked against a second run. Returns {split: Report}.
-    """
-    from .openmic import (OPENMIC_HDF5_NAMES, OPENMIC_LABELS, OPENMIC_NUM_CLASSES, openmic_label_map,
-                          read_openmic_class_map)
-    release = Path(openmic_dir)
-    _check_encoding(sample_rate, bitrate, num_workers)
-    if not release.is_dir():
-        raise PrepareError(f"--openmic_dir {release}: no such folder")
-    root = _openmic_root(release)
-    partitions = {split: root / "partitions" / f"{split_name}_{split}.csv" for split in ("train", "test")}
-    npz_path, csv_path = root / "openmic-2018.npz", root / OPENMIC_AGGREGATED_LABELS
-    needed = [*partitions.values()] + ([] if csv_path.is_file() else [npz_path])
-    missing = [str(path) for path in needed if not path.is_file()]
-    if not (root / "audio").is_dir():
-        missing.append(str(root / "audio") + "/")
-    if missing:
-        raise PrepareError(f"OpenMIC release in {release} is incomplete: missing {', '.join(missing)} "
-                           f"(unpack openmic-2018-v1.0.0.tgz from Zenodo record 1432913)")
-    label_map = openmic_label_map()
-    if (root / "class-map.json").is_file():
-        try:
-            stored = read_openmic_class_map(root / "class-map.json")
-        except ValueError as error:
-            raise PrepareError(str(error)) from error
-        if stored.names != OPENMIC_LABELS:
-            raise PrepareError(f"{root / 'class-map.json'}: instruments {list(stored.names)} differ from "
-                               f"OpenMIC-2018's {list(OPENMIC_LABELS)}")
-    try:
-        if not npz_path.is_file():
-            raise FileNotFoundError(npz_path)
-        sample_keys, y_true, y_mask = _read_openmic_npz(npz_path, OPENMIC_NUM_CLASSES)
-    except (FileNotFoundError, ValueError) as error:
-        if not csv_path.is_file():
-            raise PrepareError(f"{npz_path}: cannot read without unpickling ({error}), which is never done; "
-                               f"put the release's {OPENMIC_AGGREGATED_LABELS} next to it") from error
-        log.info("%s: %s; reading the labels from %s", npz_path, error, csv_path)
-        sample_keys, y_true, y_mask = read_openmic_aggregated_labels(csv_path, label_map)
-    row_of = {key: row for row, key in enumerate(sample_keys)}
-    outputs = {split: Path(output_dir) / OPENMIC_HDF5_NAMES[split] for split in ("train", "test")}
-    audio_index: Optional[dict[str, Path]] = None
-    settings = EncodeSettings(sample_rate, None, False, bitrate)
-    reports: dict[str, Report] = {}
-    lock = _lock_output_dir(Path(output_dir), "OpenMIC")
-    try:
-        _check_outputs(outputs, overwrite)
-        for split, partition in partitions.items():
-            keys = _read_partition(partition)
-            report = Report(rows=len(keys))
-            jobs: list[Job] = []
-            for key in keys:
-                row = row_of.get(key)
-                if row is None or not (y_mask[row] > 0.5).any():
-                    report.unlabelled.append(key)  # no annotated instrument: nothing to learn from
-                    continue
-                path = root / "audio" / key[:3] / f"{key}.ogg"
-                if not path.is_file():
-                    if audio_index is None:  # files moved around: find them by name, once
-                        audio_index = {p.stem: p for p in sorted((root / "audio").rglob("*")) if p.is_file()}
-                    found = audio_index.get(key)
-                    if found is None:
-                        report.missing.append(str(path))
-                        continue
-                    path = found
-                jobs.append((f"{key}.mp3", path, np.concatenate([y_true[row], y_mask[row]]), None, None))
-            writer = AudioSetHDF5Writer(outputs[split], OPENMIC_NUM_CLASSES, sample_rate, label_map,
-                                        expected_rows=len(jobs), target_width=2 * OPENMIC_NUM_CLASSES)
-            writer.attrs["dataset"] = f"OpenMIC-2018 {split_name} {split}"
-            writer.attrs["target_layout"] = "openmic: relevance[0:20] (0.5 unknown), mask[20:40]"
-            log.info("OpenMIC %s: %d clips -> %s", split, len(jobs), outputs[split])
-            _encode_into(writer, jobs, settings, num_workers, quiet, report, f"OpenMIC {split}")
-            reports[split] = report
-    finally:
-        lock.release()
-    return reports
 
 
 # ----------------------------------------------------------------------------- fine-tuning datasets
@@ -733,7 +454,7 @@ def prepare_dataset(source: "DatasetSource", output_dir: Path, sample_rate: int 
     if source.kind not in ("esc50", "dcase20", "csv", "folder"):
         raise PrepareError(f"{source.kind} data is read from HDF5 files already; --prepare packs the file-based "
                            f"layouts (esc50, dcase20, csv, folder)")
-    _check_encoding(sample_rate, bitrate, num_workers)
+    check_encoding(sample_rate, bitrate, num_workers)
     output_dir = Path(output_dir)
     outputs = dataset_outputs(source, output_dir)
     if source.kind == "esc50":
@@ -747,9 +468,9 @@ def prepare_dataset(source: "DatasetSource", output_dir: Path, sample_rate: int 
             parts[role] = source.open(role, sample_rate=sample_rate, clip_length=train.clip_length,
                                       label_map=train.label_map)
     reports: dict[str, Report] = {}
-    lock = _lock_output_dir(output_dir, source.kind)
+    lock = lock_output_dir(output_dir, source.kind)
     try:
-        _check_outputs(outputs, overwrite)
+        check_outputs(outputs, overwrite)
         for part_name, dataset in parts.items():
             report = Report(rows=len(dataset))
             settings = EncodeSettings(sample_rate, float(dataset.clip_length), False, bitrate)
@@ -761,7 +482,7 @@ def prepare_dataset(source: "DatasetSource", output_dir: Path, sample_rate: int 
             writer.attrs["task"] = dataset.task
             writer.attrs["clip_length"] = float(dataset.clip_length)
             log.info("%s %s: %d clips -> %s", source.kind, part_name, len(jobs), outputs[part_name])
-            _encode_into(writer, jobs, settings, num_workers, quiet, report, f"{source.kind} {part_name}")
+            encode_into(writer, jobs, settings, num_workers, quiet, report, f"{source.kind} {part_name}")
             reports[part_name] = report
     finally:
         lock.release()

@@ -1,71 +1,24 @@
 """Graph rewrites for export: modules that compute what the PyTorch ones do in a form ONNX can hold.
 
 - the in-graph mel frontend is ``frontends.mel.GraphMelFrontend``, beside the frontend it equals;
-- :func:`exportable_model`: a copy of a student whose DyMN dynamic convolutions are their batch-free
-  form (``models.dymn.BatchFreeDynamicConv2d``) and whose fixed average pools are convolutions;
+- :func:`exportable_model`: the model in its family's export form (for DyMN a copy whose dynamic
+  convolutions are batch-free and whose fixed average pools are convolutions, see ``models.dymn``);
 - the graphs that are exported: spectrogram or waveform in, logits (and probabilities) out.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.dymn import BatchFreeDynamicConv2d
-
-# --------------------------------------------------------------------------------------
-# graph modules
-# --------------------------------------------------------------------------------------
-class AvgPoolAsConv(nn.Module):
-    """``nn.AvgPool2d`` (zero padding counted, floor mode) as a depthwise conv with weights 1/(kh*kw).
-
-    Same function; exported because ``torch.export`` turns the pooling output-size formula into
-    guards on the parity of the time length (it would only export for one parity), while the
-    convolution's size formula stays symbolic.
-    """
-
-    def __init__(self, pool: nn.AvgPool2d) -> None:
-        super().__init__()
-        pair = nn.modules.utils._pair
-        self.kernel_size, self.stride, self.padding = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)
-
-    def forward(self, x: Tensor) -> Tensor:
-        channels = x.shape[1]
-        weight = torch.full((channels, 1, *self.kernel_size), 1.0 / (self.kernel_size[0] * self.kernel_size[1]),
-                            dtype=x.dtype, device=x.device)
-        return F.conv2d(x, weight, None, self.stride, self.padding, 1, channels)
-
-
-def _pool_as_conv(module: nn.Module) -> bool:
-    return (isinstance(module, nn.AvgPool2d) and module.count_include_pad and not module.ceil_mode
-            and module.divisor_override is None)
-
+from ..models.registry import family_of
 
 def exportable_model(model: nn.Module) -> nn.Module:
-    """The model itself, or an eval-mode copy in an exportable form of the same function.
-
-    DyMN: dynamic convs become :class:`BatchFreeDynamicConv2d`, its context generator's strided
-    average pools :class:`AvgPoolAsConv`. Other models are returned unchanged.
-    """
-    from ..models.dymn import DynamicConv2d
-
-    if not any(isinstance(m, DynamicConv2d) for m in model.modules()):
-        return model
-    clone = copy.deepcopy(model).eval()
-    for name, module in list(clone.named_modules()):
-        replacement: Optional[nn.Module] = None
-        if isinstance(module, DynamicConv2d):
-            replacement = BatchFreeDynamicConv2d(module)
-        elif _pool_as_conv(module):
-            replacement = AvgPoolAsConv(module)
-        if replacement is not None:
-            parent_name, _, child = name.rpartition(".")
-            parent = clone.get_submodule(parent_name) if parent_name else clone
-            setattr(parent, child, replacement)
-    return clone
+    """The model itself, or an eval-mode copy in its family's exportable form of the same function
+    (`ModelFamily.export_form`: DyMN's batch-free dynamic convolutions, average pools as convolutions)."""
+    family = family_of(model)
+    return family.export_form(model) if family is not None else model
 
 
 def _global_pools_as_means(exported: Any) -> int:

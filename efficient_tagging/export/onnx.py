@@ -82,6 +82,7 @@ from ..frontends import AugmentMelSTFT, build_frontend
 from ..frontends.mel import GraphMelFrontend
 from ..labels import LabelMap
 from ..models.layers import min_input_frames
+from ..models.registry import is_teacher
 from ..tagging.tagger import AudioTagger
 from .graph import _global_pools_as_means, _SpectrogramGraph, _WaveformGraph, exportable_model
 from .metadata import (DEFAULT_OPSET, EXPORTERS, INPUT_KINDS, METADATA_PREFIX, MIN_OPSET, OnnxMetadata, PathLike,
@@ -92,10 +93,6 @@ from .quantize import (AgreementReport, AgreementRow, agreement_report, calibrat
 from .runtime import OnnxTagger, _as_tagger, max_logit_difference
 
 logger = logging.getLogger(__name__)
-
-
-def _is_teacher(model: nn.Module) -> bool:
-    return hasattr(model, "needs_sliding_windows")
 
 
 def _audio_like(batch: int, samples: int, sample_rate: int, seed: int = 0, audio: Optional[Tensor] = None) -> Tensor:
@@ -169,7 +166,7 @@ def export_onnx(tagger_or_model: Union[AudioTagger, nn.Module], path: PathLike, 
             raise ValueError(f"label map has {len(label_map)} classes but the model outputs {tagger.num_classes}")
         tagger.label_map = label_map
     model = tagger.model.eval()
-    teacher = _is_teacher(model)
+    teacher = is_teacher(model)
     if teacher:
         # Measured with torch 2.11: torch.export cannot prove PaSST's patch-grid reshapes for a
         # dynamic time axis (guards such as 12 % (12 * time_patches) != 0), and a fixed-length graph

@@ -1,4 +1,5 @@
-"""Waveform -> spectrogram frontends: EfficientAT/PaSST log-mel (`mel.py`) and AST's Kaldi fbank (`kaldi_fbank.py`).
+"""Waveform -> spectrogram frontends: EfficientAT/PaSST log-mel (`mel.py`) and AST's input features
+(`ast_fbank.py`), built on the batched Kaldi-compatible fbank (`kaldi_fbank.py`).
 
 `build_frontend(preprocessing)` turns a model's `preprocessing` settings (stored in the
 catalogue and in this project's checkpoints) into the eval-mode frontend it was trained with.
@@ -9,7 +10,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .kaldi_fbank import ASTFbank, compute_fbank_stats
+from .ast_fbank import ASTFbank, compute_fbank_stats
 from .mel import AugmentMelSTFT
 
 # The 32 kHz mel frontend every EfficientAT student was trained with (AugmentMelSTFT defaults).
@@ -32,7 +33,7 @@ def build_frontend(preprocessing: Optional[dict[str, Any]] = None) -> nn.Module:
     settings = dict(preprocessing or {})
     kind = settings.pop("frontend", "mel")
     if kind == "ast_fbank":
-        from .kaldi_fbank import ASTFbank
+        from .ast_fbank import ASTFbank
         kwargs: dict[str, Any] = {}
         for key, name in (("target_length", "target_length"), ("norm_mean", "norm_mean"),
                           ("norm_std", "norm_std"), ("sr", "sample_rate"), ("n_mels", "num_mel_bins")):

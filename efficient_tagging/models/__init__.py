@@ -1,6 +1,7 @@
-"""Model families (one file each), the release catalogue and the `get_model` factory."""
-from .factory import ARCHITECTURES, create_model, get_model, load_weights, read_checkpoint, save_checkpoint
-from .registry import CATALOGUE, PretrainedEntry, get_entry, known_names
+"""Model families (one file each, `family.ModelFamily`), the release catalogue and the `get_model` factory."""
+from .factory import create_model, get_model, load_weights, read_checkpoint, save_checkpoint
+from .family import ModelFamily
+from .registry import CATALOGUE, FAMILIES, PretrainedEntry, family_of, get_entry, get_family, known_names
 
-__all__ = ["ARCHITECTURES", "CATALOGUE", "PretrainedEntry", "create_model", "get_entry", "get_model",
-           "known_names", "load_weights", "read_checkpoint", "save_checkpoint"]
+__all__ = ["CATALOGUE", "FAMILIES", "ModelFamily", "PretrainedEntry", "create_model", "family_of", "get_entry",
+           "get_family", "get_model", "known_names", "load_weights", "read_checkpoint", "save_checkpoint"]

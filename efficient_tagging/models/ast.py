@@ -41,7 +41,7 @@ Differences from the reference (none changes results in float32 on CPU):
 :class:`ASTTagger` is the same model (same keys, same weights) with this project's
 tagger interface: ``forward`` takes a ``(B, 1, F, T)`` spectrogram and returns
 ``(logits, embedding)``, as the trainer expects. Pair it with
-:class:`efficient_tagging.ast_frontend.ASTFbank` (``layout="b1ft"``), which produces the
+:class:`efficient_tagging.frontends.ASTFbank` (``layout="b1ft"``), which produces the
 reference's Kaldi fbank features.
 """
 from __future__ import annotations
@@ -51,14 +51,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Mlp
 from torch import Tensor, nn
 
-from .layers import mean_over_windows, sliding_window_starts
+from .family import ModelFamily, PretrainedEntry
+from .layers import TokenMlp, mean_over_windows, sliding_window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -320,7 +320,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = Mlp(dim, hidden_features=mlp_hidden, act_layer=nn.GELU)  # exact (erf) GELU
+        self.mlp = TokenMlp(dim, hidden_features=mlp_hidden, act_layer=nn.GELU)  # exact (erf) GELU
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
@@ -411,7 +411,7 @@ class ASTModel(nn.Module):
             :func:`efficient_tagging.hub.cache_dir`).
 
     ``forward(x)``: ``x`` is ``(B, T, F)`` = (batch, frames, mel bins), as produced by
-    :class:`efficient_tagging.ast_frontend.ASTFbank`; returns raw logits ``(B, label_dim)``.
+    :class:`efficient_tagging.frontends.ASTFbank`; returns raw logits ``(B, label_dim)``.
     ``forward_features(x)``: the pooled embedding ``(B, D)`` (mean of the final-norm cls and
     distillation tokens), the input of ``mlp_head``.
     """
@@ -617,14 +617,21 @@ class ASTTagger(ASTModel):
                              f"shape (B, 1, F, T) = {tuple(spec.shape)}")
         return spec[:, 0].transpose(1, 2)
 
-    def forward(self, spec: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        """``(logits, embedding)`` for a ``(B, 1, F, T)`` spectrogram or a reference-layout ``(B, T, F)`` input."""
+    def forward_features(self, spec: Tensor) -> Tensor:
+        """Pooled embedding ``(B, D)`` for a ``(B, 1, F, T)`` spectrogram or a reference-layout ``(B, T, F)`` input."""
         x = self.to_time_major(spec)
         try:
-            embedding = self.forward_features(x)
+            return super().forward_features(x)
         except ValueError as error:
             raise ValueError(f"{error} (ASTTagger input of shape {tuple(spec.shape)})") from None
-        return self.mlp_head(embedding), embedding
+
+    def forward_head(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """``(logits, embedding)`` from :meth:`forward_features`."""
+        return self.mlp_head(features), features
+
+    def forward(self, spec: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        """``(logits, embedding)`` for a ``(B, 1, F, T)`` spectrogram or a reference-layout ``(B, T, F)`` input."""
+        return self.forward_head(self.forward_features(spec))
 
     # ----------------------------------------------------------------------------------
     # long inputs: the positional embeddings fix the input length, so longer clips are tagged
@@ -692,3 +699,74 @@ def load_official_checkpoint(source: StateDictSource, cls: type = ASTModel, **co
                          ": " + "; ".join(mismatched[:4]))
     model.load_state_dict(state, strict=True)
     return model
+
+
+# --------------------------------------------------------------------------------------
+# the family: the official AST AudioSet checkpoints, AST's fbank settings, weight-less shapes
+# --------------------------------------------------------------------------------------
+# Fbank settings of the AST AudioSet recipe (ASTFbank defaults: 16 kHz Kaldi fbank, 10 ms shift).
+AST_PREPROCESSING: dict[str, Any] = {"frontend": "ast_fbank", "sr": 16000, "n_mels": 128, "target_length": 1024,
+                                     "norm_mean": -4.2677393, "norm_std": 4.5689974}
+
+
+def ast_config(fstride: int = 10, tstride: int = 10, label_dim: int = 527, input_tdim: int = 1024,
+               model_size: str = "base384") -> dict[str, Any]:
+    """`ASTModel(**config)` kwargs that rebuild an official checkpoint without downloading anything."""
+    return {"label_dim": label_dim, "fstride": fstride, "tstride": tstride, "input_fdim": 128,
+            "input_tdim": input_tdim, "imagenet_pretrain": False, "audioset_pretrain": False,
+            "model_size": model_size, "verbose": False}
+
+
+#   checkpoint                 dropbox id (README / download_models.sh)   stride
+_AST_RELEASES = (("audioset_10_10_0.4593", "ca0b1v2nlxzyeb4", 10),
+                 ("audioset_10_10_0.4495", "1tv0hovue1bxupk", 10),
+                 ("audioset_10_10_0.4483", "6u5sikl4b9wo4u5", 10),
+                 ("audioset_10_10_0.4475", "kt6i0v9fvfm1mbq", 10),
+                 ("audioset_12_12_0.4467", "snfhx3tizr4nuc8", 12),
+                 ("audioset_14_14_0.4431", "z18s6pemtnxm4k7", 14),
+                 ("audioset_16_16_0.4422", "mdsa4t1xmcimia6", 16))
+
+
+class ASTFamily(ModelFamily):
+    name = "ast"
+    class_count_key = "label_dim"
+    is_teacher = True
+    plot_style = ("D", "tab:purple", "AST (teacher)")
+
+    def token_info(self, model: nn.Module, input_shape: Sequence[int]) -> Optional[dict[str, Any]]:
+        # its fixed patch grid (the fbank cuts / pads the input to input_tdim) plus cls and distillation tokens
+        grid_f, grid_t = model.grid
+        return {"tokens": grid_f * grid_t + 2, "grid": [grid_f, grid_t], "prefix_tokens": 2}
+
+    def model_class(self) -> type[nn.Module]:
+        return ASTTagger
+
+    def catalogue(self) -> list[PretrainedEntry]:
+        return [PretrainedEntry(
+            name=f"ast_{checkpoint}", arch="ast", filename=f"{checkpoint}.pth", config=ast_config(stride, stride),
+            preprocessing=dict(AST_PREPROCESSING), dataset="audioset",
+            published_map=float(checkpoint.rsplit("_", 1)[1]),
+            url=f"https://www.dropbox.com/s/{dropbox_id}/{checkpoint}.pth?dl=1",
+            description=f"AST base384, stride {stride}x{stride}, AudioSet (official checkpoint) -- transformer teacher")
+            for checkpoint, dropbox_id, stride in _AST_RELEASES]
+
+    def presets(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        return {f"ast_{size}": (ast_config(model_size=size), dict(AST_PREPROCESSING))
+                for size in ("base384", "base224", "small224", "tiny224")}
+
+    def fresh_config(self, config: dict[str, Any], cache_dir: Any) -> dict[str, Any]:
+        if cache_dir is not None:  # the ImageNet init downloads DeiT weights into the same cache
+            config = {**config}
+            config.setdefault("cache_dir", cache_dir)
+        return config
+
+    def shapes_only_config(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, "imagenet_pretrain": False}  # no DeiT download
+
+    def input_config(self, *, num_classes: int, n_mels: int, frames: int,
+                     shape: dict[str, Any]) -> dict[str, Any]:
+        return dict(label_dim=num_classes, input_fdim=n_mels, input_tdim=frames, imagenet_pretrain=False,
+                    audioset_pretrain=False)
+
+
+FAMILY = ASTFamily()

@@ -32,6 +32,7 @@ follow EfficientAT so that its released `dymnXY_*` files load with `strict=True`
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, NamedTuple, Optional, Sequence
 
@@ -53,7 +54,8 @@ from .layers import (
     make_divisible,
     mlp_head,
 )
-from .mobilenet import InvertedResidual
+from .family import ModelFamily, PretrainedEntry
+from .mobilenet import WIDTHS, InvertedResidual, efficientat_entry
 
 __all__ = [
     "DyMN",
@@ -338,7 +340,7 @@ class DynamicInvertedResidual(nn.Module):
     @torch.no_grad()
     def fold_batchnorm_(self) -> int:
         """Fold each convolution's BatchNorm into it, in place (inference copies only: see
-        `models.inference.fold_batchnorm`); returns how many norms were folded."""
+        `models.fused.fold_batchnorm`); returns how many norms were folded."""
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         folded = 0
@@ -577,3 +579,128 @@ class BatchFreeDynamicConv2d(nn.Module):
         out = out.reshape(b, groups, kernels, per_group, f, t)
         out = (out * attention.reshape(b, 1, kernels, 1, 1, 1)).sum(dim=2)
         return out.reshape(b, c.out_channels, f, t)
+
+
+class AvgPoolAsConv(nn.Module):
+    """``nn.AvgPool2d`` (zero padding counted, floor mode) as a depthwise conv with weights 1/(kh*kw).
+
+    Same function; exported because ``torch.export`` turns the pooling output-size formula into
+    guards on the parity of the time length (it would only export for one parity), while the
+    convolution's size formula stays symbolic.
+    """
+
+    def __init__(self, pool: nn.AvgPool2d) -> None:
+        super().__init__()
+        pair = nn.modules.utils._pair
+        self.kernel_size, self.stride, self.padding = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        channels = x.shape[1]
+        weight = torch.full((channels, 1, *self.kernel_size), 1.0 / (self.kernel_size[0] * self.kernel_size[1]),
+                            dtype=x.dtype, device=x.device)
+        return F.conv2d(x, weight, None, self.stride, self.padding, 1, channels)
+
+
+def _pool_as_conv(module: nn.Module) -> bool:
+    return (isinstance(module, nn.AvgPool2d) and module.count_include_pad and not module.ceil_mode
+            and module.divisor_override is None)
+
+
+def export_form(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of a DyMN whose dynamic convs are :class:`BatchFreeDynamicConv2d` and whose
+    context generators' strided average pools are :class:`AvgPoolAsConv` (the same function)."""
+    clone = copy.deepcopy(model).eval()
+    for name, module in list(clone.named_modules()):
+        replacement: Optional[nn.Module] = None
+        if isinstance(module, DynamicConv2d):
+            replacement = BatchFreeDynamicConv2d(module)
+        elif _pool_as_conv(module):
+            replacement = AvgPoolAsConv(module)
+        if replacement is not None:
+            parent_name, _, child = name.rpartition(".")
+            parent = clone.get_submodule(parent_name) if parent_name else clone
+            setattr(parent, child, replacement)
+    return clone
+
+
+# --------------------------------------------------------------------------------------
+# the family: EfficientAT's DyMN release rows and the temperature rules
+# --------------------------------------------------------------------------------------
+def _dymn_entry(name: str, filename: str, config: dict[str, Any], **details: Any) -> PretrainedEntry:
+    # The reference runs released DyMNs at their final training temperature (1.0).
+    return efficientat_entry(name, "dymn", filename, {**config, "T_max": 1.0}, **details)
+
+
+def _catalogue() -> list[PretrainedEntry]:
+    rows = [_dymn_entry(f"dymn{w}_im", f"dymn{w}_im.pt", {"width_mult": WIDTHS[w]}, dataset="imagenet",
+                        description=f"width {WIDTHS[w]} dynamic MobileNet trained on ImageNet") for w in ("04", "10", "20")]
+    # (the files of DyMN-S/M name no mAP: theirs are EfficientAT's README table's, 45.0 and 47.7)
+    for name, filename, w, params, gmacs, published_map in (
+            ("dymn04_as", "dymn04_as.pt", "04", 1.97, 0.12, 0.450),
+            ("dymn10_as", "dymn10_as.pt", "10", 10.57, 0.58, 0.477),
+            ("dymn20_as", "dymn20_as_mAP_493.pt", "20", 40.02, 2.2, None),
+            ("dymn20_as(1)", "dymn20_as.pt", "20", 40.02, 2.2, None),
+            ("dymn20_as(2)", "dymn20_as_mAP_489.pt", "20", 40.02, 2.2, None),
+            ("dymn20_as(3)", "dymn20_as_mAP_490.pt", "20", 40.02, 2.2, None)):
+        rows.append(_dymn_entry(name, filename, {"width_mult": WIDTHS[w]}, params_m=params, gmacs=gmacs,
+                                published_map=published_map,
+                                description=f"width {WIDTHS[w]} dynamic MobileNet distilled on AudioSet"))
+    rows += [_dymn_entry(f"dymn{w}_replace_se_as", f"dymn{w}_replace_se_as.pt",
+                         {"width_mult": WIDTHS[w], "use_dy_blocks": "replace_se"},
+                         description=f"width {WIDTHS[w]} DyMN with dynamic blocks only where MobileNetV3 has SE")
+             for w in ("04", "10")]
+    return rows
+
+
+#: where a checkpoint stores the attention temperature a DyMN was saved at
+CHECKPOINT_TEMPERATURE_KEY = "dymn_temperature"
+
+
+class DyMNFamily(ModelFamily):
+    name = "dymn"
+    plot_style = ("s", "tab:red", "dynamic MobileNet (dymn)")
+
+    def model_class(self) -> type[nn.Module]:
+        return DyMN
+
+    def catalogue(self) -> list[PretrainedEntry]:
+        return _catalogue()
+
+    def input_config(self, *, num_classes: int, n_mels: int, frames: int,
+                     shape: dict[str, Any]) -> dict[str, Any]:
+        return dict(num_classes=num_classes, width_mult=shape["width_mult"], strides=list(shape["strides"]))
+
+    def pretrained_configs(self, config: dict[str, Any], stored: dict[str, Any]
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+        config, stored = dict(config), dict(stored)
+        if "pretrain_final_temp" in config and "T_max" not in config:
+            # EfficientAT's get_dymn: a DyMN built on pretrained weights starts its attention at
+            # `pretrain_final_temp` (1.0 for released AudioSet weights; its AudioSet recipe passes
+            # 30 and anneals it with the training schedule, e.g. when starting from dymn10_im).
+            config["T_max"] = config["pretrain_final_temp"]
+        elif "T_max" not in config and "T_max" not in stored:
+            # Released DyMNs run at their final training temperature, as the reference does.
+            stored["T_max"] = stored.get("pretrain_final_temp", 1.0)
+        return config, stored
+
+    def start_options(self, *, n_mels: int, pretrain_final_temp: float) -> dict[str, Any]:
+        return {"pretrain_final_temp": pretrain_final_temp}
+
+    def restore_state(self, model: nn.Module, metadata: dict[str, Any], config: dict[str, Any]) -> None:
+        # a temperature the caller chose wins over the stored one
+        if CHECKPOINT_TEMPERATURE_KEY in metadata and not {"T_max", "pretrain_final_temp"} & set(config):
+            model.set_temperature(metadata[CHECKPOINT_TEMPERATURE_KEY])
+
+    def checkpoint_state(self, model: nn.Module) -> dict[str, Any]:
+        # Training state, not a weight: a DyMN saved mid-schedule (or at its end, 1.0) must be
+        # evaluated at that temperature, not at the T_max its config starts from.
+        return {CHECKPOINT_TEMPERATURE_KEY: float(model.temperature)}
+
+    def start_epoch(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        return {CHECKPOINT_TEMPERATURE_KEY: model.update_temperature(epoch)}  # anneal the attention temperature
+
+    def export_form(self, model: nn.Module) -> nn.Module:
+        return export_form(model)
+
+
+FAMILY = DyMNFamily()

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import importlib
-import inspect
 import logging
 import os
 import shutil
 import urllib.parse
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -32,7 +30,7 @@ from ..hub import MIRROR_ENV, DownloadError, cached_file, move_aside
 from ..labels import LabelMap
 from ..locking import temporary_file
 from .layers import min_input_frames
-from .registry import PretrainedEntry, get_entry
+from .registry import PretrainedEntry, family_of, get_entry, get_family
 
 logger = logging.getLogger(__name__)
 
@@ -43,44 +41,9 @@ CHECKPOINT_VERSION = 1
 HEAD_PREFIXES = ("classifier.", "head.", "head_dist.", "mlp_head.")
 
 
-class _LazyModelClass:
-    """Builder of one family: imports its model class on first use (keeps `import efficient_tagging` light).
-
-    `parameters()` lists the constructor's keyword names, so unknown arguments are refused by
-    name instead of surfacing as a TypeError (or, worse, being dropped).
-    """
-
-    def __init__(self, module: str, class_name: str) -> None:
-        self.module, self.class_name = module, class_name
-
-    def model_class(self) -> type:
-        return getattr(importlib.import_module(f"{__package__}.{self.module}"), self.class_name)
-
-    def parameters(self) -> Optional[set[str]]:
-        signature = inspect.signature(self.model_class().__init__)
-        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
-            return None
-        return {name for name in signature.parameters if name != "self"}
-
-    def __call__(self, **config: Any) -> nn.Module:
-        return self.model_class()(**config)
-
-
-# arch name -> builder taking the reference's own constructor kwargs. AST builds the tagger
-# form: (B, 1, F, T) spectrogram in (or the reference's (B, T, F)), (logits, embedding) out,
-# like the students; same constructor arguments, keys and weights as the reference's ASTModel.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "mn": _LazyModelClass("mobilenet", "MobileNet"),
-    "dymn": _LazyModelClass("dymn", "DyMN"),
-    "passt": _LazyModelClass("passt", "PaSST"),
-    "ast": _LazyModelClass("ast", "ASTTagger"),
-}
-
-
 def check_model_kwargs(arch: str, config: dict[str, Any]) -> None:
     """Refuse constructor arguments the family does not take, naming them and the accepted ones."""
-    parameters = getattr(ARCHITECTURES.get(arch), "parameters", None)
-    accepted = parameters() if callable(parameters) else None
+    accepted = get_family(arch).constructor_arguments()
     if accepted is None:
         return
     unknown = sorted(set(config) - accepted)
@@ -89,17 +52,12 @@ def check_model_kwargs(arch: str, config: dict[str, Any]) -> None:
                          f"{', '.join(sorted(accepted))} (plus cache_dir, weights, progress for get_model)")
 
 
-def register_architecture(name: str, builder: Callable[..., nn.Module]) -> None:
-    ARCHITECTURES[name] = builder
-
-
 def create_model(arch: str, **config: Any) -> nn.Module:
     """A freshly initialised model of architecture `arch` built from reference-named kwargs."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
+    family = get_family(arch)
     config.pop("pretrained_name", None)
     check_model_kwargs(arch, config)
-    model = ARCHITECTURES[arch](**config)
+    model = family.build(**config)
     model.arch = arch
     if not isinstance(getattr(type(model), "config", None), property):  # models may describe themselves
         model.config = dict(config)
@@ -299,10 +257,7 @@ _SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
 def _catalogue_shapes(entry: PretrainedEntry) -> dict[str, tuple[int, ...]]:
     """Names and shapes of the state_dict of a catalogue architecture (built once per process)."""
     if entry.name not in _SHAPES:
-        config = dict(entry.config)
-        if entry.arch == "ast":
-            config["imagenet_pretrain"] = False  # shapes only: no DeiT download
-        model = create_model(entry.arch, **config)
+        model = create_model(entry.arch, **get_family(entry.arch).shapes_only_config(dict(entry.config)))
         _SHAPES[entry.name] = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     return _SHAPES[entry.name]
 
@@ -339,77 +294,99 @@ def get_model(pretrained_name: Optional[str] = None, *, arch: str = "mn",
     config.pop("pretrained_name", None)
     if pretrained_name is None and weights is not None:
         # a fresh architecture with a weights file: the file is loaded (strictly), never ignored
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"weights file not found: {path} (get_model(arch={arch!r}, weights=...) loads it "
-                                    f"into the {arch} model built from the given config)")
-        return get_model(str(path), arch=arch, cache_dir=cache_dir, progress=progress, **config)
+        pretrained_name = str(_existing_file(weights, f"get_model(arch={arch!r}, weights=...) loads it into the "
+                                                      f"{arch} model built from the given config"))
     if pretrained_name is None:
-        if arch == "ast" and cache_dir is not None:  # AST's ImageNet init downloads DeiT weights
-            config.setdefault("cache_dir", cache_dir)
-        model = create_model(arch, **config)
-        model.preprocessing = {}
-        model.dataset = None
-        model.label_map = None
-        return model
+        return _fresh_model(arch, cache_dir, config)
+    source = _weights_source(pretrained_name, arch, weights, cache_dir, progress)
+    family = get_family(source.arch)
+    config = family.normalise_config(config)
+    new_head = (family.class_count_key in config
+                and config[family.class_count_key] != source.config.get(family.class_count_key, 527))
+    check_model_kwargs(family.name, config)
+    config, stored_config = family.pretrained_configs(config, source.config)
+    model = create_model(family.name, **{**stored_config, **config})
+    source = _load_source(model, source, new_head, cache_dir, progress)
+    family.restore_state(model, source.metadata, config)
+    _describe(model, source, new_head)
+    if CONTRACT_KEY in source.metadata and not new_head and not config:
+        _check_stored_contract(model, source.metadata, source.label)
+    return model
 
-    entry: Optional[PretrainedEntry] = None
-    metadata: dict[str, Any] = {}
-    if _looks_like_path(pretrained_name):
-        path = _resolve_file(pretrained_name)
+
+class _WeightsSource(NamedTuple):
+    """Where `get_model`'s weights come from: the file read, and what it (or its catalogue entry) says."""
+
+    arch: str
+    config: dict[str, Any]  # the stored constructor config (catalogue entry's, or the checkpoint's own)
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any]
+    entry: Optional[PretrainedEntry]
+    path: Path
+    label: str  # how messages name it
+    weights_given: bool  # a local copy of a catalogue file (never replaced by a download)
+
+
+def _existing_file(location: Union[str, Path], purpose: str) -> Path:
+    path = Path(location).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path} ({purpose})")
+    return path
+
+
+def _fresh_model(arch: str, cache_dir: Union[str, Path, None], config: dict[str, Any]) -> nn.Module:
+    model = create_model(arch, **get_family(arch).fresh_config(config, cache_dir))
+    model.preprocessing = {}
+    model.dataset = None
+    model.label_map = None
+    return model
+
+
+def _weights_source(name_or_path: str, arch: str, weights: Union[str, Path, None],
+                    cache_dir: Union[str, Path, None], progress: bool) -> _WeightsSource:
+    if _looks_like_path(name_or_path):
+        path = _resolve_file(name_or_path)
         state_dict, metadata = read_checkpoint(path)
-        source = str(path)
-        if metadata:
-            arch = metadata["arch"]
-            base_config = dict(metadata.get("config", {}))
-        else:
-            base_config = {}
+        # this project's checkpoints describe their model; a plain state_dict needs the caller's arch
+        arch = metadata["arch"] if metadata else arch
+        config = dict(metadata.get("config", {})) if metadata else {}
+        return _WeightsSource(arch, config, state_dict, metadata, None, path, str(path), False)
+    entry = get_entry(name_or_path)
+    if weights is not None:
+        path = Path(weights).expanduser()
+        state_dict, metadata = read_checkpoint(path)
     else:
-        entry = get_entry(pretrained_name)
-        arch = entry.arch
-        base_config = dict(entry.config)
-        if weights is not None:
-            path = Path(weights).expanduser()
-            state_dict, metadata = read_checkpoint(path)
-        else:
-            path, state_dict, metadata = _cached_catalogue_weights(entry, cache_dir, progress)
-        source = f"{path} ({entry.name})"
+        path, state_dict, metadata = _cached_catalogue_weights(entry, cache_dir, progress)
+    return _WeightsSource(entry.arch, dict(entry.config), state_dict, metadata, entry, path,
+                          f"{path} ({entry.name})", weights is not None)
 
-    class_key = "label_dim" if arch == "ast" else "num_classes"
-    if arch == "ast" and "num_classes" in config:  # one spelling for every family
-        config[class_key] = config.pop("num_classes")
-    new_head = class_key in config and config[class_key] != base_config.get(class_key, 527)
-    check_model_kwargs(arch, config)
-    if arch == "dymn" and "pretrain_final_temp" in config and "T_max" not in config:
-        # EfficientAT's get_dymn: a DyMN built on pretrained weights starts its attention at
-        # `pretrain_final_temp` (1.0 for released AudioSet weights; its AudioSet recipe passes
-        # 30 and anneals it with the training schedule, e.g. when starting from dymn10_im).
-        config["T_max"] = config["pretrain_final_temp"]
-    elif arch == "dymn" and "T_max" not in config and "T_max" not in base_config:
-        # Released DyMNs run at their final training temperature, as the reference does.
-        base_config["T_max"] = base_config.get("pretrain_final_temp", 1.0)
-    model = create_model(arch, **{**base_config, **config})
+
+def _load_source(model: nn.Module, source: _WeightsSource, new_head: bool, cache_dir: Union[str, Path, None],
+                 progress: bool) -> _WeightsSource:
+    """Load the weights strictly; a cached download that does not fit is replaced once (moved aside)."""
     try:
-        load_weights(model, state_dict, source=source, allow_new_head=new_head)
+        load_weights(model, source.state_dict, source=source.label, allow_new_head=new_head)
+        return source
     except ValueError as error:
-        if entry is None or weights is not None:
+        if source.entry is None or source.weights_given:
             raise
-        path, state_dict, metadata = _replace_cached_download(entry, path, error, cache_dir, progress)
-        load_weights(model, state_dict, source=f"{path} ({entry.name})", allow_new_head=new_head)
-    if arch == "dymn" and "dymn_temperature" in metadata and not {"T_max", "pretrain_final_temp"} & set(config):
-        model.set_temperature(metadata["dymn_temperature"])
+        path, state_dict, metadata = _replace_cached_download(source.entry, source.path, error, cache_dir, progress)
+    source = source._replace(path=path, state_dict=state_dict, metadata=metadata,
+                             label=f"{path} ({source.entry.name})")
+    load_weights(model, state_dict, source=source.label, allow_new_head=new_head)
+    return source
 
-    preprocessing = dict(entry.preprocessing) if entry else dict(metadata.get("preprocessing") or {})
-    model.preprocessing = preprocessing
+
+def _describe(model: nn.Module, source: _WeightsSource, new_head: bool) -> None:
+    """The attributes every pretrained model carries: frontend settings, dataset, task, labels, name."""
+    entry, metadata = source.entry, source.metadata
+    model.preprocessing = dict(entry.preprocessing) if entry else dict(metadata.get("preprocessing") or {})
     model.dataset = entry.dataset if entry else metadata.get("dataset")
     # a new head is a new task; the catalogue's models are all multi-label taggers
     model.task = None if new_head else (metadata.get("task") or "multilabel")
     labels = metadata.get("labels")
     model.label_map = LabelMap.from_dict(labels) if labels and not new_head else None
-    model.pretrained_name = entry.name if entry else source
-    if CONTRACT_KEY in metadata and not new_head and not config:
-        _check_stored_contract(model, metadata, source)
-    return model
+    model.pretrained_name = entry.name if entry else source.label
 
 
 AUDIOSET_CLIP_SECONDS = 10.0  # the catalogue's AudioSet models were trained on 10-s clips
@@ -514,10 +491,9 @@ def save_checkpoint(path: Union[str, Path], model: nn.Module, *, arch: Optional[
     # what every tagging path will feed the model (frontends.contract); read back and checked by get_model
     payload[CONTRACT_KEY] = model_input_contract(model, preprocessing=payload["preprocessing"], label_map=labels,
                                                  task=payload["task"], dataset=payload["dataset"]).to_dict()
-    if getattr(model, "arch", arch) == "dymn" and hasattr(model, "temperature"):
-        # Training state, not a weight: a DyMN saved mid-schedule (or at its end, 1.0) must be
-        # evaluated at that temperature, not at the T_max its config starts from.
-        payload["dymn_temperature"] = float(model.temperature)
+    family = family_of(model)
+    if family is not None:
+        payload.update(family.checkpoint_state(model))  # training state that is not a weight (DyMN temperature)
     if extra:
         payload["extra"] = extra
     path.parent.mkdir(parents=True, exist_ok=True)

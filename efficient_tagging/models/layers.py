@@ -1,7 +1,10 @@
-"""Building blocks shared by the MobileNet (mn) and dynamic MobileNet (dymn) students.
+"""Building blocks shared by the model families.
 
-Module layouts here define state_dict keys, so they follow EfficientAT's naming:
-a conv unit is a Sequential whose `.0` is the convolution and `.1` the BatchNorm.
+Module layouts here define state_dict keys, so they follow the references' naming: a
+student conv unit is a Sequential whose `.0` is the convolution and `.1` the BatchNorm
+(EfficientAT); the transformers' token MLP holds `fc1` / `fc2` (timm's ViT layout, which
+PaSST and AST checkpoints use). The transformer pieces are written here rather than imported
+from timm because importing timm costs about 1.5 s of a tagging command's start.
 """
 from __future__ import annotations
 
@@ -170,6 +173,46 @@ def forward_spectrogram(model: nn.Module, spectrogram: Tensor) -> tuple[Tensor, 
     if needs_windows is not None and needs_windows(spectrogram.shape[-1]):
         return model.sliding_window_forward(spectrogram)
     return model(spectrogram)
+
+
+class TokenMlp(nn.Module):
+    """A transformer block's feed-forward part: Linear -> activation -> dropout -> Linear -> dropout.
+
+    Keys `fc1.*` / `fc2.*`, as in timm's `Mlp` (the layout of PaSST and AST checkpoints).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, act_layer: type[nn.Module] = nn.GELU,
+                 drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a random subset of the batch (each
+    sample kept with probability 1 - `drop_prob`) and scale the kept ones by 1 / (1 - `drop_prob`)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.drop_prob == 0.0:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        if keep > 0.0:
+            mask.div_(keep)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob:.3f}"
 
 
 def mlp_head(in_features: int, hidden: int, num_classes: int) -> nn.Sequential:

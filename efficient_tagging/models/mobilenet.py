@@ -35,12 +35,15 @@ Deliberate differences from the reference (none affects the released checkpoints
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..frontends import DEFAULT_PREPROCESSING
+from .family import ModelFamily, PretrainedEntry, catalogue_entry
 from .layers import (
     LAST_CHANNEL,
     MOBILENETV3_BLOCKS,
@@ -443,3 +446,112 @@ class MobileNet(nn.Module):
         num_classes = 1 (the reference returns (B,) logits in the latter case).
         """
         return self.forward_head(self.forward_features(x))
+
+
+# --------------------------------------------------------------------------------------
+# the family: EfficientAT's release rows and the rules of building an mn model
+# --------------------------------------------------------------------------------------
+EFFICIENTAT_RELEASE = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
+WIDTHS = {"01": 0.1, "02": 0.2, "04": 0.4, "05": 0.5, "10": 1.0, "20": 2.0, "30": 3.0, "40": 4.0}
+
+
+def map_from_filename(filename: str) -> Optional[float]:
+    """The AudioSet mAP an EfficientAT release file name states (`mn10_as_mAP_471.pt` -> 0.471)."""
+    match = re.search(r"mAP_(\d{3})", filename)
+    return int(match.group(1)) / 1000 if match else None
+
+
+def efficientat_entry(name: str, arch: str, filename: str, config: dict[str, Any], *,
+                      preprocessing: Optional[dict[str, Any]] = None, published_map: Optional[float] = None,
+                      **details: Any) -> PretrainedEntry:
+    """A catalogue row of an EfficientAT release file (mn and dymn)."""
+    return catalogue_entry(name, arch, filename, config, url=EFFICIENTAT_RELEASE + filename,
+                           preprocessing=preprocessing,
+                           published_map=published_map if published_map is not None else map_from_filename(filename),
+                           **details)
+
+
+def _mn_entry(name: str, filename: str, config: dict[str, Any], *, preprocessing: Optional[dict[str, Any]] = None,
+              **details: Any) -> PretrainedEntry:
+    # a released mn was trained on the mel bins of its preprocessing: its input check and
+    # frequency-SE sizes follow them
+    n_mels = dict(DEFAULT_PREPROCESSING, **(preprocessing or {}))["n_mels"]
+    return efficientat_entry(name, "mn", filename, {**config, "input_dim_f": n_mels}, preprocessing=preprocessing,
+                             **details)
+
+
+def _catalogue() -> list[PretrainedEntry]:
+    rows = [_mn_entry("mn10_im_pytorch", "mn10_im_pytorch.pt", {"width_mult": 1.0}, dataset="imagenet",
+                      description="torchvision's ImageNet MobileNetV3-Large weights in EfficientAT layout")]
+    # ImageNet pre-training (1000-class heads; fine-tune with num_classes=...)
+    rows += [_mn_entry(f"mn{w}_im", f"mn{w}_im.pt", {"width_mult": WIDTHS[w]}, dataset="imagenet",
+                       description=f"width {WIDTHS[w]} MobileNetV3 trained on ImageNet") for w in WIDTHS]
+    # students distilled on AudioSet:  name   file   width  params(M) GMACs   (EfficientAT README table)
+    for name, filename, w, params, gmacs in (
+            ("mn01_as", "mn01_as_mAP_298.pt", "01", None, None),
+            ("mn02_as", "mn02_as_mAP_378.pt", "02", None, None),
+            ("mn04_as", "mn04_as_mAP_432.pt", "04", 0.983, 0.11),
+            ("mn05_as", "mn05_as_mAP_443.pt", "05", 1.43, 0.16),
+            ("mn10_as", "mn10_as_mAP_471.pt", "10", 4.88, 0.54),
+            ("mn20_as", "mn20_as_mAP_478.pt", "20", 17.91, 2.06),
+            ("mn30_as", "mn30_as_mAP_482.pt", "30", 39.09, 4.55),
+            ("mn40_as", "mn40_as_mAP_484.pt", "40", 68.43, 8.03),
+            ("mn40_as(2)", "mn40_as_mAP_483.pt", "40", 68.43, 8.03),
+            ("mn40_as(3)", "mn40_as_mAP_483(2).pt", "40", 68.43, 8.03),
+            ("mn40_as_no_im_pre", "mn40_as_no_im_pre_mAP_483.pt", "40", 68.43, 8.03),
+            ("mn40_as_no_im_pre(2)", "mn40_as_no_im_pre_mAP_483(2).pt", "40", 68.43, 8.03),
+            ("mn40_as_no_im_pre(3)", "mn40_as_no_im_pre_mAP_482.pt", "40", 68.43, 8.03),
+            ("mn40_as_ext", "mn40_as_ext_mAP_487.pt", "40", 68.43, 8.03),
+            ("mn40_as_ext(2)", "mn40_as_ext_mAP_486.pt", "40", 68.43, 8.03),
+            ("mn40_as_ext(3)", "mn40_as_ext_mAP_485.pt", "40", 68.43, 8.03)):
+        rows.append(_mn_entry(
+            name, filename, {"width_mult": WIDTHS[w]}, params_m=params, gmacs=gmacs,
+            description=f"width {WIDTHS[w]} MobileNetV3 distilled from a PaSST ensemble on AudioSet"
+            + (" (300 epochs)" if "ext" in name else "") + (" (no ImageNet init)" if "no_im_pre" in name else "")))
+    # mn10 trained with other time/frequency resolutions (hop_X = X ms at 32 kHz)
+    for name, filename, preprocessing, gmacs in (
+            ("mn10_as_hop_5", "mn10_as_hop_5_mAP_475.pt", {"hopsize": 160}, None),
+            ("mn10_as_hop_15", "mn10_as_hop_15_mAP_463.pt", {"hopsize": 480}, 0.36),
+            ("mn10_as_hop_20", "mn10_as_hop_20_mAP_456.pt", {"hopsize": 640}, 0.27),
+            ("mn10_as_hop_25", "mn10_as_hop_25_mAP_447.pt", {"hopsize": 800}, 0.22),
+            ("mn10_as_mels_40", "mn10_as_mels_40_mAP_453.pt", {"n_mels": 40}, 0.21),
+            ("mn10_as_mels_64", "mn10_as_mels_64_mAP_461.pt", {"n_mels": 64}, 0.27),
+            ("mn10_as_mels_256", "mn10_as_mels_256_mAP_474.pt", {"n_mels": 256}, 1.08)):
+        rows.append(_mn_entry(name, filename, {"width_mult": 1.0}, preprocessing=preprocessing, params_m=4.88,
+                              gmacs=gmacs, description="mn10 trained with "
+                              + ", ".join(f"{k}={v}" for k, v in preprocessing.items())))
+    # fully convolutional head (and fewer down-sampling steps in time/frequency)
+    for name, filename, strides in (
+            ("mn10_as_fc", "mn10_as_fc_mAP_465.pt", [2, 2, 2, 2]),
+            ("mn10_as_fc_s2221", "mn10_as_fc_s2221_mAP_466.pt", [2, 2, 2, 1]),
+            ("mn10_as_fc_s2211", "mn10_as_fc_s2211_mAP_466.pt", [2, 2, 1, 1])):
+        rows.append(_mn_entry(name, filename, {"width_mult": 1.0, "head_type": "fully_convolutional",
+                                               "strides": strides},
+                              description=f"mn10 with a fully convolutional head, strides {strides}"))
+    return rows
+
+
+class MobileNetFamily(ModelFamily):
+    name = "mn"
+    complexity_options = frozenset({"head_type", "se_dims"})
+    mel_bins_argument = "input_dim_f"  # the input check and the frequency SE sizes follow it
+    plot_style = ("o", "tab:blue", "MobileNetV3 (mn)")
+
+    def model_class(self) -> type[nn.Module]:
+        return MobileNet
+
+    def catalogue(self) -> list[PretrainedEntry]:
+        return _catalogue()
+
+    def input_config(self, *, num_classes: int, n_mels: int, frames: int,
+                     shape: dict[str, Any]) -> dict[str, Any]:
+        return dict(num_classes=num_classes, width_mult=shape["width_mult"], head_type=shape["head_type"],
+                    se_dims=shape["se_dims"], strides=list(shape["strides"]), input_dim_f=n_mels, input_dim_t=frames)
+
+    def start_options(self, *, n_mels: int, pretrain_final_temp: float) -> dict[str, Any]:
+        # the mel bins the run feeds it (its weights do not depend on them; the input check and
+        # the frequency SE sizes do)
+        return {"input_dim_f": n_mels}
+
+
+FAMILY = MobileNetFamily()

@@ -48,16 +48,18 @@ for the explicit softmax formulation. Each attention module exposes ``qkv`` and
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections import OrderedDict
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
+from torch.nn.init import trunc_normal_  # timm's trunc_normal_ is the same function
 
-from .layers import check_spectrogram_input, mean_over_windows, sliding_window_starts
+from .family import ModelFamily, PretrainedEntry
+from .layers import DropPath, TokenMlp, check_spectrogram_input, mean_over_windows, sliding_window_starts
 
 __all__ = [
     "PASST_ARCHITECTURES",
@@ -201,7 +203,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.mlp = TokenMlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -551,3 +553,109 @@ def build_passt_from_reference_args(
                  img_size=(input_fdim, input_tdim), patch_size=PASST_PATCH_SIZE, stride=(fstride, tstride),
                  in_chans=in_channels, num_classes=n_classes, embed_dim=embed_dim, depth=depth,
                  num_heads=num_heads, distilled=True)
+
+
+# --------------------------------------------------------------------------------------
+# the family: kkoutini/PaSST's release rows, PaSST's own frontend, weight-less shapes
+# --------------------------------------------------------------------------------------
+PASST_RELEASE = "https://github.com/kkoutini/PaSST/releases/download/"
+# PaSST's own mel frontend (its AugmentMelSTFT defaults): like EfficientAT's but without filterbank
+# jitter ranges of 10 / 2000 -> fmin_aug_range=1, fmax_aug_range=1000 (so fmax = 16000 - 500 = 15500 Hz).
+PASST_PREPROCESSING: dict[str, Any] = {"frontend": "passt_mel", "sr": 32000, "n_mels": 128, "win_length": 800,
+                                       "hopsize": 320, "n_fft": 1024, "fmin_aug_range": 1, "fmax_aug_range": 1000}
+
+#   name (release spelling, quirks kept)          release tag / file                                          input_tdim classes
+_PASST_RELEASES: tuple[tuple[str, str, int, int], ...] = (
+    ("passt_s_swa_p16_128_ap476", "v0.0.1-audioset/passt-s-f128-p16-s10-ap.476-swa.pt", 998, 527),
+    ("passt_s_kd_p16_128_ap486", "v.0.0.9/passt-s-kd-ap.486.pt", 998, 527),
+    ("passt_l_kd_p16_128_ap47", "v.0.0.10/passt-l-kd-ap.47.pt", 998, 527),
+    ("passt_s_swa_p16_128_ap4761", "v0.0.2-audioset/passt-s-f128-p16-s10-ap.4761-swa.pt", 998, 527),
+    ("passt_s_p16_128_ap472", "v0.0.2-audioset/passt-s-f128-p16-s10-ap.472.pt", 998, 527),
+    ("passt_s_p16_s16_128_ap468", "v0.0.2-audioset/passt-s-f128-p16-s16-ap.468.pt", 998, 527),
+    ("passt_s_swa_p16_s16_128_ap473", "v0.0.2-audioset/passt-s-f128-p16-s16-ap.473-swa.pt", 998, 527),
+    ("passt_s_swa_p16_s14_128_ap471", "v0.0.2-audioset/passt-s-f128-p16-s14-ap.471-swa.pt", 998, 527),
+    ("passt_s_p16_s14_128_ap469", "v0.0.2-audioset/passt-s-f128-p16-s14-ap.469.pt", 998, 527),
+    ("passt_s_swa_p16_s12_128_ap473", "v0.0.2-audioset/passt-s-f128-p16-s12-ap.473-swa.pt", 998, 527),
+    ("passt_s_p16_s12_128_ap470", "v0.0.2-audioset/passt-s-f128-p16-s12-ap.470.pt", 998, 527),
+    ("passt_s_swa_f128_stfthop100_p16_s10_ap473",
+     "v0.0.3-audioset/passt-s-f128-stfthop100-p16-s10-ap.473-swa.pt", 3200, 527),
+    ("passt_s_swa_f128_stfthop160_p16_s10_ap473",
+     "v0.0.3-audioset/passt-s-f128-stfthop160-p16-s10-ap.473-swa.pt", 2000, 527),
+    ("passt-s-f128-20sec-p16-s10-ap474-swa", "v0.0.5/passt-s-f128-20sec-p16-s10-ap.474-swa.pt", 2000, 527),
+    ("passt-s-f128-30sec-p16-s10-ap473-swa", "v0.0.5/passt-s-f128-30sec-p16-s10-ap.473-swa.pt", 3000, 527),
+    ("openmic2008_passt_u_f128_p16_s10_ap85_swa",
+     "v0.0.4-openmic/openmic2008.passt-u-f128-p16-s10-ap.85-swa.pt", 3200, 20),
+    ("openmic2008_passt_u_f128_p16_s10_ap85  ", "v0.0.4-openmic/openmic2008.passt-u-f128-p16-s10-ap.85.pt", 2000, 20),
+)
+
+
+def passt_config(name: str, input_tdim: int = 998, num_classes: int = 527) -> dict[str, Any]:
+    """`PaSST(**config)` kwargs of a release, as PaSST's `get_model(arch=name, ...)` builds it.
+
+    Distilled ViT-B/16 body (768 wide, 12 heads, 12 blocks; 7 for PaSST-L `passt_l_*`),
+    stride from the name (`_s12_` -> 12, default 10), `img_size = (128, input_tdim)`.
+    """
+    key = name.strip().replace("-", "_")
+    match = re.search(r"_s(\d\d)(?:_|$)", key)
+    stride = int(match.group(1)) if match else 10
+    depth = 7 if key.startswith("passt_l_") else 12
+    return {"img_size": (128, int(input_tdim)), "patch_size": 16, "stride": (stride, stride), "in_chans": 1,
+            "num_classes": int(num_classes), "embed_dim": 768, "depth": depth, "num_heads": 12, "distilled": True}
+
+
+def _map_from_passt_name(name: str) -> Optional[float]:
+    match = re.search(r"ap\.?(\d+)", name)
+    return float("0." + match.group(1)) if match else None
+
+
+def _release_entry(name: str, path: str, input_tdim: int, num_classes: int) -> PretrainedEntry:
+    key = name.strip().replace("-", "_")
+    preprocessing = dict(PASST_PREPROCESSING)
+    hop = re.search(r"stfthop(\d+)", key)
+    if hop:
+        preprocessing["hopsize"] = int(hop.group(1))  # 100 / 160 samples at 32 kHz: 3200 / 2000 frames per 10 s
+    dataset = "openmic" if key.startswith("openmic") else "audioset"
+    what = ("PaSST-L (7 blocks)" if key.startswith("passt_l_") else "PaSST-S") + f", stride {passt_config(name)['stride'][0]}"
+    return PretrainedEntry(
+        name=name, arch="passt", filename=path.split("/")[-1], config=passt_config(name, input_tdim, num_classes),
+        preprocessing=preprocessing, dataset=dataset, published_map=_map_from_passt_name(name),
+        url=PASST_RELEASE + path,
+        description=f"{what}, trained input 128x{input_tdim} frames (hop {preprocessing['hopsize']})"
+        + (" on OpenMIC-2018 (20 instruments; published value is OpenMIC mAP). Hop 320 as in the "
+           "reference's HEAR wrapper for OpenMIC, which pairs this kind of model (more time positions than "
+           "a 10 s clip needs) with the standard 10 ms mel: a 10 s clip uses the first 99 time positions"
+           if dataset == "openmic" else " on AudioSet") + " -- transformer teacher")
+
+
+class PaSSTFamily(ModelFamily):
+    name = "passt"
+    is_teacher = True
+    plot_style = ("^", "tab:green", "PaSST (teacher)")
+
+    def token_info(self, model: nn.Module, input_shape: Sequence[int]) -> Optional[dict[str, Any]]:
+        # patches at the model's stride over (F, T), the time axis cut to its time positional
+        # embeddings (a 10-s clip, 1000 frames, gives 12 x 99 patches for stride 10), plus the
+        # class (and distillation) tokens
+        (pf, pt), (sf, st) = model.patch_size, model.stride
+        grid_f = (int(input_shape[-2]) - pf) // sf + 1
+        grid_t = min((int(input_shape[-1]) - pt) // st + 1, int(model.time_grid))
+        prefix = 2 if getattr(model, "dist_token", None) is not None else 1
+        return {"tokens": grid_f * grid_t + prefix, "grid": [grid_f, grid_t], "prefix_tokens": prefix}
+
+    def model_class(self) -> type[nn.Module]:
+        return PaSST
+
+    def catalogue(self) -> list[PretrainedEntry]:
+        return [_release_entry(*row) for row in _PASST_RELEASES]
+
+    def presets(self) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+        return {"passt_s": (passt_config("passt_s_p16_128"), dict(PASST_PREPROCESSING)),
+                "passt_l": (passt_config("passt_l_p16_128"), dict(PASST_PREPROCESSING))}
+
+    def input_config(self, *, num_classes: int, n_mels: int, frames: int,
+                     shape: dict[str, Any]) -> dict[str, Any]:
+        # a transformer teacher: its sizes come from the caller's model options (embed_dim, depth, ...)
+        return dict(num_classes=num_classes, img_size=[n_mels, frames], distilled=True)
+
+
+FAMILY = PaSSTFamily()

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from ..audio import resample, resample_blocks
 from ..frontends.contract import InputContract
 from .tagger import AudioTagger, BlockFactory, TaggingMixin
-from ..labels import LabelMap
 
 
 def _member_classes(member: nn.Module) -> int:

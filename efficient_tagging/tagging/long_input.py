@@ -77,6 +77,7 @@ from torch import Tensor, nn
 
 from ..audio import concat_samples
 from ..models.layers import forward_spectrogram
+from ..models.registry import is_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -427,7 +428,7 @@ def stream_forward(frontend: nn.Module, model: nn.Module, blocks: Iterable[Tenso
     """
     spectrogram = SpectrogramStream(frontend, step_frames=max(1, chunk_frames // 2), device=device)
     consumer: "_TransformerWindows | _OwnedWindows"
-    if hasattr(model, "needs_sliding_windows"):
+    if is_teacher(model):
         consumer = _TransformerWindows(model)
     else:
         n_mels = int(getattr(frontend, "n_mels", None) or getattr(frontend, "num_mel_bins", 128))

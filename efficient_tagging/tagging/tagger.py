@@ -40,6 +40,7 @@ from ..frontends.contract import SHORT_INPUT_RULES, InputContract, check_finite_
 from ..labels import LabelMap, audioset_labels
 from ..models.factory import get_model, model_input_contract, read_checkpoint
 from ..models.layers import forward_spectrogram
+from ..models.registry import is_teacher
 from .long_input import DEFAULT_CHUNK_SECONDS, WindowPlan, frame_geometry, plan_windows, stream_forward
 
 logger = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ class AudioTagger(TaggingMixin, nn.Module):
     (`tagging.long_input` gives the rule and its measured accuracy); `forward` always runs one pass.
 
     `fast` (default True): without gradients, the model runs as an inference copy
-    (`models.inference.inference_copy`: BatchNorm folded into the convolutions, channels-last
+    (`models.fused.inference_copy`: BatchNorm folded into the convolutions, channels-last
     weights and, for float32 on a CPU, oneDNN convolutions with the activation and skip addition
     fused in and prepacked weights) under `torch.inference_mode` -- the same logits within float
     rounding (max relative error ~4e-6 on mn10, tests/test_inference_fast_path.py), about 2x faster
@@ -302,7 +303,7 @@ class AudioTagger(TaggingMixin, nn.Module):
             return self.model
         signature = self._model_signature()
         if self._fast_model is None or signature != self._fast_signature:
-            from ..models.inference import count_foldable_batchnorms, inference_copy
+            from ..models.fused import count_foldable_batchnorms, inference_copy
 
             # no BatchNorm to fold (the transformer teachers): no copy, the model runs as it is
             fast = inference_copy(self.model) if count_foldable_batchnorms(self.model) else self.model
@@ -324,7 +325,7 @@ class AudioTagger(TaggingMixin, nn.Module):
             logger.warning("%s is not a frame-local frontend: tagging the whole input at once (memory grows with "
                            "its length)", type(self.frontend).__name__)
             return self(torch.cat(list(rest)).reshape(1, -1))
-        plan = None if hasattr(self.model, "needs_sliding_windows") else self.window_plan()
+        plan = None if is_teacher(self.model) else self.window_plan()
         logits, _ = stream_forward(self.frontend, self.inference_model(), rest, self.chunk_frames, plan=plan,
                                    device=self.device)
         return logits

@@ -14,6 +14,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+# The device check lives with the other hardware facts; training code imports it from here as well.
+from ..hardware import NO_CUDA_MESSAGE, DeviceUnavailable, select_device
+
+__all__ = ["NO_CUDA_MESSAGE", "DeviceUnavailable", "DistInfo", "all_gather_tensors", "barrier", "cleanup",
+           "get_world_size", "init_distributed", "is_main_process", "reduce_max", "reduce_sum", "select_device"]
+
 
 @dataclass
 class DistInfo:
@@ -53,28 +59,6 @@ def init_distributed(backend: Optional[str] = None, timeout_s: float = 1800.0) -
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
     return DistInfo(True, rank, world_size, local_rank, device)
-
-
-class DeviceUnavailable(RuntimeError):
-    """The run asked for a device this machine does not have."""
-
-
-NO_CUDA_MESSAGE = "--cuda given but no CUDA device is available; drop --cuda to run on the CPU"
-
-
-def select_device(cuda: bool, dist_info: Optional[DistInfo] = None) -> torch.device:
-    """The device a run asked for: the CPU, or (with `cuda`) this rank's GPU.
-
-    Asking for CUDA on a machine without it is an error, not a silent fall-back to the CPU
-    (a run meant for a GPU would otherwise crawl for days unnoticed).
-    """
-    if not cuda:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise DeviceUnavailable(NO_CUDA_MESSAGE)
-    if dist_info is not None and dist_info.device.type == "cuda":
-        return dist_info.device
-    return torch.device("cuda")
 
 
 def is_main_process() -> bool:

@@ -30,7 +30,7 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
@@ -226,25 +226,25 @@ def adopt_model_frontend(values: dict[str, Any], given: set[str], model: ModelSp
     if stored.get("frontend", "mel") != "mel":
         return []  # PaSST / AST frontends are set up by their own recipes
     lines: list[str] = []
-    wanted = {field: stored[key] for field, key in FRONTEND_FIELDS.items() if stored.get(key) is not None}
+    wanted = {name: stored[key] for name, key in FRONTEND_FIELDS.items() if stored.get(key) is not None}
     if stored.get("fmax") is not None or stored.get("fmax_aug_range") is not None:
         rate = float(wanted.get("sample_rate", values["sample_rate"]))
         wanted["fmax"] = (float(stored["fmax"]) if stored.get("fmax") is not None
                           else rate / 2 - float(stored["fmax_aug_range"]) / 2)
-    for field, value in wanted.items():
-        current = _effective_fmax(values) if field == "fmax" else values.get(field)
+    for name, value in wanted.items():
+        current = _effective_fmax(values) if name == "fmax" else values.get(name)
         if current is not None and float(current) == float(value):
             continue
-        if field in given:
+        if name in given:
             if not override:
                 raise PreprocessingConflict(
-                    f"--{field} {current:g} contradicts the model it starts from ({model}): it was trained with "
-                    f"{field} {value:g}. Leave --{field} out to use the model's, or add --override_preprocessing "
+                    f"--{name} {current:g} contradicts the model it starts from ({model}): it was trained with "
+                    f"{name} {value:g}. Leave --{name} out to use the model's, or add --override_preprocessing "
                     f"to train with {current:g} anyway (the model then sees inputs unlike those it learnt from)")
-            lines.append(f"{field} {current:g} (--override_preprocessing: the model was trained with {value:g})")
+            lines.append(f"{name} {current:g} (--override_preprocessing: the model was trained with {value:g})")
             continue
-        values[field] = type(values[field])(value) if isinstance(values.get(field), (int, float)) else value
-        lines.append(f"{field} {value:g} (from the model {model}; the recipe's default was {current:g})")
+        values[name] = type(values[name])(value) if isinstance(values.get(name), (int, float)) else value
+        lines.append(f"{name} {value:g} (from the model {model}; the recipe's default was {current:g})")
     return lines
 
 
@@ -279,7 +279,8 @@ def _model_reference(model: ModelSpec, out_dir: Path) -> Optional[str]:
 def finetune(model: ModelSpec, train_data: Any, eval_data: Any = None, *, test_data: Any = None,
              task: Optional[str] = None, recipe: str = "own", out_dir: Union[str, Path, None] = None,
              cache_path: Union[str, Path, None] = None, tracker: Optional[Any] = None,
-             override_preprocessing: bool = False, **overrides: Any) -> FinetuneResult:
+             override_preprocessing: bool = False, report_epoch: Optional[Callable[[str], None]] = None,
+             **overrides: Any) -> FinetuneResult:
     """Fine-tune `model` (catalogue name, checkpoint path, a model of this package, or None = from scratch).
 
     `train_data` / `eval_data` / `test_data` are datasets (`efficient_tagging.data`: ESC50, CSVDataset,
@@ -293,7 +294,7 @@ def finetune(model: ModelSpec, train_data: Any, eval_data: Any = None, *, test_d
 
     Starting from a model, the run uses that model's frontend (sample rate, mel bins, hop, ...:
     `adopt_model_frontend`); an override that contradicts it raises PreprocessingConflict unless
-    `override_preprocessing=True`.
+    `override_preprocessing=True`. `report_epoch` receives each epoch's one-line summary (default: logged).
 
     Returns the reported metrics (the recipe's: last epoch, or best.pt on `test_data`), plus
     `best` (best.pt's selection score) and `test` (best.pt on test_data, when given).
@@ -332,7 +333,7 @@ def finetune(model: ModelSpec, train_data: Any, eval_data: Any = None, *, test_d
     if values.get("task") is None:
         values.pop("task", None)
     config = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
-    summary = train(config, tracker, datasets=(train_data, eval_data))
+    summary = train(config, tracker, datasets=(train_data, eval_data), report_epoch=report_epoch)
     return report(summary, recipe, config, test_data, reasons)
 
 

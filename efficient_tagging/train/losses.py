@@ -25,8 +25,8 @@ and the batch loss is the mean of `loss_i`. With every clip covered this is exac
 reference; a clip with no teacher still trains on its labels at full strength instead of
 being silently down-weighted by `kd_lambda`.
 
-`kd_lambda` is the formula's weight here (0 would mean teacher only); the trainer follows the
-reference's rule that `kd_lambda == 0` switches distillation off by passing no teacher.
+`kd_lambda` is the formula's weight, with the reference's one exception: `kd_lambda == 0` switches
+distillation off (label loss only), here and in the trainer alike (`uses_teacher`).
 
 Fine-tuning task kinds (single-label CE with mixup, masked BCE for partial labels, Hinton KD for
 single-label) and the one entry point `task_loss` follow `distillation_loss` below; each
@@ -60,6 +60,19 @@ def kd_temperature(kind: str, temperature: Optional[float] = None) -> float:
     return float(temperature)
 
 
+def check_kd_lambda(kd_lambda: float) -> float:
+    """The one range rule of `kd_lambda` (the label-loss weight): [0, 1]."""
+    if not 0.0 <= kd_lambda <= 1.0:
+        raise ValueError(f"kd_lambda must be in [0, 1], got {kd_lambda}")
+    return float(kd_lambda)
+
+
+def uses_teacher(kd_lambda: float, teacher_logits_available: bool) -> bool:
+    """Whether a teacher enters the loss: when its logits are there and `kd_lambda > 0` (EfficientAT's
+    rule: `kd_lambda == 0` switches distillation off, it does not mean "teacher only")."""
+    return teacher_logits_available and kd_lambda > 0
+
+
 def distillation_loss(student_logits: Tensor, labels: Tensor, teacher_logits: Optional[Tensor],
                       kd_lambda: float, temperature: float, has_teacher: Optional[Tensor] = None, *,
                       teacher_mix: Union[tuple[Tensor, Tensor], Sequence[tuple[Tensor, Tensor]], None] = None,
@@ -84,8 +97,9 @@ def distillation_loss(student_logits: Tensor, labels: Tensor, teacher_logits: Op
         `kd_loss` (mean distillation BCE over clips with a teacher; 0 when there are none) and
         `teacher_fraction` (share of clips with a teacher).
     """
-    if not 0.0 <= kd_lambda <= 1.0:
-        raise ValueError(f"kd_lambda must be in [0, 1], got {kd_lambda}")
+    check_kd_lambda(kd_lambda)
+    if not uses_teacher(kd_lambda, teacher_logits is not None):
+        teacher_logits = None
     # BCE in float32 even under autocast: fp16 log-sigmoid loses the small targets' signal.
     student = student_logits.float()
     label_per_clip = F.binary_cross_entropy_with_logits(student, labels.float(), reduction="none").mean(dim=1)
@@ -265,8 +279,7 @@ def reference_partial_wavmix(targets: Tensor, known_mask: Tensor, permutation: T
     (so a label survives only where the dominant clip has it, or both do). Use this after
     `data.augment.wavmix` (pass its permutation and lam) to reproduce the reference; the
     result feeds `masked_bce_loss` as unmixed targets. Note the reference's union marks a label
-    as known-negative where only the non-dominant clip annotated it positive; plain
-    `masked_bce_loss` mixing with `mask_rule="both"` is the cleaner alternative.
+    as known-negative where only the non-dominant clip annotated it positive.
     """
     known = known_mask.to(torch.bool)
     zeroed = targets.float() * known.float()
@@ -293,22 +306,15 @@ def _partial_inputs(logits: Tensor, targets: Tensor, known_mask: Tensor) -> tupl
     return student, targets.to(student.device).float(), known_mask.to(device=student.device, dtype=torch.bool)
 
 
-def _mix_partial(targets: Tensor, known: Tensor, mixes: list[tuple[Tensor, Tensor]],
-                 mask_rule: str) -> tuple[Tensor, Tensor]:
-    if mask_rule not in ("reference", "both"):
-        raise ValueError(f"mask_rule must be 'reference' or 'both', got {mask_rule!r}")
+def _mix_partial(targets: Tensor, known: Tensor, mixes: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """The mixed labels; the known mask stays each clip's own, as in the reference."""
     # Unknown labels enter the mix as 0, as in the reference, whose > 0.5 binarisation turns
     # OpenMIC's 0.5 relevance of unannotated labels into 0 (and it removes NaN placeholders).
-    targets = torch.where(known, targets, torch.zeros_like(targets))
-    for permutation, lam in mixes:
-        if mask_rule == "both":
-            known = known & known[permutation.to(known.device)]
-        targets = _apply_mix(targets, permutation, lam)
-    return targets, known
+    return _mix_all(torch.where(known, targets, torch.zeros_like(targets)), mixes)
 
 
 def masked_bce_loss(logits: Tensor, targets: Tensor, known_mask: Tensor, mixup: MixPairs = None,
-                    mask_rule: str = "reference", reduction: str = "mean") -> Tensor:
+                    reduction: str = "mean") -> Tensor:
     """BCE for partially labelled multi-label tasks (OpenMIC): unknown labels give no loss, no gradient.
 
     Reference (EfficientAT `ex_openmic.py`):
@@ -317,11 +323,9 @@ def masked_bce_loss(logits: Tensor, targets: Tensor, known_mask: Tensor, mixup: 
         samples_loss = y_mask * BCE(logits, y_mix, reduction="none")
         loss = samples_loss.mean()                     # mean over all B * C entries
 
-    so the known mask of a mixed clip is its *own* mask (`mask_rule="reference"`): a label
-    the partner clip did not annotate enters the mix as 0. `mask_rule="both"` (opt-in) keeps
-    a label only where both mixed clips annotated it. Either way the reduction divides by
-    B * C, including unknown entries, like the reference (so a batch with few known labels
-    gives a small loss, exactly as there).
+    so the known mask of a mixed clip is its *own* mask: a label the partner clip did not
+    annotate enters the mix as 0. The reduction divides by B * C, including unknown entries,
+    like the reference (so a batch with few known labels gives a small loss, exactly as there).
 
     Args:
         logits: (B, C) raw outputs.
@@ -330,11 +334,10 @@ def masked_bce_loss(logits: Tensor, targets: Tensor, known_mask: Tensor, mixup: 
             reference (OpenMIC's 0.5 for "not annotated" fails its > 0.5 binarisation).
         known_mask: (B, C) bool (or 0/1), True where the label is known.
         mixup: None, one (permutation, lam) pair or a sequence applied in order.
-        mask_rule: "reference" or "both", see above.
         reduction: "mean" or "none" for the (B,) per-clip losses (each a mean over C).
     """
     student, targets, known = _partial_inputs(logits, targets, known_mask)
-    targets, known = _mix_partial(targets, known, _mix_pairs(mixup), mask_rule)
+    targets = _mix_partial(targets, known, _mix_pairs(mixup))
     per_clip = _masked_bce_per_clip(student, targets, known)
     if reduction == "none":
         return per_clip
@@ -397,8 +400,8 @@ def _combine_with_teacher(label_per_clip: Tensor, kd_per_clip: Tensor, mask: Ten
 
 def task_loss(kind: str, logits: Tensor, targets: Tensor, *, known_mask: Optional[Tensor] = None,
               teacher_logits: Optional[Tensor] = None, has_teacher: Optional[Tensor] = None,
-              kd_lambda: float = 0.1, temperature: Optional[float] = None, mixup: MixPairs = None,
-              mask_rule: str = "reference", kd_known_only: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+              kd_lambda: float = 0.1, temperature: Optional[float] = None,
+              mixup: MixPairs = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The training loss of every task kind, with optional knowledge distillation: one entry point.
 
     Per clip, as in the AudioSet recipe (`distillation_loss`):
@@ -414,8 +417,7 @@ def task_loss(kind: str, logits: Tensor, targets: Tensor, *, known_mask: Optiona
       `single_label_kd_loss` (T^2-scaled KL, teacher distributions mixed like the labels).
     - "partial_multilabel": label = `masked_bce_loss` (EfficientAT's OpenMIC loss: unknown labels
       give nothing, mean over all B * C entries), kd = BCE against sigmoid(teacher / T) over
-      *all* classes by default: the teacher's guesses are exactly what a partially annotated
-      clip lacks. `kd_known_only=True` masks the kd term like the label term instead.
+      *all* classes: the teacher's guesses are exactly what a partially annotated clip lacks.
 
     Everything here takes the *unmixed* targets (and teacher logits of the unmixed clips): pass
     the batch's mixing steps as `mixup`, one (permutation, lam) pair or a sequence applied in
@@ -431,7 +433,6 @@ def task_loss(kind: str, logits: Tensor, targets: Tensor, *, known_mask: Optiona
         kd_lambda: weight of the label loss in [0, 1].
         temperature: softens the teacher (and, for "multiclass", the student, as Hinton's does);
             None = `kd_temperature(kind)` (1 for the multi-label kinds, 4 for "multiclass").
-        mask_rule: for "partial_multilabel", see `masked_bce_loss`.
 
     Returns:
         The scalar loss and the detached components `label_loss`, `kd_loss` (mean over clips
@@ -439,8 +440,9 @@ def task_loss(kind: str, logits: Tensor, targets: Tensor, *, known_mask: Optiona
     """
     if kind not in TASK_KINDS:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(TASK_KINDS)}")
-    if not 0.0 <= kd_lambda <= 1.0:
-        raise ValueError(f"kd_lambda must be in [0, 1], got {kd_lambda}")
+    check_kd_lambda(kd_lambda)
+    if not uses_teacher(kd_lambda, teacher_logits is not None):
+        teacher_logits, has_teacher = None, None
     if (known_mask is None) != (kind != "partial_multilabel"):
         raise ValueError("known_mask is required for kind 'partial_multilabel' and only for it"
                          f" (kind {kind!r}, known_mask {'given' if known_mask is not None else 'missing'})")
@@ -462,7 +464,7 @@ def task_loss(kind: str, logits: Tensor, targets: Tensor, *, known_mask: Optiona
     else:
         assert known_mask is not None
         student, labels, known = _partial_inputs(student, targets, known_mask)
-        labels, known = _mix_partial(labels, known, mixes, mask_rule)
+        labels = _mix_partial(labels, known, mixes)
         label_per_clip = _masked_bce_per_clip(student, labels, known)
 
     if teacher_logits is None:
@@ -481,8 +483,5 @@ def task_loss(kind: str, logits: Tensor, targets: Tensor, *, known_mask: Optiona
         kd_per_clip = single_label_kd_loss(student, teacher, temperature, mixes, reduction="none")
     else:
         teacher_probs = _mix_all(torch.sigmoid(teacher / temperature), mixes)
-        if kd_known_only:
-            kd_per_clip = _masked_bce_per_clip(student, teacher_probs, known)
-        else:
-            kd_per_clip = F.binary_cross_entropy_with_logits(student, teacher_probs, reduction="none").mean(dim=1)
+        kd_per_clip = F.binary_cross_entropy_with_logits(student, teacher_probs, reduction="none").mean(dim=1)
     return _combine_with_teacher(label_per_clip, kd_per_clip, mask, kd_lambda)

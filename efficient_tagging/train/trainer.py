@@ -23,7 +23,7 @@ import random
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -42,11 +42,13 @@ from ..labels import LabelMap
 from ..models.factory import (CheckpointError, create_model, get_model, pretrained_arch, read_checkpoint,
                               save_checkpoint)
 from ..models.layers import forward_spectrogram
+from ..models.registry import family_of, get_family
 from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_max, reduce_sum, select_device
 from ..interrupt import StopOnSignal, signal_name
 from .interrupt import TrainingInterrupted
 from .run_lock import RunDirectoryBusy, RunDirectoryHoldsRun, RunDirectoryLock, check_run_directory
-from .losses import TASK_KINDS, kd_temperature, masked_bce_loss, single_label_loss, task_loss
+from .losses import (TASK_KINDS, check_kd_lambda, kd_temperature, masked_bce_loss, single_label_loss, task_loss,
+                     uses_teacher)
 from .metrics import (accuracy_by_group, evaluate_masked_predictions, evaluate_predictions,
                       multiclass_metrics)
 from .schedules import exp_warmup_linear_down, make_lr_scheduler
@@ -147,7 +149,6 @@ class TrainConfig:
     eval_batch_size: Optional[int] = None
     eval_every_epochs: int = 1  # evaluation (and `best.pt`) every N epochs and after the last one
     progress: bool = True
-    crash_after_steps: Optional[int] = None  # testing aid: hard-exit after this many steps
 
     def __post_init__(self) -> None:
         if isinstance(self.train_hdf5, (str, Path)):
@@ -157,8 +158,7 @@ class TrainConfig:
         self.strides = tuple(int(s) for s in self.strides)  # type: ignore[assignment]
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not 0.0 <= self.kd_lambda <= 1.0:
-            raise ValueError(f"kd_lambda must be in [0, 1], got {self.kd_lambda}")
+        check_kd_lambda(self.kd_lambda)
         if self.temperature is not None and self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.sampler not in SAMPLERS:
@@ -194,7 +194,7 @@ MODEL_FIELDS = ("arch", "model_name", "width_mult", "head_type", "se_dims", "str
                 "n_mels")
 # Fields that only say where and how a run executes, not what it computes: never compared on resume.
 RUNTIME_FIELDS = ("num_workers", "progress", "cuda", "eval_batch_size", "out_dir", "resume", "overwrite", "resume_override",
-                  "crash_after_steps", "checkpoint_every_steps")
+                  "checkpoint_every_steps")
 
 
 # Training stops when more than this share of an epoch's clip decodes fail (checked once at least
@@ -301,40 +301,24 @@ def build_frontend(config: TrainConfig) -> AugmentMelSTFT:
 def model_config(config: TrainConfig, num_classes: int) -> dict[str, Any]:
     """Constructor kwargs (the reference's own names) of the model described by `config`."""
     frames = 1 + int(config.clip_length * config.sample_rate - 1) // config.hop_size
-    if config.arch == "mn":
-        kwargs: dict[str, Any] = dict(num_classes=num_classes, width_mult=config.width_mult,
-                                      head_type=config.head_type, se_dims=config.se_dims,
-                                      strides=list(config.strides), input_dim_f=config.n_mels, input_dim_t=frames)
-    elif config.arch == "dymn":
-        kwargs = dict(num_classes=num_classes, width_mult=config.width_mult, strides=list(config.strides))
-    elif config.arch == "passt":
-        # A transformer teacher: sizes come from model_kwargs (embed_dim, depth, num_heads, stride, ...).
-        kwargs = dict(num_classes=num_classes, img_size=[config.n_mels, frames], distilled=True)
-    elif config.arch == "ast":
-        kwargs = dict(label_dim=num_classes, input_fdim=config.n_mels, input_tdim=frames,
-                      imagenet_pretrain=False, audioset_pretrain=False)
-    else:
-        raise ValueError(f"unknown architecture {config.arch!r}")
+    shape = dict(width_mult=config.width_mult, head_type=config.head_type, se_dims=config.se_dims,
+                 strides=config.strides)
+    kwargs = get_family(config.arch).input_config(num_classes=num_classes, n_mels=config.n_mels, frames=frames,
+                                                  shape=shape)
     kwargs.update(config.model_kwargs)
     return kwargs
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     """Fresh model, or one initialised from `config.model_name` (catalogue name or checkpoint)."""
-    kwargs = model_config(config, num_classes)
-    if config.model_name:
-        # The pretrained entry decides the architecture; only the head size is ours to choose.
-        extra = dict(config.model_kwargs)
-        family = pretrained_arch(config.model_name)
-        if family == "dymn":
-            # EfficientAT: a DyMN started from pretrained weights begins at pretrain_final_temp.
-            extra.setdefault("pretrain_final_temp", config.pretrain_final_temp)
-        elif family == "mn":
-            # the mel bins the run feeds it: the model's own unless --override_preprocessing chose others
-            # (its weights do not depend on them; the input check and frequency SE sizes do)
-            extra.setdefault("input_dim_f", config.n_mels)
-        return get_model(config.model_name, num_classes=num_classes, **extra)
-    return create_model(config.arch, **kwargs)
+    if not config.model_name:
+        return create_model(config.arch, **model_config(config, num_classes))
+    # The pretrained entry decides the architecture; only the head size is ours to choose.
+    arch = pretrained_arch(config.model_name)  # None: a plain state_dict
+    start_options = (get_family(arch).start_options(n_mels=config.n_mels, pretrain_final_temp=config.pretrain_final_temp)
+                     if arch else {})
+    options = {**start_options, **config.model_kwargs}
+    return get_model(config.model_name, num_classes=num_classes, **options)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -484,8 +468,8 @@ def _locked_run_directory(out_dir: Path, dist_info: DistInfo) -> Iterator[None]:
         lock.release()
 
 
-def train(config: TrainConfig, tracker: Optional[Any] = None,
-          datasets: Optional[tuple[Any, Any]] = None) -> dict[str, Any]:
+def train(config: TrainConfig, tracker: Optional[Any] = None, datasets: Optional[tuple[Any, Any]] = None,
+          report_epoch: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """Train (or resume) a model as `config` says; returns the final summary (rank 0 has the metrics).
 
     The data are `config.train_hdf5` / `config.eval_hdf5` (AudioSet-format HDF5), or `datasets`:
@@ -498,12 +482,13 @@ def train(config: TrainConfig, tracker: Optional[Any] = None,
     (RunDirectoryHoldsRun: a rerun never silently replaces finished work). On
     SIGINT/SIGTERM it finishes the current step, writes `last.pt` and raises TrainingInterrupted
     (resuming from it continues exactly); the signal handlers are the previous ones again after.
+    `report_epoch` receives each epoch's one-line summary on rank 0 (`epoch_line`; default: logged).
     """
     dist_info = init_distributed()
     device = select_device(config.cuda, dist_info)
     with _locked_run_directory(Path(config.out_dir), dist_info), StopOnSignal(armed=False) as stop:
         _check_out_dir_is_free(config, dist_info)
-        return _train(config, tracker, dist_info, device, stop, datasets)
+        return _train(config, tracker, dist_info, device, stop, datasets, report_epoch)
 
 
 def _check_out_dir_is_free(config: TrainConfig, dist_info: DistInfo) -> None:
@@ -528,61 +513,121 @@ def _stop_signal(stop: StopOnSignal, dist_info: DistInfo) -> int:
 
 
 def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, device: torch.device,
-           stop: StopOnSignal, datasets: Optional[tuple[Any, Any]] = None) -> dict[str, Any]:
+           stop: StopOnSignal, datasets: Optional[tuple[Any, Any]] = None,
+           report_epoch: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """The loop: the pieces it calls (data, state, step, epoch, summary) are defined below it."""
     is_main = dist_info.rank == 0
-    show_progress = config.progress and is_main
     seed_everything(config.seed + dist_info.rank)
-    out_dir = Path(config.out_dir)
     precision = resolve_precision(config.precision, device)  # bf16 without native bf16: float32, with a note
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        Path(config.out_dir).mkdir(parents=True, exist_ok=True)
+    data = build_training_data(config, dist_info, device, datasets)
+    frontend = build_frontend(config).to(device)
+    state = TrainingState.create(config, data, device, dist_info, precision)
+    state.resume_if_asked(config, dist_info)
+    model = state.model
+    if dist_info.enabled:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    run = RunCounters()
+    stop.armed = True  # from here on a signal stops the run cleanly after the current step
+    for epoch in range(state.epoch, config.n_epochs):
+        epoch_result = train_epoch(model, frontend, state, data, config, epoch, device, precision, run, stop,
+                                   dist_info)
+        if epoch_result.stop_signal:
+            _interrupt(state, config, data, dist_info, epoch_result.stop_signal, epoch, state.step_in_epoch,
+                       mid_epoch=True)
+        record = epoch_result.record
+        state.step_in_epoch = 0
+        evaluated = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.n_epochs
+        improved = False
+        if evaluated:
+            metrics = evaluate(model, frontend, data.eval_set, device, dist_info,
+                               config.eval_batch_size or config.batch_size, data.num_workers, precision,
+                               config.progress and is_main, task=data.task, seen_groups=data.train_devices)
+            record.update(_epoch_metrics(data.task, metrics))
+            state.final_metrics = {**record, **{k: metrics[k] for k in DETAIL_METRICS if k in metrics}}
+            improved = metrics["score"] > state.best_score
+            state.best_score = max(state.best_score, metrics["score"])
+        state.history.append(record)
+        if is_main:
+            line = epoch_line(record, epoch_result.timing, data.task, config.n_epochs, evaluated)
+            if report_epoch is not None:
+                report_epoch(line)
+            else:
+                logger.info("%s", line)
+            if tracker is not None:
+                tracker.log_metrics({**record, "data_wait_fraction": epoch_result.timing["data_wait_fraction"]},
+                                    step=epoch + 1)
+        state.save("last", config, data, dist_info, epoch + 1, 0, state.final_metrics)
+        if improved:
+            state.save("best", config, data, dist_info, epoch + 1, 0, state.final_metrics)
+        stop_signal = _stop_signal(stop, dist_info)  # e.g. received during the evaluation
+        if stop_signal and epoch + 1 < config.n_epochs:
+            _interrupt(state, config, data, dist_info, stop_signal, epoch + 1, 0, mid_epoch=False)
+    return training_summary(config, data, state, run, dist_info)
 
-    # --- data ----------------------------------------------------------------------------------
+
+@dataclass
+class TrainingData:
+    """The data side of a run: datasets, task, teacher join, sampler and loader."""
+
+    train_set: Any
+    eval_set: Any
+    source: str  # how messages name the training data
+    label_map: Optional[LabelMap]
+    num_classes: int
+    task: str
+    train_devices: Optional[list[str]]  # recording devices of the training clips (DCASE20), else None
+    use_teacher: bool
+    teacher_coverage: Optional[dict[str, Any]]
+    temperature: float
+    base_sampler: DistributedWeightedSampler
+    sampler: ResumableSampler
+    loader: DataLoader
+    steps_per_epoch: int
+    num_workers: int
+
+
+def _open_datasets(config: TrainConfig, datasets: Optional[tuple[Any, Any]]
+                   ) -> tuple[Any, Any, str, Optional[LabelMap]]:
+    """(train set, eval set, source description, label map): the given datasets or the config's HDF5 files."""
     if datasets is not None:
         train_set, eval_set = datasets
-        data_source = getattr(train_set, "source", None) or type(train_set).__name__
-        label_map: Optional[LabelMap] = getattr(train_set, "label_map", None)
-    else:
-        if not config.train_hdf5:
-            raise ValueError("no training data: pass --train_hdf5 (AudioSet-format HDF5 files)")
-        train_set = AudioSetDataset(config.train_hdf5, sample_rate=config.sample_rate,
-                                    clip_length=config.clip_length, num_classes=config.num_classes,
-                                    teacher_logits=config.teacher_logits, seed=config.seed)
-        eval_set = AudioSetDataset(config.eval_hdf5 or config.train_hdf5, sample_rate=config.sample_rate,
-                                   clip_length=config.clip_length, num_classes=train_set.num_classes)
-        data_source = ", ".join(map(str, config.train_hdf5))
-        label_map = read_label_map(config.train_hdf5[0])
-    num_classes = train_set.num_classes
+        return (train_set, eval_set, getattr(train_set, "source", None) or type(train_set).__name__,
+                getattr(train_set, "label_map", None))
+    if not config.train_hdf5:
+        raise ValueError("no training data: pass --train_hdf5 (AudioSet-format HDF5 files)")
+    train_set = AudioSetDataset(config.train_hdf5, sample_rate=config.sample_rate, clip_length=config.clip_length,
+                                num_classes=config.num_classes, teacher_logits=config.teacher_logits, seed=config.seed)
+    eval_set = AudioSetDataset(config.eval_hdf5 or config.train_hdf5, sample_rate=config.sample_rate,
+                               clip_length=config.clip_length, num_classes=train_set.num_classes)
+    return train_set, eval_set, ", ".join(map(str, config.train_hdf5)), read_label_map(config.train_hdf5[0])
+
+
+def build_training_data(config: TrainConfig, dist_info: DistInfo, device: torch.device,
+                        datasets: Optional[tuple[Any, Any]] = None) -> TrainingData:
+    """Open the data, check labels and the teacher join, and build this rank's sampler and loader."""
+    is_main = dist_info.rank == 0
+    train_set, eval_set, source, label_map = _open_datasets(config, datasets)
     task = config.task or dataset_task(train_set)
     if task not in TASK_KINDS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_KINDS)}")
-    check_positive_labels(train_set.targets, source=data_source)
+    check_positive_labels(train_set.targets, source=source)
     # recording devices of the training clips (DCASE20): the evaluation marks the others unseen
     extras = getattr(train_set, "extras", None) or {}
     train_devices = sorted({str(d) for d in extras["device"]}) if "device" in extras else None
-    # As in EfficientAT, kd_lambda == 0 switches distillation off (label loss only).
-    use_teacher = getattr(train_set, "teacher_logits", None) is not None and config.kd_lambda > 0
+    use_teacher = uses_teacher(config.kd_lambda, getattr(train_set, "teacher_logits", None) is not None)
     # a join that matches no clip is refused (unless allowed), low coverage warns; the numbers go into the summary
     teacher_coverage = (check_teacher_coverage(train_set.teacher_logits, train_set.audio_names,
                                                allow_none=config.allow_no_teacher_coverage,
-                                               clips_from=[data_source], report=is_main)
+                                               clips_from=[source], report=is_main)
                         if use_teacher else None)
     temperature = kd_temperature(task, config.temperature)
     if use_teacher and is_main:
         logger.info("distillation: kd_lambda %g, temperature %g%s", config.kd_lambda, temperature,
                     "" if config.temperature is not None else f" (the default for task {task})")
-
-    if config.sampler == "uniform":
-        weights = np.ones(len(train_set), dtype=np.float64)
-        # one pass: every clip once (a multiple of the world size, so every rank gets as many)
-        epoch_len = config.epoch_len or max(len(train_set) - len(train_set) % dist_info.world_size,
-                                            dist_info.world_size)
-    else:
-        weights = class_balanced_weights(train_set.targets)
-        epoch_len = config.epoch_len or int((weights > 0).sum())
-    base_sampler = DistributedWeightedSampler(weights, epoch_len, num_replicas=dist_info.world_size,
-                                              rank=dist_info.rank, replacement=config.sampler_replacement,
-                                              seed=config.seed)
+    base_sampler = _epoch_sampler(config, train_set, dist_info)
     sampler = ResumableSampler(base_sampler)
     num_workers = cap_num_workers(config.num_workers, log=is_main)
     # The fine-tuning recipes (uniform) train on an epoch's last, partial batch as the reference's
@@ -595,240 +640,293 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
     if steps_per_epoch == 0:
         raise ValueError(f"an epoch of {len(base_sampler)} clips per rank gives no full batch of "
                          f"{config.batch_size}: lower --batch_size (or raise --epoch_len)")
+    return TrainingData(train_set, eval_set, source, label_map, train_set.num_classes, task, train_devices,
+                        use_teacher, teacher_coverage, temperature, base_sampler, sampler, loader, steps_per_epoch,
+                        num_workers)
 
-    # --- model, optimiser, schedule ---------------------------------------------------------------
-    frontend = build_frontend(config).to(device)
-    model = build_model(config, num_classes).to(device)
-    if config.bn_momentum is not None:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.momentum = config.bn_momentum
-    model_kwargs = dict(getattr(model, "config", {}))
-    arch = getattr(model, "arch", config.arch)
-    optimizer_class = torch.optim.AdamW if config.adamw else torch.optim.Adam
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = optimizer_class(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay,
-                                **({"fused": True} if config.fused_optimizer else {}))
-    scheduler = make_lr_scheduler(optimizer, exp_warmup_linear_down(config.warm_up_len, config.ramp_down_len,
-                                                                    config.ramp_down_start, config.last_lr_value),
-                                  steps_per_epoch, per_step=config.lr_per_step)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
-    augment_generator = torch.Generator().manual_seed(config.seed * 1000 + dist_info.rank)
 
-    start_epoch, step_in_epoch, global_step, best_map = 0, 0, 0, -math.inf
-    resumed_totals: Optional[dict[str, float]] = None
+def _epoch_sampler(config: TrainConfig, train_set: Any, dist_info: DistInfo) -> DistributedWeightedSampler:
+    if config.sampler == "uniform":
+        weights = np.ones(len(train_set), dtype=np.float64)
+        # one pass: every clip once (a multiple of the world size, so every rank gets as many)
+        epoch_len = config.epoch_len or max(len(train_set) - len(train_set) % dist_info.world_size,
+                                            dist_info.world_size)
+    else:
+        weights = class_balanced_weights(train_set.targets)
+        epoch_len = config.epoch_len or int((weights > 0).sum())
+    return DistributedWeightedSampler(weights, epoch_len, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                      replacement=config.sampler_replacement, seed=config.seed)
+
+
+def _fresh_totals() -> dict[str, float]:
+    return {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0}
+
+
+@dataclass
+class TrainingState:
+    """Everything `last.pt` holds and `--resume` restores: the model, optimiser, schedule, AMP scaler,
+    augmentation RNG, the position in the run, the best score and the epoch history."""
+
+    model: nn.Module  # unwrapped (never the DDP wrapper)
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    augment_generator: torch.Generator
+    arch: str
+    model_config: dict[str, Any]  # constructor kwargs, stored with every checkpoint
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_score: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_totals: dict[str, float] = field(default_factory=_fresh_totals)  # running sums of this epoch
+    epoch_lr: float = 0.0  # the LR of the current epoch's first step
+    resumed_totals: Optional[dict[str, float]] = None  # the sums of a resumed, partly trained epoch
     resumed_epoch_lr: Optional[float] = None
-    history: list[dict[str, Any]] = []
-    last_path = _training_state_path(out_dir, "last")
-    if config.resume and last_path.is_file():
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: TrainConfig, data: TrainingData, device: torch.device, dist_info: DistInfo,
+               precision: str) -> "TrainingState":
+        model = build_model(config, data.num_classes).to(device)
+        if config.bn_momentum is not None:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = config.bn_momentum
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer_class = torch.optim.AdamW if config.adamw else torch.optim.Adam
+        optimizer = optimizer_class(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay,
+                                    **({"fused": True} if config.fused_optimizer else {}))
+        schedule = exp_warmup_linear_down(config.warm_up_len, config.ramp_down_len, config.ramp_down_start,
+                                          config.last_lr_value)
+        scheduler = make_lr_scheduler(optimizer, schedule, data.steps_per_epoch, per_step=config.lr_per_step)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "16")
+        augment_generator = torch.Generator().manual_seed(config.seed * 1000 + dist_info.rank)
+        state = cls(model, optimizer, scheduler, scaler, augment_generator, arch=getattr(model, "arch", config.arch),
+                    model_config=dict(getattr(model, "config", {})))
+        state.epoch_lr = optimizer.param_groups[0]["lr"]
+        return state
+
+    def resume_if_asked(self, config: TrainConfig, dist_info: DistInfo) -> None:
+        """With `config.resume`: continue from out_dir's `last.pt` exactly (or start fresh when there is none)."""
+        last_path = _training_state_path(Path(config.out_dir), "last")
+        if not config.resume:
+            return
+        if not last_path.is_file():
+            if dist_info.rank == 0:
+                logger.info("--resume: no checkpoint at %s, starting from scratch", last_path)
+            return
         try:
             weights, checkpoint = read_checkpoint(last_path)
         except CheckpointError as error:
             raise CheckpointError(f"--resume: {error}. To start this run over instead, delete {last_path} or "
                                   f"use another --out_dir") from None
-        state = checkpoint["extra"]["training"]
-        check_resume_config(state.get("train_config"), config, last_path, _shape_mismatches(unwrap(model), weights))
-        unwrap(model).load_state_dict(weights, strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, step_in_epoch = state["epoch"], state["step_in_epoch"]
-        resumed_totals = dict(state["epoch_totals"]) if step_in_epoch else None
+        saved = checkpoint["extra"]["training"]
+        check_resume_config(saved.get("train_config"), config, last_path, _shape_mismatches(self.model, weights))
+        self.model.load_state_dict(weights, strict=True)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.epoch, self.step_in_epoch = saved["epoch"], saved["step_in_epoch"]
+        self.resumed_totals = dict(saved["epoch_totals"]) if self.step_in_epoch else None
         # the LR of the epoch's first step (for its history record); read from the optimizer it
         # would be a later one after a stop at the last step (per-epoch LR) or with lr_per_step
-        resumed_epoch_lr = state.get("epoch_lr") if step_in_epoch else None
-        global_step, best_map, history = state["global_step"], state["best_map"], list(state["history"])
-        _set_rng_state(state["rng"][dist_info.rank] if dist_info.rank < len(state["rng"]) else state["rng"][0])
-        augment_generator.set_state(state["augment_rng"][min(dist_info.rank, len(state["augment_rng"]) - 1)])
-        if is_main:
-            logger.info("resumed from %s at epoch %d, step %d", last_path, start_epoch, step_in_epoch)
-    elif config.resume and is_main:
-        logger.info("--resume: no checkpoint at %s, starting from scratch", last_path)
+        self.resumed_epoch_lr = saved.get("epoch_lr") if self.step_in_epoch else None
+        self.global_step, self.best_score, self.history = saved["global_step"], saved["best_map"], list(saved["history"])
+        self.final_metrics = self.history[-1] if self.history else {}
+        self.epoch_lr = self.optimizer.param_groups[0]["lr"]
+        rank = dist_info.rank
+        _set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
+        self.augment_generator.set_state(saved["augment_rng"][min(rank, len(saved["augment_rng"]) - 1)])
+        if dist_info.rank == 0:
+            logger.info("resumed from %s at epoch %d, step %d", last_path, self.epoch, self.step_in_epoch)
 
-    if dist_info.enabled:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    epoch_totals = {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0}  # running sums of this epoch
-
-    def save_training_state(name: str, epoch: int, step: int, metrics: Optional[dict[str, Any]] = None) -> None:
+    def save(self, name: str, config: TrainConfig, data: TrainingData, dist_info: DistInfo, epoch: int, step: int,
+             metrics: Optional[dict[str, Any]] = None) -> None:
+        """Write `<out_dir>/<name>.pt` (rank 0) at (epoch, step): the model checkpoint plus the training state."""
         # Every rank's RNG state is gathered so a resumed DDP job continues identically.
         rng_states = _gather_objects(_rng_state(), dist_info)
-        augment_states = _gather_objects(augment_generator.get_state(), dist_info)
-        if not is_main:
+        augment_states = _gather_objects(self.augment_generator.get_state(), dist_info)
+        if dist_info.rank != 0:
             return
-        training = {"epoch": epoch, "step_in_epoch": step, "global_step": global_step, "best_map": best_map,
-                    "history": history, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "sampler": base_sampler.state_dict(), "rng": rng_states,
-                    "augment_rng": augment_states, "epoch_totals": dict(epoch_totals), "epoch_lr": epoch_lr,
-                    "train_config": _plain(config.to_dict()),
-                    "metrics": _plain(metrics or {})}
-        save_checkpoint(_training_state_path(out_dir, name), unwrap(model), arch=arch, config=model_kwargs,
-                        preprocessing=config.preprocessing, labels=label_map, dataset=config.dataset, task=task,
-                        extra={"training": training})
+        training = {"epoch": epoch, "step_in_epoch": step, "global_step": self.global_step,
+                    "best_map": self.best_score, "history": self.history,
+                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(), "sampler": data.base_sampler.state_dict(), "rng": rng_states,
+                    "augment_rng": augment_states, "epoch_totals": dict(self.epoch_totals), "epoch_lr": self.epoch_lr,
+                    "train_config": _plain(config.to_dict()), "metrics": _plain(metrics or {})}
+        save_checkpoint(_training_state_path(Path(config.out_dir), name), self.model, arch=self.arch,
+                        config=self.model_config, preprocessing=config.preprocessing, labels=data.label_map,
+                        dataset=config.dataset, task=data.task, extra={"training": training})
 
-    # --- the loop ---------------------------------------------------------------------------------
-    skipped_clips, clips_seen, masked_teacher_clips = 0, 0, 0
-    timing_history: list[dict[str, Any]] = []  # data_wait_record of every epoch this process trained
-    final_metrics: dict[str, Any] = history[-1] if history else {}
-    epoch_lr = optimizer.param_groups[0]["lr"]
-    stop.armed = True  # from here on a signal stops the run cleanly after the current step
-    for epoch in range(start_epoch, config.n_epochs):
-        base_sampler.set_epoch(epoch)
-        sampler.skip = step_in_epoch * config.batch_size
-        attention_temperature = None
-        if hasattr(unwrap(model), "update_temperature"):  # DyMN: anneal the attention temperature
-            attention_temperature = unwrap(model).update_temperature(epoch)
-        # the LR of this epoch's first step
-        epoch_lr = resumed_epoch_lr if resumed_epoch_lr is not None else optimizer.param_groups[0]["lr"]
-        resumed_epoch_lr = None
-        model.train()
-        frontend.train()
-        epoch_totals.update(resumed_totals or {"loss": 0.0, "label_loss": 0.0, "kd_loss": 0.0, "steps": 0})
-        resumed_totals = None
-        epoch_start, clips_done = time.time(), 0
-        bar = tqdm(total=steps_per_epoch - step_in_epoch, desc=f"epoch {epoch + 1}/{config.n_epochs}",
-                   disable=not show_progress, dynamic_ncols=True)
-        stop_signal = 0
-        # Data wait: time blocked in next() (worker start-up included) out of the epoch's step time, so
-        # a run shows whether decoding keeps up with the model (near 0) or the model waits (near 1).
-        data_wait, loop_start = 0.0, time.perf_counter()
-        epoch_failed, epoch_attempts = 0, 0  # clip decodes of this epoch (this process): failed, all
-        batches = iter(loader)
-        while True:
-            wait_start = time.perf_counter()
-            batch = next(batches, None)
-            data_wait += time.perf_counter() - wait_start
-            if batch is None:
-                break
-            waveform = batch["waveform"].to(device, non_blocking=True)
-            labels = batch["target"].to(device)
-            teacher = batch["teacher_logits"].to(device) if use_teacher else None
-            has_teacher = batch["has_teacher"].to(device) if use_teacher else None
-            teacher_mixes: list[tuple[Tensor, Tensor]] = []
-            if config.roll:
-                waveform = roll_waveforms(waveform, config.roll_max_shift, augment_generator)
-            if config.gain_augment > 0:
-                waveform = gain_augment(waveform, config.gain_augment, augment_generator, integer_db=True)
-            if config.wavmix:
-                mixed = wavmix(waveform, labels, None, generator=augment_generator)
-                waveform = mixed.waveform  # labels and teacher are mixed in the loss, step by step
-                teacher_mixes.append((mixed.permutation, mixed.lam))
-            with autocast_context(device, precision):
-                spectrogram = frontend(waveform).unsqueeze(1)
-                if config.mixstyle_p > 0:  # the reference's DCASE recipe: MixStyle instead of mixup
-                    spectrogram = mixstyle(spectrogram, config.mixstyle_p, config.mixstyle_alpha, augment_generator)
-                elif config.mixup_alpha > 0:
-                    permutation, lam = mixup(spectrogram.shape[0], config.mixup_alpha, augment_generator)
-                    spectrogram = mix(spectrogram, permutation, lam)
-                    teacher_mixes.append((permutation, lam))
-                logits, _ = model(spectrogram)
-            known = batch["known"].to(device) if task == "partial_multilabel" else None
-            loss, parts = task_loss(task, logits, labels, known_mask=known, teacher_logits=teacher,
-                                    has_teacher=has_teacher, kd_lambda=config.kd_lambda,
-                                    temperature=temperature, mixup=teacher_mixes or None)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step_in_epoch}")
 
-            step_in_epoch += 1
-            global_step += 1
-            skipped_clips += int(batch["skipped"].sum())
-            clips_seen += waveform.shape[0]
-            epoch_failed += int(batch["skipped"].sum())
-            epoch_attempts += int(batch["skipped"].sum()) + waveform.shape[0]
-            _check_undecodable(epoch_failed, epoch_attempts, final=False)
-            if use_teacher:
-                masked_teacher_clips += int((~batch["has_teacher"]).sum())
-            epoch_totals["loss"] += float(loss.detach())
-            epoch_totals["label_loss"] += float(parts["label_loss"])
-            epoch_totals["kd_loss"] += float(parts["kd_loss"])
-            epoch_totals["steps"] += 1
-            clips_done += waveform.shape[0]
-            clips_per_s = clips_done * dist_info.world_size / max(time.time() - epoch_start, 1e-6)
-            bar.update(1)
-            bar.set_postfix(loss=f"{epoch_totals['loss'] / epoch_totals['steps']:.4f}",
-                            lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                            clips_s=f"{clips_per_s:.1f}",
-                            data_wait=f"{data_wait / max(time.perf_counter() - loop_start, 1e-9):.0%}")
-            if config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0 \
-                    and step_in_epoch < steps_per_epoch:
-                save_training_state("last", epoch, step_in_epoch)
-            if config.crash_after_steps is not None and global_step >= config.crash_after_steps:
-                barrier()
-                os._exit(17)  # simulate a killed job: no cleanup, no final checkpoint
-            stop_signal = _stop_signal(stop, dist_info)
-            if stop_signal:
-                break
-        step_time = time.perf_counter() - loop_start
-        del batches  # shuts the epoch's workers down now, not while evaluation runs its own
-        if not stop_signal:
-            _check_undecodable(epoch_failed, epoch_attempts, final=True)
-        bar.close()
-        epoch_timing = data_wait_record(epoch + 1, data_wait, step_time)
+@dataclass
+class RunCounters:
+    """Clip counts over the whole run (this process) and each epoch's data-wait timing."""
+
+    skipped_clips: int = 0  # undecodable clips replaced by others
+    masked_teacher_clips: int = 0  # trained without teacher logits (label loss only)
+    timing: list[dict[str, Any]] = field(default_factory=list)  # data_wait_record of every epoch trained
+
+
+def train_step(model: nn.Module, frontend: nn.Module, batch: dict[str, Any], state: TrainingState,
+               data: TrainingData, config: TrainConfig, device: torch.device,
+               precision: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """One optimisation step on a batch: augment, forward, loss, backward, optimiser and schedule step."""
+    waveform = batch["waveform"].to(device, non_blocking=True)
+    labels = batch["target"].to(device)
+    teacher = batch["teacher_logits"].to(device) if data.use_teacher else None
+    has_teacher = batch["has_teacher"].to(device) if data.use_teacher else None
+    teacher_mixes: list[tuple[Tensor, Tensor]] = []  # mixes the loss applies to labels and teacher alike
+    generator = state.augment_generator
+    if config.roll:
+        waveform = roll_waveforms(waveform, config.roll_max_shift, generator)
+    if config.gain_augment > 0:
+        waveform = gain_augment(waveform, config.gain_augment, generator, integer_db=True)
+    if config.wavmix:
+        mixed = wavmix(waveform, labels, None, generator=generator)
+        waveform = mixed.waveform
+        teacher_mixes.append((mixed.permutation, mixed.lam))
+    with autocast_context(device, precision):
+        spectrogram = frontend(waveform).unsqueeze(1)
+        if config.mixstyle_p > 0:  # the reference's DCASE recipe: MixStyle instead of mixup
+            spectrogram = mixstyle(spectrogram, config.mixstyle_p, config.mixstyle_alpha, generator)
+        elif config.mixup_alpha > 0:
+            permutation, lam = mixup(spectrogram.shape[0], config.mixup_alpha, generator)
+            spectrogram = mix(spectrogram, permutation, lam)
+            teacher_mixes.append((permutation, lam))
+        logits, _ = model(spectrogram)
+    known = batch["known"].to(device) if data.task == "partial_multilabel" else None
+    loss, parts = task_loss(data.task, logits, labels, known_mask=known, teacher_logits=teacher,
+                            has_teacher=has_teacher, kd_lambda=config.kd_lambda, temperature=data.temperature,
+                            mixup=teacher_mixes or None)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    return loss, parts
+
+
+@dataclass
+class EpochResult:
+    record: dict[str, Any]  # the epoch's history record (losses, LR, throughput, model schedule)
+    timing: dict[str, Any]  # data_wait_record
+    stop_signal: int = 0  # a signal stopped the epoch after this step (then `record` is incomplete)
+
+
+def train_epoch(model: nn.Module, frontend: nn.Module, state: TrainingState, data: TrainingData, config: TrainConfig,
+                epoch: int, device: torch.device, precision: str, run: RunCounters, stop: StopOnSignal,
+                dist_info: DistInfo) -> EpochResult:
+    """Train one epoch (the rest of it, when resumed mid-epoch); stops early after a step when a signal came."""
+    data.base_sampler.set_epoch(epoch)
+    data.sampler.skip = state.step_in_epoch * config.batch_size
+    family = family_of(state.model)
+    model_schedule = family.start_epoch(state.model, epoch) if family else {}  # DyMN: attention temperature
+    state.epoch_lr = (state.resumed_epoch_lr if state.resumed_epoch_lr is not None
+                      else state.optimizer.param_groups[0]["lr"])
+    state.resumed_epoch_lr = None
+    model.train()
+    frontend.train()
+    state.epoch_totals.update(state.resumed_totals or _fresh_totals())
+    state.resumed_totals = None
+    totals = state.epoch_totals
+    epoch_start, clips_done = time.time(), 0
+    bar = tqdm(total=data.steps_per_epoch - state.step_in_epoch, desc=f"epoch {epoch + 1}/{config.n_epochs}",
+               disable=not (config.progress and dist_info.rank == 0), dynamic_ncols=True)
+    stop_signal = 0
+    # Data wait: time blocked in next() (worker start-up included) out of the epoch's step time, so
+    # a run shows whether decoding keeps up with the model (near 0) or the model waits (near 1).
+    data_wait, loop_start = 0.0, time.perf_counter()
+    decode_failures, decode_attempts = 0, 0  # clip decodes of this epoch (this process)
+    batches = iter(data.loader)
+    while True:
+        wait_start = time.perf_counter()
+        batch = next(batches, None)
+        data_wait += time.perf_counter() - wait_start
+        if batch is None:
+            break
+        loss, parts = train_step(model, frontend, batch, state, data, config, device, precision)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss {loss.item()} at epoch {epoch}, step {state.step_in_epoch}")
+        state.step_in_epoch += 1
+        state.global_step += 1
+        batch_size, skipped = batch["waveform"].shape[0], int(batch["skipped"].sum())
+        run.skipped_clips += skipped
+        decode_failures += skipped
+        decode_attempts += skipped + batch_size
+        _check_undecodable(decode_failures, decode_attempts, final=False)
+        if data.use_teacher:
+            run.masked_teacher_clips += int((~batch["has_teacher"]).sum())
+        totals["loss"] += float(loss.detach())
+        totals["label_loss"] += float(parts["label_loss"])
+        totals["kd_loss"] += float(parts["kd_loss"])
+        totals["steps"] += 1
+        clips_done += batch_size
+        bar.update(1)
+        bar.set_postfix(loss=f"{totals['loss'] / totals['steps']:.4f}", lr=f"{state.scheduler.get_last_lr()[0]:.2e}",
+                        clips_s=f"{clips_done * dist_info.world_size / max(time.time() - epoch_start, 1e-6):.1f}",
+                        data_wait=f"{data_wait / max(time.perf_counter() - loop_start, 1e-9):.0%}")
+        if config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0 \
+                and state.step_in_epoch < data.steps_per_epoch:
+            state.save("last", config, data, dist_info, epoch, state.step_in_epoch)
+        stop_signal = _stop_signal(stop, dist_info)
         if stop_signal:
-            # A mid-epoch state (even after the epoch's last step: the resumed run then only
-            # evaluates), so --resume continues exactly where this run stopped.
-            if is_main:
-                logger.warning("%s received: stopping after step %d of epoch %d, writing %s",
-                               signal_name(stop_signal), step_in_epoch, epoch + 1, last_path)
-            save_training_state("last", epoch, step_in_epoch)
-            barrier()
-            raise TrainingInterrupted(stop_signal, last_path, epoch, step_in_epoch)
+            break
+    step_time = time.perf_counter() - loop_start
+    del batches  # shuts the epoch's workers down now, not while evaluation runs its own
+    if not stop_signal:
+        _check_undecodable(decode_failures, decode_attempts, final=True)
+    bar.close()
+    timing = data_wait_record(epoch + 1, data_wait, step_time)
+    run.timing.append(timing)
+    steps_done = max(totals["steps"], 1)
+    record: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "train_loss": totals["loss"] / steps_done,
+        "label_loss": totals["label_loss"] / steps_done,
+        "distillation_loss": totals["kd_loss"] / steps_done,
+        "learning_rate": state.epoch_lr,
+        "train_clips_per_s": clips_done * dist_info.world_size / max(time.time() - epoch_start, 1e-6),
+        **model_schedule,
+    }
+    return EpochResult(record, timing, stop_signal)
 
-        steps_done = max(epoch_totals["steps"], 1)
-        epoch_record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": epoch_totals["loss"] / steps_done,
-            "label_loss": epoch_totals["label_loss"] / steps_done,
-            "distillation_loss": epoch_totals["kd_loss"] / steps_done,
-            "learning_rate": epoch_lr,
-            "train_clips_per_s": clips_done * dist_info.world_size / max(time.time() - epoch_start, 1e-6),
-        }
-        if attention_temperature is not None:
-            epoch_record["dymn_temperature"] = attention_temperature
-        # Timing is kept out of `history` (whose records a resumed run reproduces exactly, apart from
-        # train_clips_per_s): it goes to the summary's `epoch_timing`, the tracker and the epoch line.
-        timing_history.append(epoch_timing)
-        step_in_epoch = 0
-        evaluate_now = (epoch + 1) % config.eval_every_epochs == 0 or epoch + 1 == config.n_epochs
-        improved = False
-        if evaluate_now:
-            metrics = evaluate(model, frontend, eval_set, device, dist_info,
-                               config.eval_batch_size or config.batch_size, num_workers, precision,
-                               show_progress, task=task, seen_groups=train_devices)
-            epoch_record.update(_epoch_metrics(task, metrics))
-            final_metrics = {**epoch_record, **{k: metrics[k] for k in DETAIL_METRICS if k in metrics}}
-            improved = metrics["score"] > best_map
-            best_map = max(best_map, metrics["score"])
-        history.append(epoch_record)
-        if is_main:
-            evaluated = ("  " + "  ".join(f"{name} {epoch_record[name]:.4f}" for name in EPOCH_METRICS[task])
-                         if evaluate_now else "")
-            print(f"epoch {epoch + 1}/{config.n_epochs}: train_loss {epoch_record['train_loss']:.4f}{evaluated}"
-                  f"  data_wait {epoch_timing['data_wait_fraction']:.0%}", flush=True)
-            if tracker is not None:
-                tracker.log_metrics({**epoch_record, "data_wait_fraction": epoch_timing["data_wait_fraction"]},
-                                    step=epoch + 1)
-        save_training_state("last", epoch + 1, 0, final_metrics)
-        if improved:
-            save_training_state("best", epoch + 1, 0, final_metrics)
-        stop_signal = _stop_signal(stop, dist_info)  # e.g. received during the evaluation
-        if stop_signal and epoch + 1 < config.n_epochs:
-            if is_main:
-                logger.warning("%s received: stopping after epoch %d (%s is current)", signal_name(stop_signal),
-                               epoch + 1, last_path)
-            barrier()
-            raise TrainingInterrupted(stop_signal, last_path, epoch + 1, 0)
 
-    skipped_total = int(reduce_sum(skipped_clips))
-    masked_total = int(reduce_sum(masked_teacher_clips))
-    best_score = best_map if best_map > -math.inf else None
+def _interrupt(state: TrainingState, config: TrainConfig, data: TrainingData, dist_info: DistInfo, signum: int,
+               epoch: int, step: int, mid_epoch: bool) -> None:
+    """Stop the run for a signal: `last.pt` is current (a mid-epoch state is written now, so --resume
+    continues exactly where this run stopped), then TrainingInterrupted."""
+    last_path = _training_state_path(Path(config.out_dir), "last")
+    if dist_info.rank == 0:
+        if mid_epoch:
+            logger.warning("%s received: stopping after step %d of epoch %d, writing %s", signal_name(signum),
+                           step, epoch + 1, last_path)
+        else:
+            logger.warning("%s received: stopping after epoch %d (%s is current)", signal_name(signum), epoch,
+                           last_path)
+    if mid_epoch:
+        # even after the epoch's last step: the resumed run then only evaluates
+        state.save("last", config, data, dist_info, epoch, step)
+    barrier()
+    raise TrainingInterrupted(signum, last_path, epoch, step)
+
+
+def epoch_line(record: dict[str, Any], timing: dict[str, Any], task: str, n_epochs: int, evaluated: bool) -> str:
+    """The one-line report of an epoch (the training commands print it)."""
+    metrics = ("  " + "  ".join(f"{name} {record[name]:.4f}" for name in EPOCH_METRICS[task])) if evaluated else ""
+    return (f"epoch {record['epoch']}/{n_epochs}: train_loss {record['train_loss']:.4f}{metrics}"
+            f"  data_wait {timing['data_wait_fraction']:.0%}")
+
+
+def training_summary(config: TrainConfig, data: TrainingData, state: TrainingState, run: RunCounters,
+                     dist_info: DistInfo) -> dict[str, Any]:
+    """What `train` returns: the selection metric's best, the final metrics, history, timing and counts."""
+    task, final_metrics, out_dir = data.task, state.final_metrics, Path(config.out_dir)
+    skipped_total = int(reduce_sum(run.skipped_clips))
+    masked_total = int(reduce_sum(run.masked_teacher_clips))
+    best_score = state.best_score if state.best_score > -math.inf else None
     summary = {
         "task": task,
         "selection_metric": SELECTION_METRIC[task],
@@ -837,18 +935,19 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
         "final": {k: v for k, v in final_metrics.items() if k not in DETAIL_METRICS},
         "per_class_ap": final_metrics.get("per_class_ap"),
         **{k: final_metrics[k] for k in DETAIL_METRICS if k in final_metrics and k != "per_class_ap"},
-        "class_names": list(label_map.names) if label_map else None,
-        "history": history,
-        "epoch_timing": timing_history,
+        "class_names": list(data.label_map.names) if data.label_map else None,
+        "history": state.history,
+        "epoch_timing": run.timing,
         "skipped_clips": skipped_total,
         "clips_without_teacher": masked_total,
-        "teacher_coverage": teacher_coverage,
-        "kd_temperature": temperature if use_teacher else None,
-        "checkpoints": {"last": str(last_path), "best": str(_training_state_path(out_dir, "best"))},
-        "num_classes": num_classes,
-        "model": {"arch": arch, "config": _plain(model_kwargs)},
+        "teacher_coverage": data.teacher_coverage,
+        "kd_temperature": data.temperature if data.use_teacher else None,
+        "checkpoints": {"last": str(_training_state_path(out_dir, "last")),
+                        "best": str(_training_state_path(out_dir, "best"))},
+        "num_classes": data.num_classes,
+        "model": {"arch": state.arch, "config": _plain(state.model_config)},
     }
-    if is_main and skipped_total:
+    if dist_info.rank == 0 and skipped_total:
         logger.warning("%d undecodable clips were skipped and replaced during training", skipped_total)
     barrier()
     return summary

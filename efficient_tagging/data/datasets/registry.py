@@ -127,12 +127,12 @@ class DatasetSource:
             split = "evaluate" if role == "val" else "train"
             return DCASE20(self.dataset_dir, split, clip_length=clip_length, seed=self.seed, **common)
         if self.kind == "fsd50k":
-            from ..fsd50k import fsd50k_dataset  # h5py-backed: imported when used
+            from .fsd50k import fsd50k_dataset  # with its converter: imported when used
             split = {"train": "train", "all": "train", "val": "val", "test": "eval"}[role]
             return fsd50k_dataset(self.dataset_dir, split, clip_length=clip_length, variable_length=variable,
                                   seed=self.seed, **common)
         if self.kind == "openmic":
-            from ..openmic import openmic_dataset
+            from .openmic import openmic_dataset
             split = "test" if role == "val" else "train"
             return openmic_dataset(self.dataset_dir, split, clip_length=clip_length, variable_length=variable,
                                    seed=self.seed, **common)

@@ -151,7 +151,7 @@ def frontend_spectrogram_shape(n_mels: int = 128, hop_size: int = 320, sample_ra
 
     This is what EfficientAT's complexity.py does; both functions agree (a test checks it).
     """
-    from .frontends.mel import AugmentMelSTFT  # local import: the frontend is optional here
+    from ..frontends.mel import AugmentMelSTFT  # local import: the frontend is optional here
 
     mel = AugmentMelSTFT(n_mels=n_mels, sr=sample_rate, win_length=win_length, hopsize=hop_size, n_fft=n_fft)
     mel.eval()
