@@ -435,9 +435,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from efficient_tagging.train.finetune import OWN_RECIPE
     from efficient_tagging.train.losses import kd_temperature
-    kd_lambda = pairs[0][2]["payload"].get("kd_lambda", OWN_RECIPE.get("kd_lambda"))  # not passed: the recipe's
+    kd_lambda = pairs[0][2]["payload"].get("kd_lambda", OWN_RECIPE.kd_lambda)  # not passed: the recipe's
     # not passed either: the task's default (the generated set is single-label)
-    temperature = kd_temperature(pairs[0][2]["payload"].get("task") or "multiclass", OWN_RECIPE.get("temperature"))
+    temperature = kd_temperature(pairs[0][2]["payload"].get("task") or "multiclass", OWN_RECIPE.temperature)
     epochs = pairs[0][1]["epoch"]
     rows: list[dict[str, Any]] = [{**teacher, "name": f"mn width {args.teacher_width:g}, from scratch (teacher)"},
                                   {"name": "labelling the training CSV with the teacher's last.pt",

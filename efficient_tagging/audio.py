@@ -162,6 +162,97 @@ def _pcm_channels(frame: Any, count: int) -> Optional[list[np.ndarray]]:
     return [pcm_to_float32(channel) for channel in raw]
 
 
+def _decoder_input(source: AudioSource) -> Union[str, io.BytesIO]:
+    """What `av.open` reads: a file path (checked to exist) or the encoded bytes in memory."""
+    if isinstance(source, (str, Path)):
+        if not Path(source).is_file():
+            raise AudioDecodeError(f"audio file not found: {source}")
+        return str(source)
+    return io.BytesIO(bytes(np.asarray(source, dtype=np.uint8)) if isinstance(source, np.ndarray)
+                      else bytes(source))
+
+
+def _first_audio_stream(container: "av.container.InputContainer", label: str) -> "av.audio.stream.AudioStream":
+    if not container.streams.audio:
+        raise AudioDecodeError(f"{label}: contains no audio stream")
+    return container.streams.audio[0]
+
+
+def _planar_frames(container: "av.container.InputContainer", stream: "av.audio.stream.AudioStream",
+                   sample_rate: int) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """`(samples, channels)` of every decoded frame, each channel float32 at the native rate and layout.
+
+    The channel average happens in the caller (FFmpeg's own downmix would apply mix levels). Frames
+    in planar float32 (mp3, aac, vorbis, opus) are read as they are, and integer / packed-float PCM
+    (wav, flac, ...) is converted here with FFmpeg's own formula (_pcm_channels); anything else (or a
+    mid-stream change of format, layout or rate) goes through FFmpeg's converter, which then takes
+    every later frame, in order (its buffered samples would otherwise come out of order).
+    """
+    layout = stream.layout.name
+    converter = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
+    converting = False
+    for frame in container.decode(stream):
+        if not converting and frame.layout.name == layout and frame.sample_rate == sample_rate:
+            count = frame.samples
+            if frame.format.name == "fltp":
+                yield count, _float_planes(frame)
+                continue
+            direct = _pcm_channels(frame, count)
+            if direct is not None:
+                yield count, direct
+                continue
+        converting = True
+        for converted in converter.resample(frame):
+            yield converted.samples, _float_planes(converted)
+    if converting:
+        for converted in converter.resample(None):
+            yield converted.samples, _float_planes(converted)
+
+
+class _PendingChannels:
+    """Decoded samples gathered until a block is full, per channel.
+
+    Holds float32 arrays (views of fltp frames' plane buffers, each keeping its frame alive); the
+    channel average runs once per block, elementwise the same as per frame, so it costs one numpy
+    call per block instead of one per frame.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.channels: list[list[np.ndarray]] = []
+        self.samples = 0
+
+    def add(self, count: int, planes: list[np.ndarray]) -> None:
+        if len(self.channels) != len(planes):
+            if self.channels:  # the converter keeps the stream's layout: cannot happen short of a bug
+                raise AudioDecodeError(f"{self.label}: channel count changed from {len(self.channels)} to "
+                                       f"{len(planes)} mid-stream")
+            self.channels = [[] for _ in planes]
+        for views, plane in zip(self.channels, planes):
+            views.append(plane)
+        self.samples += count
+
+    def take_block(self, offset: int, sample_rate: int) -> np.ndarray:
+        """The gathered samples as one mono block (checked finite; `offset` names its first sample in
+        the error), emptying the buffer but keeping the channel count for the next check."""
+        joined = [np.concatenate(views) for views in self.channels]
+        block = joined[0] if len(joined) == 1 else np.vstack(joined).mean(axis=0).astype(np.float32, copy=False)
+        if not np.all(np.isfinite(block)):
+            raise _non_finite_error(self.label, block, offset, sample_rate)
+        self.channels, self.samples = [[] for _ in self.channels], 0
+        return block
+
+
+def _stated_seconds(source: AudioSource, container: "av.container.InputContainer",
+                    stream: "av.audio.stream.AudioStream") -> Optional[float]:
+    """The duration the file states, to compare the decoded one against."""
+    stated = stated_duration(container, stream)
+    header = wav_header_duration(_header_bytes(source)) if container.format.name == "wav" else None
+    if header is not None:
+        stated = header  # the WAV header's own statement (FFmpeg's comes from the file size)
+    return stated
+
+
 def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
                       block_samples: int = DECODE_BLOCK_SAMPLES) -> Iterator[tuple[np.ndarray, int]]:
     """Decode a file path or encoded bytes block by block, never holding the whole file.
@@ -174,85 +265,26 @@ def iter_decode_audio(source: AudioSource, name: Optional[str] = None,
     max(0.5 s, 1 %) -- e.g. a truncated mp3 whose header still states the full length.
     """
     label = _describe(source, name)
-    if isinstance(source, (str, Path)):
-        if not Path(source).is_file():
-            raise AudioDecodeError(f"audio file not found: {source}")
-        handle: Union[str, io.BytesIO] = str(source)
-    else:
-        handle = io.BytesIO(bytes(np.asarray(source, dtype=np.uint8)) if isinstance(source, np.ndarray)
-                            else bytes(source))
+    handle = _decoder_input(source)
     decoded = 0
     try:
         with av.open(handle, mode="r") as container:
-            if not container.streams.audio:
-                raise AudioDecodeError(f"{label}: contains no audio stream")
-            stream = container.streams.audio[0]
+            stream = _first_audio_stream(container, label)
             sample_rate = int(stream.codec_context.sample_rate or stream.rate)
-            # Every frame as planar float32 at the native rate and layout; the channel average
-            # happens here (FFmpeg's own downmix would apply mix levels). Frames in planar float32
-            # (mp3, aac, vorbis, opus) are read as they are, and integer / packed-float PCM (wav,
-            # flac, ...) is converted here with FFmpeg's own formula (_pcm_channels); anything
-            # else (or a mid-stream change of format, layout or rate) goes through FFmpeg's
-            # converter, which then takes every later frame, in order.
-            layout = stream.layout.name
-            converter = av.AudioResampler(format="fltp", layout=layout, rate=sample_rate)
-            converting = False
-            # per channel, float32 arrays (views of fltp frames' plane buffers, each keeping its
-            # frame alive) until a block is full; the channel average runs once per block,
-            # elementwise the same as per frame
-            channels: list[list[np.ndarray]] = []
-            pending_samples = 0
-
-            def planar_frames() -> Iterator[tuple[int, list[np.ndarray]]]:
-                nonlocal converting
-                for frame in container.decode(stream):
-                    if not converting and frame.layout.name == layout and frame.sample_rate == sample_rate:
-                        count = frame.samples
-                        if frame.format.name == "fltp":
-                            yield count, _float_planes(frame)
-                            continue
-                        direct = _pcm_channels(frame, count)
-                        if direct is not None:
-                            yield count, direct
-                            continue
-                    converting = True
-                    for converted in converter.resample(frame):
-                        yield converted.samples, _float_planes(converted)
-                if converting:
-                    for converted in converter.resample(None):
-                        yield converted.samples, _float_planes(converted)
-
-            def take_block() -> np.ndarray:
-                joined = [np.concatenate(views) for views in channels]
-                block = joined[0] if len(joined) == 1 else np.vstack(joined).mean(axis=0).astype(np.float32, copy=False)
-                if not np.all(np.isfinite(block)):
-                    raise _non_finite_error(label, block, decoded, sample_rate)
-                return block
-
-            for count, planes in planar_frames():
+            pending = _PendingChannels(label)
+            for count, planes in _planar_frames(container, stream, sample_rate):
                 if count == 0:
                     continue
-                if len(channels) != len(planes):
-                    if channels:  # the converter keeps the stream's layout: cannot happen short of a bug
-                        raise AudioDecodeError(f"{label}: channel count changed from {len(channels)} to "
-                                               f"{len(planes)} mid-stream")
-                    channels = [[] for _ in planes]
-                for views, plane in zip(channels, planes):
-                    views.append(plane)
-                pending_samples += count
-                if pending_samples >= block_samples:
-                    block = take_block()
+                pending.add(count, planes)
+                if pending.samples >= block_samples:
+                    block = pending.take_block(decoded, sample_rate)
                     decoded += block.size
-                    channels, pending_samples = [[] for _ in channels], 0
                     yield block, sample_rate
-            if pending_samples:
-                block = take_block()
+            if pending.samples:
+                block = pending.take_block(decoded, sample_rate)
                 decoded += block.size
                 yield block, sample_rate
-            stated = stated_duration(container, stream)
-            header = wav_header_duration(_header_bytes(source)) if container.format.name == "wav" else None
-            if header is not None:
-                stated = header  # the WAV header's own statement (FFmpeg's comes from the file size)
+            stated = _stated_seconds(source, container, stream)
     except AudioDecodeError:
         raise
     except (av.FFmpegError, ValueError, OSError, EOFError) as error:

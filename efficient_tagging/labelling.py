@@ -183,11 +183,8 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
     run that fails or stops before labelling a single clip leaves no output file behind. The
     output is locked for the run's lifetime (a second run on it fails with `OutputLockedError`).
 
-    `precision`: "auto" (default) runs bf16 weights under bf16 autocast where the device multiplies
-    bf16 natively (`hardware.native_bf16`: CUDA bf16, AVX512-BF16/AMX CPUs) and float32 elsewhere;
-    "32" turns reduced precision off. bf16 changes the logits by up to ~0.02 (PaSST-S, AST; measured
-    in benchmarks/RESULTS.md); the precision used is stored in the output's attributes, and a
-    resumed run must use the same.
+    `precision`: "auto" (default) or "32", see `_labelling_precision`; stored in the output's
+    attributes (a resumed run must use the same).
 
     Returns a summary: clips labelled now / before, missing (undecodable) clips with names,
     clips/s and, when the data has labels (and `metrics`), the teacher's mAP on the labelled clips.
@@ -199,60 +196,24 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
         raise ValueError(f"flush_every_batches must be >= 1, got {flush_every_batches}")
     output_path = Path(output_path)
     device = torch.device(device)
-    requested, precision = precision, resolve_precision(precision, device)
-    if requested == "auto":
-        logger.info("precision auto: %s (%s)", precision, "native bf16 on this device" if precision == "bf16"
-                    else "no native bf16 on this device")
+    precision = _labelling_precision(precision, device)
     sources = list(sources) or [str(getattr(dataset, "source", type(dataset).__name__))]
     sample_rate = _check_teacher_fits(teacher, dataset, teacher_names, sources)
     teacher = cast_model_weights(teacher.to(device).eval(), precision)
     info = {
         "teachers": list(teacher_names) or list(getattr(teacher, "names", [type(teacher).__name__])),
-        "ensemble_rule": "mean of logits",
-        "sample_rate": sample_rate,
-        "clip_length": float(dataset.clip_length),
-        "source_files": sources,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "precision": precision,
-        **(attrs or {}),
+        "ensemble_rule": "mean of logits", "sample_rate": sample_rate, "clip_length": float(dataset.clip_length),
+        "source_files": sources, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "precision": precision, **(attrs or {}), **({"shard": [rank, world_size]} if world_size > 1 else {}),
     }
-    if world_size > 1:
-        info["shard"] = [rank, world_size]
-    created = not output_path.exists()
     mine = [i for i, name in enumerate(dataset.audio_names) if i % world_size == rank]
     run = _LabellingRun(teacher, device, _autocast(device, precision), flush_every_batches)
-    writer: Optional[TeacherLogitsWriter] = None
     stop = StopOnSignal()
     start = time.time()
-    try:
-        # Handlers go in before the output is opened: from the moment the file is locked, a signal
-        # means a clean stop.
-        with stop:
-            writer = TeacherLogitsWriter(output_path, num_classes=dataset.num_classes, attrs=info, dtype=dtype,
-                                         resume=True)
-            run.done = writer.existing_names()
-            run.missing_before = len(writer.missing_names())
-            todo = [i for i in mine if dataset.audio_names[i] not in run.done]
-            loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
-                                collate_fn=_collate)
-            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="teacher labelling", unit="clip",
-                       disable=not progress, dynamic_ncols=True, smoothing=0.1)
-            try:
-                run.label(loader, writer, stop, bar)
-            finally:
-                bar.close()
-                writer.close()  # commits every finished batch
-    except SignalReceived:
-        pass  # a second signal while closing: the file keeps what was committed
-    finally:
-        if not run.completed and created:
-            _remove_if_empty(output_path, writer)
-    elapsed = max(time.time() - start, 1e-6)
-    summary: dict[str, Any] = {"output": str(output_path), "shard": [rank, world_size], "clips": len(mine),
-                               "labelled_now": run.labelled, "labelled_before": len(run.done) - run.missing_before,
-                               "missing_undecodable": len(writer.missing_names()) if writer is not None else 0,
-                               "missing_names": writer.missing_names() if writer is not None else [],
-                               "clips_per_s": run.labelled / elapsed, "seconds": elapsed, "precision": precision}
+    writer = run.label_into(output_path, dataset, mine, stop, info=info, dtype=dtype, batch_size=batch_size,
+                            num_workers=num_workers, progress=progress)
+    summary = run.summary(output_path, writer, (rank, world_size), len(mine), max(time.time() - start, 1e-6),
+                          precision)
     if not run.completed:
         raise LabellingInterrupted(stop.signum if stop.signum is not None else signal.SIGINT, summary)
     if run.missing:
@@ -261,6 +222,18 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
     if metrics:
         summary.update(teacher_metrics(dataset, output_path))
     return summary
+
+
+def _labelling_precision(requested: str, device: torch.device) -> str:
+    """"auto" runs bf16 weights under bf16 autocast where the device multiplies bf16 natively
+    (`hardware.native_bf16`: CUDA bf16, AVX512-BF16/AMX CPUs) and float32 elsewhere; "32" turns
+    reduced precision off. bf16 changes the logits by up to ~0.02 (PaSST-S, AST; measured in
+    benchmarks/RESULTS.md)."""
+    precision = resolve_precision(requested, device)
+    if requested == "auto":
+        logger.info("precision auto: %s (%s)", precision, "native bf16 on this device" if precision == "bf16"
+                    else "no native bf16 on this device")
+    return precision
 
 
 def _check_teacher_fits(teacher: nn.Module, dataset: Any, teacher_names: Sequence[str], sources: Sequence[str]) -> int:
@@ -294,6 +267,38 @@ class _LabellingRun:
         self.missing_before = 0
         self.completed = False
 
+    def label_into(self, output_path: Path, dataset: Any, mine: list[int], stop: StopOnSignal, *,
+                   info: dict[str, Any], dtype: str, batch_size: int, num_workers: int,
+                   progress: bool) -> Optional[TeacherLogitsWriter]:
+        """Open (or resume) the output and label the clips `mine` it lacks; returns the closed writer
+        (None when it could not be opened). An output this run created is removed if it holds nothing."""
+        created = not output_path.exists()
+        writer: Optional[TeacherLogitsWriter] = None
+        try:
+            # Handlers go in before the output is opened: from the moment the file is locked, a signal
+            # means a clean stop.
+            with stop:
+                writer = TeacherLogitsWriter(output_path, num_classes=dataset.num_classes, attrs=info, dtype=dtype,
+                                             resume=True)
+                self.done = writer.existing_names()
+                self.missing_before = len(writer.missing_names())
+                todo = [i for i in mine if dataset.audio_names[i] not in self.done]
+                loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, num_workers=num_workers,
+                                    collate_fn=_collate)
+                bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="teacher labelling", unit="clip",
+                           disable=not progress, dynamic_ncols=True, smoothing=0.1)
+                try:  # the bar and the output close however the loop ends
+                    self.label(loader, writer, stop, bar)
+                finally:
+                    bar.close()
+                    writer.close()  # commits every finished batch
+        except SignalReceived:
+            pass  # a second signal while closing: the file keeps what was committed
+        finally:
+            if not self.completed and created:
+                _remove_if_empty(output_path, writer)
+        return writer
+
     def label(self, loader: DataLoader, writer: TeacherLogitsWriter, stop: StopOnSignal, bar: Any) -> None:
         """Label the loader's batches into `writer` until done or a signal stops the run."""
         batches = None
@@ -323,6 +328,15 @@ class _LabellingRun:
                                signal_name(received.signum), dropped)
         finally:
             del batches  # shuts DataLoader workers down now
+
+    def summary(self, output_path: Path, writer: Optional[TeacherLogitsWriter], shard: tuple[int, int], clips: int,
+                elapsed: float, precision: str) -> dict[str, Any]:
+        """What `label_dataset` returns (and `LabellingInterrupted` carries)."""
+        missing_names = writer.missing_names() if writer is not None else []
+        return {"output": str(output_path), "shard": list(shard), "clips": clips, "labelled_now": self.labelled,
+                "labelled_before": len(self.done) - self.missing_before, "missing_undecodable": len(missing_names),
+                "missing_names": missing_names, "clips_per_s": self.labelled / elapsed, "seconds": elapsed,
+                "precision": precision}
 
     def _label_batch(self, batch: dict[str, Any], writer: TeacherLogitsWriter) -> None:
         ok = batch["decoded"]

@@ -197,7 +197,7 @@ def test_default_temperature_is_four_for_single_label_and_one_for_multi_label():
     with pytest.raises(ValueError, match="temperature must be positive"):
         kd_temperature("multiclass", 0.0)
     # the AudioSet recipe keeps the reference's 1; fine-tuning and plain configs take the task's default
-    assert TrainConfig().temperature is None and all(r["temperature"] is None for r in RECIPES.values())
+    assert TrainConfig().temperature is None and all(r.temperature is None for r in RECIPES.values())
     from efficient_tagging.train.audioset import AUDIOSET_RECIPE, DEMO_RECIPE
     assert AUDIOSET_RECIPE.temperature == 1.0 and DEMO_RECIPE.temperature == 1.0
 

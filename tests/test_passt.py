@@ -318,3 +318,33 @@ def test_complexity_counts_attention():
     small = _small()
     assert count_macs(small, (1, 1, 128, 500)) == _analytic_macs(48, 2, 7, 12, 49)
     assert math.isclose(count_params(model), 86153758)
+
+
+def test_transformer_layers_equal_timms():
+    """The package's own token MLP and stochastic depth (written to keep timm out of a command's start)
+    compute what timm's do: same keys, same outputs, the same random draws in training."""
+    timm_layers = pytest.importorskip("timm.layers")
+    from efficient_tagging.models.layers import DropPath, TokenMlp
+
+    torch.manual_seed(0)
+    ours = TokenMlp(16, 64, act_layer=torch.nn.GELU, drop=0.1)
+    theirs = timm_layers.Mlp(in_features=16, hidden_features=64, act_layer=torch.nn.GELU, drop=0.1)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 5, 16)
+    for train in (False, True):
+        ours.train(train)
+        theirs.train(train)
+        torch.manual_seed(1)
+        expected = theirs(x)
+        torch.manual_seed(1)
+        assert torch.equal(ours(x), expected)
+    for train in (False, True):
+        for rate in (0.0, 0.3):
+            torch.manual_seed(2)
+            expected = timm_layers.DropPath(rate).train(train)(x)
+            torch.manual_seed(2)
+            got = DropPath(rate).train(train)(x)
+            assert torch.equal(got, expected)
+            if train and rate:
+                assert not torch.equal(got, x)  # the draw really dropped or rescaled samples

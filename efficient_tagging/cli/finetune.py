@@ -86,8 +86,8 @@ def _description(recipe: str) -> str:
     else:
         values = RECIPES[recipe]
         head = (f"Fine-tune on {TITLES[recipe]}. Every default is EfficientAT's {REFERENCE_SCRIPTS[recipe]} "
-                f"(peak lr {values['max_lr']:g}, batch {values['batch_size']}, {values['n_epochs']} epochs, "
-                f"{values['clip_length']:g} s clips), so the defaults reproduce the published recipe.")
+                f"(peak lr {values.max_lr:g}, batch {values.batch_size}, {values.n_epochs} epochs, "
+                f"{values.clip_length:g} s clips), so the defaults reproduce the published recipe.")
     return (f"{head}\n\nWrites best.pt and last.pt (self-describing: label map and frontend included, so "
             f"inference.py tags with them) to --out_dir, and the final metrics to --results_json.\n\n"
             f"examples:\n  {EXAMPLES[recipe]}")

@@ -39,6 +39,41 @@ def _show(value: Any) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
+class _DefaultShowingFlag:
+    """Adds a flag to an argument group, stating in its help the default that really applies.
+
+    A flag whose dest has a preset value (a TrainConfig field or a key of the command's preset)
+    defaults to None on the command line, so that `config_from_args` can fill what the user left
+    unset from the preset; its help gets that value (and the demo's, where it differs) appended.
+    Other flags are added as given.
+    """
+
+    def __init__(self, base: Mapping[str, Any], demo: Optional[Mapping[str, Any]]) -> None:
+        self.base = base  # the command's preset over TrainConfig's defaults
+        self.demo = demo  # the embedded demo's preset over `base`; None where the command has no demo
+
+    def _shown(self, dest: str) -> str:
+        """What the help says of `dest`'s default, e.g. "default: 64; demo: 8"."""
+        default = self.base[dest]
+        shown = f"default: {_show(default)}"
+        if dest == "num_workers" and isinstance(default, int):
+            # training starts at most one worker per core, so the help names the number really started
+            capped = cap_num_workers(default, log=False)
+            if capped < default:
+                shown += f", at most one per core: {capped} here"
+        if self.demo is not None and self.demo.get(dest) != default:
+            shown += f"; demo: {_show(self.demo[dest])}"
+        return shown
+
+    def __call__(self, group: argparse._ArgumentGroup, *names: str, help: str, dest: Optional[str] = None,
+                 **kwargs: Any) -> None:
+        dest = dest or names[0].lstrip("-")
+        if dest in self.base:
+            help = f"{help} ({self._shown(dest)})"
+            kwargs.setdefault("default", None)
+        group.add_argument(*names, dest=dest, help=help, **kwargs)
+
+
 def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[Mapping[str, Any]] = None,
                            demo_defaults: Optional[Mapping[str, Any]] = None, finetune: bool = False,
                            experiment_name: str = "audioset") -> None:
@@ -56,19 +91,19 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     """
     base = {**_config_defaults(), **(defaults or {})}
     demo = {**base, **(demo_defaults or {})} if demo_defaults is not None else None
+    flag = _DefaultShowingFlag(base, demo)
+    # one group per call, in this order: it is the order `--help` lists them in
+    _add_data_flags(parser, flag, finetune)
+    _add_model_flags(parser, flag, finetune)
+    _add_frontend_flags(parser, flag)
+    _add_augmentation_flags(parser, flag, finetune)
+    _add_optimisation_flags(parser, flag, finetune)
+    _add_distillation_flags(parser, flag)
+    _add_runtime_flags(parser, flag, experiment_name)
 
-    def flag(group: Any, *names: str, help: str, dest: Optional[str] = None, **kwargs: Any) -> None:
-        dest = dest or names[0].lstrip("-")
-        if dest in base:
-            shown = f"default: {_show(base[dest])}"
-            if dest == "num_workers" and isinstance(base[dest], int) and cap_num_workers(base[dest], log=False) < base[dest]:
-                shown += f", at most one per core: {cap_num_workers(base[dest], log=False)} here"
-            if demo is not None and demo.get(dest) != base[dest]:
-                shown += f"; demo: {_show(demo[dest])}"
-            help = f"{help} ({shown})"
-            kwargs.setdefault("default", None)
-        group.add_argument(*names, dest=dest, help=help, **kwargs)
 
+def _add_data_flags(parser: argparse.ArgumentParser, flag: _DefaultShowingFlag, finetune: bool) -> None:
+    """Where the clips come from and how they are batched (fine-tuning commands add their dataset's own flags)."""
     data = parser.add_argument_group("data")
     if not finetune:
         flag(data, "--train_hdf5", nargs="+", metavar="FILE",
@@ -94,6 +129,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
          help="draw each epoch with replacement (opt-in; the reference draws without, so an epoch holds at most "
               "as many clips as the data)")
 
+
+def _add_model_flags(parser: argparse.ArgumentParser, flag: _DefaultShowingFlag, finetune: bool) -> None:
+    """The architecture, or the pretrained model or checkpoint to start from."""
     model = parser.add_argument_group("model")
     flag(model, "--arch", choices=["mn", "dymn", "passt", "ast"],
          help="model family: mn/dymn students, passt/ast transformer teachers")
@@ -123,6 +161,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(model, "--strides", type=int, nargs=4, help="strides of the 4 down-sampling blocks")
     flag(model, "--bn_momentum", type=float, help="BatchNorm momentum while training; none = the architecture's 0.01")
 
+
+def _add_frontend_flags(parser: argparse.ArgumentParser, flag: _DefaultShowingFlag) -> None:
+    """The mel spectrogram the model sees, with its SpecAugment masks and band-edge augmentation."""
     frontend = parser.add_argument_group("mel frontend")
     flag(frontend, "--n_mels", type=int, help="mel bins")
     flag(frontend, "--window_size", type=int, help="STFT window in samples")
@@ -135,6 +176,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(frontend, "--fmin_aug_range", type=int, help="training: fmin moves up by a random [0, N) Hz per batch")
     flag(frontend, "--fmax_aug_range", type=int, help="training: fmax moves by a random +-N/2 Hz per batch")
 
+
+def _add_augmentation_flags(parser: argparse.ArgumentParser, flag: _DefaultShowingFlag, finetune: bool) -> None:
+    """Waveform and spectrogram augmentation (the fine-tuning scripts' roll / wavmix are on unless refused)."""
     augment = parser.add_argument_group("augmentation")
     flag(augment, "--mixup_alpha", type=float, help="mixup of spectrograms with Beta(alpha, alpha) weights, 0 = off")
     if finetune:
@@ -150,6 +194,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
               "> 0 replaces mixup")
     flag(augment, "--mixstyle_alpha", type=float, help="MixStyle: Beta(alpha, alpha) mixing weights")
 
+
+def _add_optimisation_flags(parser: argparse.ArgumentParser, flag: _DefaultShowingFlag, finetune: bool) -> None:
+    """Epochs, the learning-rate schedule and the optimizer (the fine-tuning scripts name the peak `--lr`)."""
     optim = parser.add_argument_group("optimisation")
     flag(optim, "--n_epochs", type=int, help="epochs")
     if finetune:
@@ -165,6 +212,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
     flag(optim, "--adamw", action="store_true", help="AdamW instead of Adam")
     flag(optim, "--weight_decay", type=float, help="weight decay of Adam/AdamW")
 
+
+def _add_distillation_flags(parser: argparse.ArgumentParser, flag: _DefaultShowingFlag) -> None:
+    """How the teacher's logits weigh in."""
     kd = parser.add_argument_group("knowledge distillation")
     flag(kd, "--kd_lambda", type=float,
          help="weight of the label loss; 1 - kd_lambda weighs the distillation loss; 0 = no distillation")
@@ -173,6 +223,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, defaults: Optional[M
               "with the student's, before the softmax of Hinton's loss (single-label); none = 1 for multi-label, "
               "4 for single-label tasks")
 
+
+def _add_runtime_flags(parser: argparse.ArgumentParser, flag: _DefaultShowingFlag, experiment_name: str) -> None:
+    """Device, precision, seed, checkpoints, evaluation cadence and the run record."""
     runtime = parser.add_argument_group("runtime")
     flag(runtime, "--cuda", action="store_true", help="train on the GPU (cuda:LOCAL_RANK under torchrun)")
     flag(runtime, "--precision", choices=["32", "16", "bf16"],

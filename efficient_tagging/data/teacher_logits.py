@@ -583,6 +583,115 @@ def find_shards(output: PathLike) -> list[Path]:
     return [path for _, _, path in sorted(found)]
 
 
+class _ShardIndex:
+    """What the shards of a merge hold, read shard by shard before anything is written: one teacher
+    setup (attributes, number of classes, dtype) and where every clip name is -- a labelled row or a
+    missing record -- so a clip found twice is refused before the output is touched."""
+
+    def __init__(self, shard_paths: Sequence[Path]) -> None:
+        self.shard_paths = shard_paths
+        self.setup: Optional[dict[str, Any]] = None
+        self.num_classes: Optional[int] = None
+        self.dtype: Any = None
+        self.first: Optional[Path] = None  # the shard the setup was taken from (named in errors)
+        self.where: dict[str, tuple[int, int]] = {}    # name -> (shard, row)
+        self.missing: dict[str, int] = {}               # name -> shard
+
+    def add(self, shard_index: int, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"shard not found: {path}")
+        with open_hdf5(path) as handle:
+            if "audio_name" not in handle or "logits" not in handle:
+                raise ValueError(f"{path}: not a teacher-logits file")
+            self._check_setup(path, handle)
+            self._add_rows(shard_index, path, handle)
+            self._add_missing(shard_index, path, handle)
+
+    def _check_setup(self, path: Path, handle: h5py.File) -> None:
+        """Take the first shard's setup; every later shard must match it."""
+        attrs = {k: _decode_attr(v) for k, v in handle.attrs.items()
+                 if k not in _VOLATILE_ATTRS and k not in _SHARD_ATTRS and k not in ("num_rows",)}
+        if self.setup is None:
+            self.setup, self.num_classes, self.dtype = attrs, handle["logits"].shape[1], handle["logits"].dtype
+            self.first = path
+            return
+        if handle["logits"].shape[1] != self.num_classes or handle["logits"].dtype != self.dtype:
+            raise ValueError(f"{path}: logits {handle['logits'].shape[1]} x {handle['logits'].dtype} do "
+                             f"not match {self.first}: {self.num_classes} x {self.dtype}")
+        differing = sorted(k for k in set(self.setup) | set(attrs) if self.setup.get(k) != attrs.get(k))
+        if differing:
+            raise ValueError(f"{path}: attributes {differing} differ from {self.first}: shards of different "
+                             f"teacher setups cannot be merged")
+
+    def _add_rows(self, shard_index: int, path: Path, handle: h5py.File) -> None:
+        names = handle["audio_name"][: _committed_rows(handle)]
+        for row, raw in enumerate(names):
+            name = _decode_name(raw)
+            if name in self.where or name in self.missing:
+                other = self.shard_paths[self.where[name][0] if name in self.where else self.missing[name]]
+                raise ValueError(f"clip {name!r} appears in both {other} and {path}: duplicated rows")
+            self.where[name] = (shard_index, row)
+
+    def _add_missing(self, shard_index: int, path: Path, handle: h5py.File) -> None:
+        for name in _committed_missing(handle):
+            if name in self.where or name in self.missing:
+                raise ValueError(f"clip {name!r} is recorded missing in {path} but also present elsewhere")
+            self.missing[name] = shard_index
+
+    def check_covers(self, expected_names: Sequence[str]) -> None:
+        """Every clip of the labelled dataset must be labelled or recorded missing in some shard."""
+        expected = list(dict.fromkeys(map(str, expected_names)))
+        uncovered = [n for n in expected if n not in self.where and n not in self.missing]
+        if uncovered:
+            raise ValueError(f"merge: {len(uncovered)} clip(s) of the dataset are in no shard "
+                             f"(first: {', '.join(uncovered[:5])}); finish the shards first")
+
+
+def _copy_shards(shard_paths: Sequence[Path], temporary: str, index: _ShardIndex, attrs: dict[str, Any],
+                 missing_order: list[str], chunk_rows: int) -> None:
+    """Write every shard's committed rows, then all missing names, into a new file at `temporary`."""
+    sources = [h5py.File(p, "r") for p in shard_paths]
+    try:
+        writer = TeacherLogitsWriter(temporary, num_classes=int(index.num_classes), attrs=attrs,
+                                     dtype=str(np.dtype(index.dtype)), resume=False)
+        try:
+            # shard by shard, in row order, in blocks: sequential reads, bounded memory
+            for source in sources:
+                rows = _committed_rows(source)
+                for start in range(0, rows, chunk_rows):
+                    stop = min(rows, start + chunk_rows)
+                    names = [_decode_name(n) for n in source["audio_name"][start:stop]]
+                    writer.write(names, source["logits"][start:stop])
+                    writer.flush()
+            writer.write_missing(missing_order)
+        finally:
+            writer.close()
+    finally:
+        for source in sources:
+            source.close()
+
+
+def _write_merged(shard_paths: Sequence[Path], output: Path, index: _ShardIndex, missing_order: list[str],
+                  chunk_rows: int) -> None:
+    """Write the merged file to a temporary name beside `output`, then rename it over `output`."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle_fd, temporary = temporary_file(output)
+    os.close(handle_fd)
+    os.unlink(temporary)
+    attrs = dict(index.setup or {})
+    attrs.pop("num_classes", None)
+    attrs["merged_from"] = [p.name for p in shard_paths]
+    # the output may be a live file of a running labelling job: never replace it under that job
+    output_lock = FileLock(lock_path_for(output), what=f"writing {output}").acquire()
+    try:
+        _copy_shards(shard_paths, temporary, index, attrs, missing_order, chunk_rows)
+        os.replace(temporary, output)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        output_lock.release()
+
+
 def merge_teacher_logits(shard_paths: Sequence[PathLike], output: PathLike, *,
                          expected_names: Optional[Sequence[str]] = None, chunk_rows: int = 65536) -> dict[str, Any]:
     """Merge teacher-logits shard files into `output`, by name, atomically (temp file + rename).
@@ -600,84 +709,14 @@ def merge_teacher_logits(shard_paths: Sequence[PathLike], output: PathLike, *,
     if not shard_paths:
         raise ValueError("merge_teacher_logits: no shard files given")
     output = Path(output)
-    setup: Optional[dict[str, Any]] = None
-    num_classes = dtype = None
-    where: dict[str, tuple[int, int]] = {}    # name -> (shard, row)
-    missing: dict[str, int] = {}               # name -> shard
+    index = _ShardIndex(shard_paths)
     for shard_index, path in enumerate(shard_paths):
-        if not path.is_file():
-            raise FileNotFoundError(f"shard not found: {path}")
-        with open_hdf5(path) as handle:
-            if "audio_name" not in handle or "logits" not in handle:
-                raise ValueError(f"{path}: not a teacher-logits file")
-            attrs = {k: _decode_attr(v) for k, v in handle.attrs.items()
-                     if k not in _VOLATILE_ATTRS and k not in _SHARD_ATTRS and k not in ("num_rows",)}
-            if setup is None:
-                setup, num_classes, dtype = attrs, handle["logits"].shape[1], handle["logits"].dtype
-                first = path
-            else:
-                if handle["logits"].shape[1] != num_classes or handle["logits"].dtype != dtype:
-                    raise ValueError(f"{path}: logits {handle['logits'].shape[1]} x {handle['logits'].dtype} do "
-                                     f"not match {first}: {num_classes} x {dtype}")
-                differing = sorted(k for k in set(setup) | set(attrs) if setup.get(k) != attrs.get(k))
-                if differing:
-                    raise ValueError(f"{path}: attributes {differing} differ from {first}: shards of different "
-                                     f"teacher setups cannot be merged")
-            names = handle["audio_name"][: _committed_rows(handle)]
-            for row, raw in enumerate(names):
-                name = _decode_name(raw)
-                if name in where or name in missing:
-                    other = shard_paths[where[name][0] if name in where else missing[name]]
-                    raise ValueError(f"clip {name!r} appears in both {other} and {path}: duplicated rows")
-                where[name] = (shard_index, row)
-            for name in _committed_missing(handle):
-                if name in where or name in missing:
-                    raise ValueError(f"clip {name!r} is recorded missing in {path} but also present elsewhere")
-                missing[name] = shard_index
-
+        index.add(shard_index, path)
     if expected_names is not None:
-        expected = list(dict.fromkeys(map(str, expected_names)))
-        uncovered = [n for n in expected if n not in where and n not in missing]
-        if uncovered:
-            raise ValueError(f"merge: {len(uncovered)} clip(s) of the dataset are in no shard "
-                             f"(first: {', '.join(uncovered[:5])}); finish the shards first")
-    missing_order = list(missing)
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle_fd, temporary = temporary_file(output)
-    os.close(handle_fd)
-    os.unlink(temporary)
-    attrs = dict(setup or {})
-    attrs.pop("num_classes", None)
-    attrs["merged_from"] = [p.name for p in shard_paths]
-    # the output may be a live file of a running labelling job: never replace it under that job
-    output_lock = FileLock(lock_path_for(output), what=f"writing {output}").acquire()
-    try:
-        sources = [h5py.File(p, "r") for p in shard_paths]
-        try:
-            writer = TeacherLogitsWriter(temporary, num_classes=int(num_classes), attrs=attrs,
-                                         dtype=str(np.dtype(dtype)), resume=False)
-            try:
-                # shard by shard, in row order, in blocks: sequential reads, bounded memory
-                for source in sources:
-                    rows = _committed_rows(source)
-                    for start in range(0, rows, chunk_rows):
-                        stop = min(rows, start + chunk_rows)
-                        names = [_decode_name(n) for n in source["audio_name"][start:stop]]
-                        writer.write(names, source["logits"][start:stop])
-                        writer.flush()
-                writer.write_missing(missing_order)
-            finally:
-                writer.close()
-        finally:
-            for source in sources:
-                source.close()
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        output_lock.release()
-    log.info("merged %d shard(s) into %s: %d rows, %d missing", len(shard_paths), output, len(where),
+        index.check_covers(expected_names)
+    missing_order = list(index.missing)
+    _write_merged(shard_paths, output, index, missing_order, chunk_rows)
+    log.info("merged %d shard(s) into %s: %d rows, %d missing", len(shard_paths), output, len(index.where),
              len(missing_order))
-    return {"output": str(output), "shards": [str(p) for p in shard_paths], "rows": len(where),
+    return {"output": str(output), "shards": [str(p) for p in shard_paths], "rows": len(index.where),
             "missing": len(missing_order), "missing_names": missing_order}

@@ -71,7 +71,7 @@ import itertools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -128,6 +128,100 @@ def _example_spectrogram(tagger: AudioTagger, frames: int, batch: int = 2, audio
     return spectrogram[..., :frames].contiguous()
 
 
+class _InputLengths(NamedTuple):
+    """Lengths of the graph's time axis: STFT hop (samples), shortest input in frames and in samples,
+    and the frames of the example the export traces."""
+    hop: int
+    min_frames: int
+    min_samples: int
+    frames: int
+
+
+def _check_export_options(exporter: str, opset: int, with_frontend: bool) -> None:
+    _require("onnx")
+    _require("onnxruntime")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(f"opset must be an integer >= {MIN_OPSET} (ONNX STFT), got {opset!r}")
+    if exporter == "dynamo" or with_frontend:
+        _require("onnxscript")
+
+
+def _with_label_map(tagger: AudioTagger, label_map: Optional[LabelMap]) -> AudioTagger:
+    if label_map is not None:
+        if len(label_map) != tagger.num_classes:
+            raise ValueError(f"label map has {len(label_map)} classes but the model outputs {tagger.num_classes}")
+        tagger.label_map = label_map
+    return tagger
+
+
+def _teacher_export_error(model: nn.Module) -> ValueError:
+    # Measured with torch 2.11: torch.export cannot prove PaSST's patch-grid reshapes for a
+    # dynamic time axis (guards such as 12 % (12 * time_patches) != 0), and a fixed-length graph
+    # would tag inputs shorter than the window differently from PyTorch (their positional
+    # embeddings are cut to the input). Refused rather than exported wrong.
+    return ValueError(f"{type(model).__name__}: ONNX export of the transformer teachers is not supported "
+                      f"(torch.export cannot keep their time axis dynamic); export a student (mn / dymn)")
+
+
+def _onnx_output_path(path: PathLike) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        raise ValueError(f"output path should end in .onnx, got {path}")
+    return path
+
+
+def _input_lengths(tagger: AudioTagger, model: nn.Module, example_seconds: float) -> _InputLengths:
+    """The graph's time-axis lengths; refuses a tagger whose shortest input is below the graph's."""
+    hop = int(getattr(tagger.frontend, "hopsize", 0) or 320)
+    n_mels = int(getattr(model, "input_dim_f", None) or getattr(tagger.frontend, "n_mels", None) or 128)
+    min_frames = min_input_frames(model, n_mels)
+    min_samples = int(tagger.min_samples)
+    if min_samples < (min_frames - 1) * hop + 1:  # the contract covers the graph (models.factory.model_min_samples)
+        raise RuntimeError(f"{type(model).__name__}: the tagger's shortest input ({min_samples} samples) is below the "
+                           f"graph's ({(min_frames - 1) * hop + 1}); build the tagger with AudioTagger(model)")
+    frames = max(min_frames + 1, int(round(example_seconds * tagger.sample_rate / hop)))
+    return _InputLengths(hop, min_frames, min_samples, frames)
+
+
+def _export_spectrogram_graph(tagger: AudioTagger, model: nn.Module, graph_model: nn.Module, lengths: _InputLengths,
+                              probabilities: bool, output_names: list[str], opset: int, exporter: str,
+                              check_audio: Optional[Tensor]) -> tuple[Any, nn.Module, Tensor]:
+    """The model graph with spectrogram input: (ModelProto, the module it was exported from, example)."""
+    spectrogram_graph = _SpectrogramGraph(graph_model, None, probabilities, tagger.task).eval()
+    example = _example_spectrogram(tagger, lengths.frames, audio=check_audio)
+    model_proto = _export_graph(spectrogram_graph, example, "spectrogram", output_names,
+                                {0: ("batch", 1, None), 3: ("frames", lengths.min_frames, None)}, opset, exporter,
+                                f"{type(model).__name__} (spectrogram input)")
+    return model_proto, spectrogram_graph, example
+
+
+def _with_waveform_input(model_proto: Any, tagger: AudioTagger, graph_model: nn.Module, lengths: _InputLengths,
+                         probabilities: bool, example_seconds: float,
+                         check_audio: Optional[Tensor]) -> tuple[Any, nn.Module, Tensor]:
+    """`model_proto` with the mel frontend in the graph: (ModelProto, its PyTorch equal, waveform example)."""
+    model_proto = _attach_frontend(model_proto, tagger.frontend, lengths.min_samples)
+    reference = _WaveformGraph(graph_model, GraphMelFrontend(tagger.frontend), probabilities, tagger.task).eval()
+    example = _audio_like(2, max(lengths.min_samples + lengths.hop, int(round(example_seconds * tagger.sample_rate))),
+                          tagger.sample_rate, audio=check_audio)
+    return model_proto, reference, example
+
+
+def _export_metadata(tagger: AudioTagger, model: nn.Module, kind: str, output_names: list[str], exporter: str,
+                     opset: int, min_samples: int) -> OnnxMetadata:
+    from .. import __version__
+
+    return OnnxMetadata(
+        label_map=tagger.label_map, sample_rate=int(tagger.sample_rate), input_kind=kind, outputs=tuple(output_names),
+        preprocessing=dict(tagger.contract.frontend), task=tagger.task, clip_length=tagger.clip_length,
+        min_samples=min_samples, short_inputs=tagger.short_inputs,
+        # metadata of teacher graphs (none are exported; see the module doc)
+        window_frames=None, hop_frames=None, exporter=exporter, opset=opset,
+        arch=getattr(model, "arch", None) or type(model).__name__,
+        config=dict(getattr(model, "config", None) or {}), version=__version__)
+
+
 def export_onnx(tagger_or_model: Union[AudioTagger, nn.Module], path: PathLike, *, with_frontend: bool = False,
                 probabilities: bool = False, opset: int = DEFAULT_OPSET, exporter: str = "dynamo",
                 label_map: Optional[LabelMap] = None, example_seconds: float = 2.0,
@@ -152,70 +246,29 @@ def export_onnx(tagger_or_model: Union[AudioTagger, nn.Module], path: PathLike, 
     or, by default, on embedded demo clips -- give real audio of the model's domain for a model
     that is far outside its range on synthetic tones.
     """
-    _require("onnx")
-    _require("onnxruntime")
-    if exporter not in EXPORTERS:
-        raise ValueError(f"unknown exporter {exporter!r}; choose one of {', '.join(EXPORTERS)}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(f"opset must be an integer >= {MIN_OPSET} (ONNX STFT), got {opset!r}")
-    if exporter == "dynamo" or with_frontend:
-        _require("onnxscript")
-    tagger = _as_tagger(tagger_or_model)
-    if label_map is not None:
-        if len(label_map) != tagger.num_classes:
-            raise ValueError(f"label map has {len(label_map)} classes but the model outputs {tagger.num_classes}")
-        tagger.label_map = label_map
+    _check_export_options(exporter, opset, with_frontend)
+    tagger = _with_label_map(_as_tagger(tagger_or_model), label_map)
     model = tagger.model.eval()
     teacher = is_teacher(model)
     if teacher:
-        # Measured with torch 2.11: torch.export cannot prove PaSST's patch-grid reshapes for a
-        # dynamic time axis (guards such as 12 % (12 * time_patches) != 0), and a fixed-length graph
-        # would tag inputs shorter than the window differently from PyTorch (their positional
-        # embeddings are cut to the input). Refused rather than exported wrong.
-        raise ValueError(f"{type(model).__name__}: ONNX export of the transformer teachers is not supported "
-                         f"(torch.export cannot keep their time axis dynamic); export a student (mn / dymn)")
+        raise _teacher_export_error(model)
     if with_frontend:
         _check_graph_frontend(tagger.frontend)
-    path = Path(path)
-    if path.suffix.lower() != ".onnx":
-        raise ValueError(f"output path should end in .onnx, got {path}")
+    path = _onnx_output_path(path)
 
     output_names = ["logits", "probabilities"] if probabilities else ["logits"]
-    window_frames = hop_frames = None  # metadata of teacher graphs (none are exported; see the module doc)
-    hop = int(getattr(tagger.frontend, "hopsize", 0) or 320)
-    n_mels = int(getattr(model, "input_dim_f", None) or getattr(tagger.frontend, "n_mels", None) or 128)
-    min_frames = min_input_frames(model, n_mels)
-    min_samples = int(tagger.min_samples)
-    if min_samples < (min_frames - 1) * hop + 1:  # the contract covers the graph (models.factory.model_min_samples)
-        raise RuntimeError(f"{type(model).__name__}: the tagger's shortest input ({min_samples} samples) is below the "
-                           f"graph's ({(min_frames - 1) * hop + 1}); build the tagger with AudioTagger(model)")
-    frames = max(min_frames + 1, int(round(example_seconds * tagger.sample_rate / hop)))
-    time_min, time_max = min_frames, None
+    lengths = _input_lengths(tagger, model, example_seconds)
     graph_model = exportable_model(model)
-    spectrogram_graph = _SpectrogramGraph(graph_model, None, probabilities, tagger.task).eval()
-    example = _example_spectrogram(tagger, frames, audio=check_audio)
-    model_proto = _export_graph(spectrogram_graph, example, "spectrogram", output_names,
-                                {0: ("batch", 1, None), 3: ("frames", time_min, time_max)}, opset, exporter,
-                                f"{type(model).__name__} (spectrogram input)")
-    reference: nn.Module = spectrogram_graph
+    model_proto, reference, example = _export_spectrogram_graph(
+        tagger, model, graph_model, lengths, probabilities, output_names, opset, exporter, check_audio)
     time_axis = 3
     if with_frontend:
-        model_proto = _attach_frontend(model_proto, tagger.frontend, min_samples)
-        reference = _WaveformGraph(graph_model, GraphMelFrontend(tagger.frontend), probabilities, tagger.task).eval()
-        example = _audio_like(2, max(min_samples + hop, int(round(example_seconds * tagger.sample_rate))),
-                              tagger.sample_rate, audio=check_audio)
+        model_proto, reference, example = _with_waveform_input(
+            model_proto, tagger, graph_model, lengths, probabilities, example_seconds, check_audio)
         time_axis = 1
 
-    from .. import __version__
-
     kind = "waveform" if with_frontend else "spectrogram"
-    metadata = OnnxMetadata(
-        label_map=tagger.label_map, sample_rate=int(tagger.sample_rate), input_kind=kind, outputs=tuple(output_names),
-        preprocessing=dict(tagger.contract.frontend), task=tagger.task, clip_length=tagger.clip_length,
-        min_samples=min_samples, short_inputs=tagger.short_inputs,
-        window_frames=window_frames, hop_frames=hop_frames, exporter=exporter, opset=opset,
-        arch=getattr(model, "arch", None) or type(model).__name__,
-        config=dict(getattr(model, "config", None) or {}), version=__version__)
+    metadata = _export_metadata(tagger, model, kind, output_names, exporter, opset, lengths.min_samples)
     _set_metadata(model_proto, metadata.to_props())
     model_proto.doc_string = (f"efficient_tagging {type(model).__name__}: {kind} -> {', '.join(output_names)} "
                               f"({len(tagger.label_map)} classes, {tagger.sample_rate} Hz)")

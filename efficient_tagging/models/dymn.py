@@ -380,6 +380,37 @@ def _check_positive_int(value: object, name: str, minimum: int = 1) -> int:
     return value
 
 
+def _validate_arguments(num_classes: Any, width_mult: Any, strides: Sequence[int], context_ratio: Any,
+                        min_context_size: Any, max_context_size: Any, dyrelu_k: Any, dyconv_k: Any,
+                        use_dy_blocks: Any, T_max: float, T_min: float, pretrain_final_temp: float,
+                        T0_slope: float, T1_slope: float) -> tuple[int, ...]:
+    """Raise a ValueError for the first invalid `DyMN` argument found; return strides as a tuple."""
+    _check_positive_int(num_classes, "num_classes")
+    if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) \
+            or not math.isfinite(width_mult) or width_mult <= 0:
+        raise ValueError(f"DyMN: width_mult must be a finite positive number, got {width_mult!r}")
+    strides = tuple(strides)
+    if len(strides) != 4 or any(isinstance(s, bool) or s not in (1, 2) for s in strides):
+        raise ValueError(f"DyMN: strides must be 4 values, each 1 or 2, got {strides!r}")
+    _check_positive_int(context_ratio, "context_ratio")
+    _check_positive_int(min_context_size, "min_context_size")
+    _check_positive_int(max_context_size, "max_context_size")
+    if min_context_size > max_context_size:
+        raise ValueError(f"DyMN: min_context_size ({min_context_size}) > max_context_size ({max_context_size})")
+    _check_positive_int(dyrelu_k, "dyrelu_k")
+    _check_positive_int(dyconv_k, "dyconv_k")
+    if use_dy_blocks not in DY_BLOCK_MODES:
+        raise ValueError(f"DyMN: use_dy_blocks must be one of {sorted(DY_BLOCK_MODES)}, got {use_dy_blocks!r}")
+    _check_temperature(T_max, "T_max")
+    _check_temperature(T_min, "T_min")
+    _check_temperature(pretrain_final_temp, "pretrain_final_temp")
+    if not math.isfinite(T0_slope) or T0_slope == 0:
+        raise ValueError(f"DyMN: T0_slope must be finite and non-zero, got {T0_slope!r}")
+    if not math.isfinite(T1_slope):
+        raise ValueError(f"DyMN: T1_slope must be finite, got {T1_slope!r}")
+    return strides
+
+
 class DyMN(nn.Module):
     """EfficientAT dynamic MobileNet. `forward(x)` maps (B, 1, n_mels, T) to (logits, embedding).
 
@@ -409,29 +440,9 @@ class DyMN(nn.Module):
         use_dy_blocks: str = "all",
     ) -> None:
         super().__init__()
-        _check_positive_int(num_classes, "num_classes")
-        if isinstance(width_mult, bool) or not isinstance(width_mult, (int, float)) \
-                or not math.isfinite(width_mult) or width_mult <= 0:
-            raise ValueError(f"DyMN: width_mult must be a finite positive number, got {width_mult!r}")
-        strides = tuple(strides)
-        if len(strides) != 4 or any(isinstance(s, bool) or s not in (1, 2) for s in strides):
-            raise ValueError(f"DyMN: strides must be 4 values, each 1 or 2, got {strides!r}")
-        _check_positive_int(context_ratio, "context_ratio")
-        _check_positive_int(min_context_size, "min_context_size")
-        _check_positive_int(max_context_size, "max_context_size")
-        if min_context_size > max_context_size:
-            raise ValueError(f"DyMN: min_context_size ({min_context_size}) > max_context_size ({max_context_size})")
-        _check_positive_int(dyrelu_k, "dyrelu_k")
-        _check_positive_int(dyconv_k, "dyconv_k")
-        if use_dy_blocks not in DY_BLOCK_MODES:
-            raise ValueError(f"DyMN: use_dy_blocks must be one of {sorted(DY_BLOCK_MODES)}, got {use_dy_blocks!r}")
-        _check_temperature(T_max, "T_max")
-        _check_temperature(T_min, "T_min")
-        _check_temperature(pretrain_final_temp, "pretrain_final_temp")
-        if not math.isfinite(T0_slope) or T0_slope == 0:
-            raise ValueError(f"DyMN: T0_slope must be finite and non-zero, got {T0_slope!r}")
-        if not math.isfinite(T1_slope):
-            raise ValueError(f"DyMN: T1_slope must be finite, got {T1_slope!r}")
+        strides = _validate_arguments(num_classes, width_mult, strides, context_ratio, min_context_size,
+                                      max_context_size, dyrelu_k, dyconv_k, use_dy_blocks, T_max, T_min,
+                                      pretrain_final_temp, T0_slope, T1_slope)
 
         self._config = dict(
             num_classes=num_classes, width_mult=width_mult, strides=strides, context_ratio=context_ratio,
@@ -447,37 +458,49 @@ class DyMN(nn.Module):
         self.pretrain_final_temp = float(pretrain_final_temp)
         self._temperature = float(T_max)
 
-        def md(channels: float) -> int:
-            return make_divisible(channels * width_mult, 8)
-
-        min_context, max_context = md(min_context_size), md(max_context_size)
-        # Created before `in_c` on purpose: EfficientAT's state_dict lists `layers.*` first.
+        # Built in this order on purpose: it fixes the state_dict key order and the order in
+        # which the modules draw their initial weights from the RNG.
+        # `layers` is registered before `in_c` (EfficientAT's state_dict lists `layers.*` first)
+        # but filled after it (EfficientAT builds the stem first).
         self.layers = nn.ModuleList()
-        self.in_c = ConvNormActivation(1, md(STEM_CHANNELS), kernel_size=3, stride=2, activation=nn.Hardswish)
-        spec: BlockSpec
-        for spec, dynamic in zip(MOBILENETV3_BLOCKS, DY_BLOCK_MODES[use_dy_blocks]):
-            stride = 1 if spec.stride_index is None else strides[spec.stride_index]
-            cin, cexp, cout = md(spec.in_channels), md(spec.expanded_channels), md(spec.out_channels)
-            if dynamic:
-                context_dim = min(max(make_divisible(cexp // context_ratio, 8), min_context), max_context)
-                block: nn.Module = DynamicInvertedResidual(
-                    cin, spec.kernel_size, cexp, cout, spec.activation, stride, context_dim,
-                    dyrelu_k=dyrelu_k, dyconv_k=dyconv_k, no_dyrelu=no_dyrelu, no_dyconv=no_dyconv,
-                    no_ca=no_ca, temperature=T_max)
-            else:
-                # `replace_se`: a plain MN block, never with SE (keys `layers.i.block.*`).
-                block = InvertedResidual(
-                    in_channels=cin, kernel_size=spec.kernel_size, expanded_channels=cexp, out_channels=cout,
-                    use_se=False, activation=spec.activation, stride=stride, dilation=1,
-                    freq_size=0, time_size=0, se_dims=None)
-            self.layers.append(block)
+        self.in_c = ConvNormActivation(1, self._width_scaled(STEM_CHANNELS), kernel_size=3, stride=2,
+                                       activation=nn.Hardswish)
+        self.layers.extend(self._build_blocks(
+            use_dy_blocks, context_ratio, self._width_scaled(min_context_size), self._width_scaled(max_context_size),
+            dyrelu_k=dyrelu_k, dyconv_k=dyconv_k, no_dyrelu=no_dyrelu, no_dyconv=no_dyconv, no_ca=no_ca,
+            temperature=T_max))
 
-        last_in = md(MOBILENETV3_BLOCKS[-1].out_channels)
+        last_in = self._width_scaled(MOBILENETV3_BLOCKS[-1].out_channels)
         self.embedding_dim = 6 * last_in
         self.out_c = ConvNormActivation(last_in, self.embedding_dim, kernel_size=1, activation=nn.Hardswish)
-        hidden = md(LAST_CHANNEL)
-        self.classifier = mlp_head(self.embedding_dim, hidden, num_classes)
+        hidden = self._width_scaled(LAST_CHANNEL)
+        self.classifier = mlp_head(self.embedding_dim, hidden, self.num_classes)
         init_mobilenet_weights(self)
+
+    def _width_scaled(self, channels: float) -> int:
+        """`channels` of the width-1.0 model times `width_mult`, rounded to a multiple of 8 as EfficientAT does."""
+        return make_divisible(channels * self.width_mult, 8)
+
+    def _build_blocks(self, use_dy_blocks: str, context_ratio: int, min_context: int, max_context: int,
+                      **dynamic_options: Any) -> list[nn.Module]:
+        """The 15 blocks: dynamic ones (`dynamic_options` go to each) where `use_dy_blocks` says so."""
+        blocks: list[nn.Module] = []
+        spec: BlockSpec
+        for spec, dynamic in zip(MOBILENETV3_BLOCKS, DY_BLOCK_MODES[use_dy_blocks]):
+            stride = 1 if spec.stride_index is None else self.strides[spec.stride_index]
+            cin, cexp, cout = (self._width_scaled(spec.in_channels), self._width_scaled(spec.expanded_channels),
+                               self._width_scaled(spec.out_channels))
+            if dynamic:
+                context_dim = min(max(make_divisible(cexp // context_ratio, 8), min_context), max_context)
+                blocks.append(DynamicInvertedResidual(
+                    cin, spec.kernel_size, cexp, cout, spec.activation, stride, context_dim, **dynamic_options))
+            else:
+                # `replace_se`: a plain MN block, never with SE (keys `layers.i.block.*`).
+                blocks.append(InvertedResidual(
+                    in_channels=cin, kernel_size=spec.kernel_size, expanded_channels=cexp, out_channels=cout,
+                    use_se=False, activation=spec.activation, stride=stride, dilation=1,
+                    freq_size=0, time_size=0, se_dims=None))
+        return blocks
 
     # ----- attention temperature -------------------------------------------------------
     @property

@@ -7,7 +7,13 @@ export, complexity and tagging ask the family instead of branching on the archit
 
 Every family's model also keeps one forward contract: `forward(spectrogram)` with a
 (B, 1, n_mels, T) spectrogram returns `(logits, embedding)`, and equals
-`forward_head(forward_features(spectrogram))`.
+`forward_head(forward_features(spectrogram))`. The CNN students add `forward_frames(features)`
+(logits per output frame) and the transformer teachers (`is_teacher`) `needs_sliding_windows(frames)` /
+`sliding_window_forward(spectrogram)` for inputs longer than they were built for.
+
+A model that `get_model` returns also carries what it was built as and for: `arch`, `config`
+(constructor kwargs), `preprocessing` (frontend settings), `dataset`, `label_map`, `task` and
+`pretrained_name`. Code that also accepts a user's own module reads those with a default.
 """
 from __future__ import annotations
 

@@ -351,19 +351,29 @@ class MobileNet(nn.Module):
         self.se_agg = se_agg
         self.se_r = se_r
 
-        def channels(c: int) -> int:
-            return make_divisible(c * self.width_mult, 8)
-
+        # Built in this order on purpose: it fixes the state_dict key order and the order in
+        # which the modules draw their initial weights from the RNG.
         tail_divider = 2 if self.reduced_tail else 1
-        num_blocks = len(MOBILENETV3_BLOCKS)
+        self.features = self._build_features(tail_divider)
+        self.last_channel = self._width_scaled(LAST_CHANNEL // tail_divider)  # MLP hidden size
+        self.classifier: nn.Module = self._build_classifier()
+        init_mobilenet_weights(self)
 
+    def _width_scaled(self, channels: int) -> int:
+        """`channels` of the width-1.0 model times `width_mult`, rounded to a multiple of 8 as EfficientAT does."""
+        return make_divisible(channels * self.width_mult, 8)
+
+    def _build_features(self, tail_divider: int) -> nn.Sequential:
+        """The body: stem, the 15 inverted-residual blocks, the last 1x1 conv; sets `embedding_dim`."""
+        num_blocks = len(MOBILENETV3_BLOCKS)
         layers: list[nn.Module] = [
-            ConvNormActivation(1, channels(STEM_CHANNELS), kernel_size=3, stride=2, activation=nn.Hardswish)
+            ConvNormActivation(1, self._width_scaled(STEM_CHANNELS), kernel_size=3, stride=2,
+                               activation=nn.Hardswish)
         ]
         # Frequency / time sizes after each block at the trained input size (only used
         # to size frequency / time SE layers), following the strides actually applied.
-        f_size = conv_output_size(input_dim_f, 3, 2, 1)
-        t_size = conv_output_size(input_dim_t, 3, 2, 1)
+        f_size = conv_output_size(self.input_dim_f, 3, 2, 1)
+        t_size = conv_output_size(self.input_dim_t, 3, 2, 1)
         for index, spec in enumerate(MOBILENETV3_BLOCKS):
             in_c, expanded_c, out_c = spec.in_channels, spec.expanded_channels, spec.out_channels
             in_tail = index >= num_blocks - 3
@@ -374,33 +384,32 @@ class MobileNet(nn.Module):
                     expanded_c //= tail_divider
                 out_c //= tail_divider
             dilation = 2 if (self.dilated and in_tail) else 1
-            stride = 1 if spec.stride_index is None else strides[spec.stride_index]
+            stride = 1 if spec.stride_index is None else self.strides[spec.stride_index]
             applied_stride = 1 if dilation > 1 else stride
             padding = (spec.kernel_size - 1) // 2 * dilation
             f_size = conv_output_size(f_size, spec.kernel_size, applied_stride, padding, dilation)
             t_size = conv_output_size(t_size, spec.kernel_size, applied_stride, padding, dilation)
             layers.append(InvertedResidual(
-                channels(in_c), spec.kernel_size, channels(expanded_c), channels(out_c), spec.use_se,
-                spec.activation, stride, dilation, f_size, t_size,
-                None if se_dims == "none" else se_dims, se_agg, se_r))
+                self._width_scaled(in_c), spec.kernel_size, self._width_scaled(expanded_c),
+                self._width_scaled(out_c), spec.use_se, spec.activation, stride, dilation, f_size, t_size,
+                None if self.se_dims == "none" else self.se_dims, self.se_agg, self.se_r))
         last_in = layers[-1].out_channels
         self.embedding_dim = 6 * last_in
         layers.append(ConvNormActivation(last_in, self.embedding_dim, kernel_size=1, activation=nn.Hardswish))
-        self.features = nn.Sequential(*layers)
+        return nn.Sequential(*layers)
 
-        self.last_channel = channels(LAST_CHANNEL // tail_divider)  # MLP hidden size
-        if head_type == "mlp":
-            self.classifier: nn.Module = mlp_head(self.embedding_dim, self.last_channel, num_classes)
-        elif head_type == "fully_convolutional":
-            self.classifier = nn.Sequential(
-                nn.Conv2d(self.embedding_dim, num_classes, kernel_size=1, bias=False),
-                nn.BatchNorm2d(num_classes),  # PyTorch defaults (eps 1e-5), as in the reference
+    def _build_classifier(self) -> nn.Module:
+        """The `head_type` head on the body's `embedding_dim` channels."""
+        if self.head_type == "mlp":
+            return mlp_head(self.embedding_dim, self.last_channel, self.num_classes)
+        if self.head_type == "fully_convolutional":
+            return nn.Sequential(
+                nn.Conv2d(self.embedding_dim, self.num_classes, kernel_size=1, bias=False),
+                nn.BatchNorm2d(self.num_classes),  # PyTorch defaults (eps 1e-5), as in the reference
                 nn.AdaptiveAvgPool2d(1),
             )
-        else:
-            self.classifier = MultiHeadAttentionPooling(self.embedding_dim, num_classes,
-                                                        num_heads=multihead_attention_heads)
-        init_mobilenet_weights(self)
+        return MultiHeadAttentionPooling(self.embedding_dim, self.num_classes,
+                                         num_heads=self.multihead_attention_heads)
 
     @property
     def config(self) -> dict[str, Any]:

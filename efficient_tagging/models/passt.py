@@ -270,6 +270,38 @@ class PaSST(nn.Module):
         weight_init: str = "",
     ) -> None:
         super().__init__()
+        self._store_arguments(u_patchout, s_patchout_t, s_patchout_f, img_size, patch_size, stride, in_chans,
+                              num_classes, embed_dim, depth, num_heads, mlp_ratio, qkv_bias, representation_size,
+                              distilled, drop_rate, attn_drop_rate, drop_path_rate, embed_layer, norm_layer,
+                              act_layer, weight_init)
+        norm = norm_layer or _block_layer_norm
+        act = act_layer or nn.GELU
+        self.num_tokens = 2 if self.distilled else 1
+        # trained input size, EfficientAT-style names
+        self.input_dim_f, self.input_dim_t = self.img_size
+
+        # Built in this order on purpose: it fixes the state_dict key order and the order in
+        # which the modules draw their initial weights from the RNG.
+        self._build_embeddings(embed_layer)
+        rates = torch.linspace(0, self.drop_path_rate, depth, device="cpu").tolist() if depth else []
+        self.blocks = nn.Sequential(*[
+            Block(dim=embed_dim, num_heads=num_heads, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                  drop=self.drop_rate, attn_drop=self.attn_drop_rate, drop_path=rates[i], norm_layer=norm,
+                  act_layer=act)
+            for i in range(depth)])
+        self.norm = norm(embed_dim)
+        self._build_head()
+        self.init_weights(weight_init)
+
+    def _store_arguments(self, u_patchout: Any, s_patchout_t: Any, s_patchout_f: Any, img_size: IntPair,
+                         patch_size: IntPair, stride: IntPair, in_chans: Any, num_classes: Any, embed_dim: Any,
+                         depth: Any, num_heads: Any, mlp_ratio: Any, qkv_bias: bool,
+                         representation_size: Optional[int], distilled: bool, drop_rate: Any, attn_drop_rate: Any,
+                         drop_path_rate: Any, embed_layer: Optional[Callable[..., nn.Module]],
+                         norm_layer: Optional[Callable[[int], nn.Module]],
+                         act_layer: Optional[Callable[..., nn.Module]], weight_init: str) -> None:
+        """Check the constructor arguments (a ValueError names the first bad one) and store them as
+        attributes, normalised (pairs as tuples, counts as int, rates as float), for `config`."""
         self.u_patchout = _check_count("u_patchout", u_patchout)
         self.s_patchout_t = _check_count("s_patchout_t", s_patchout_t)
         self.s_patchout_f = _check_count("s_patchout_f", s_patchout_f)
@@ -303,14 +335,11 @@ class PaSST(nn.Module):
             if value is not None and not callable(value):
                 raise ValueError(f"{name} must be callable or None, got {value!r}")
 
-        norm = norm_layer or _block_layer_norm
-        act = act_layer or nn.GELU
-        self.num_tokens = 2 if self.distilled else 1
-        # trained input size, EfficientAT-style names
-        self.input_dim_f, self.input_dim_t = self.img_size
-
+    def _build_embeddings(self, embed_layer: Optional[Callable[..., nn.Module]]) -> None:
+        """The patch embedding, the class (and distillation) token and the positional embeddings."""
+        embed_dim = self.embed_dim
         self.patch_embed = (embed_layer or PatchEmbed)(
-            img_size=self.img_size, patch_size=self.patch_size, stride=self.stride, in_chans=in_chans,
+            img_size=self.img_size, patch_size=self.patch_size, stride=self.stride, in_chans=self.in_chans,
             embed_dim=embed_dim, flatten=False)
         grid_f, grid_t = self.patch_embed.grid_size
         if grid_f < 1 or grid_t < 1:
@@ -323,18 +352,13 @@ class PaSST(nn.Module):
         self.time_new_pos_embed = nn.Parameter(torch.zeros(1, embed_dim, 1, grid_t))
         self.pos_drop = nn.Dropout(p=self.drop_rate)
 
-        rates = torch.linspace(0, self.drop_path_rate, depth, device="cpu").tolist() if depth else []
-        self.blocks = nn.Sequential(*[
-            Block(dim=embed_dim, num_heads=num_heads, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
-                  drop=self.drop_rate, attn_drop=self.attn_drop_rate, drop_path=rates[i], norm_layer=norm,
-                  act_layer=act)
-            for i in range(depth)])
-        self.norm = norm(embed_dim)
-
-        if representation_size and not self.distilled:
-            self.num_features = representation_size
+    def _build_head(self) -> None:
+        """The optional pre-logits layer, `head` and, for distilled models, `head_dist`; sets `embedding_dim`."""
+        embed_dim, num_classes = self.embed_dim, self.num_classes
+        if self.representation_size and not self.distilled:
+            self.num_features = self.representation_size
             self.pre_logits: nn.Module = nn.Sequential(OrderedDict([
-                ("fc", nn.Linear(embed_dim, representation_size)),
+                ("fc", nn.Linear(embed_dim, self.representation_size)),
                 ("act", nn.Tanh()),
             ]))
         else:
@@ -350,8 +374,6 @@ class PaSST(nn.Module):
         if self.distilled:
             # checkpoint compatibility only: never used by forward
             self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-
-        self.init_weights(weight_init)
 
     # ----------------------------------------------------------------------------------
     # construction helpers

@@ -44,26 +44,29 @@ from .trainer import SELECTION_METRIC, TrainConfig, cap_num_workers, evaluate, t
 logger = logging.getLogger(__name__)
 
 # The part every EfficientAT fine-tuning script shares (read in ex_esc50.py, ex_fsd50k.py,
-# ex_dcase20.py, ex_openmic.py; see the module docstring).
-FINETUNE_BASE: dict[str, Any] = {
-    "sample_rate": 32000, "n_mels": 128, "window_size": 800, "hop_size": 320, "n_fft": 1024,
-    "freqm": 0, "timem": 0, "fmin": 0.0, "fmax": None, "fmin_aug_range": 10, "fmax_aug_range": 2000,
-    "n_epochs": 80, "warm_up_len": 10, "ramp_down_start": 10, "ramp_down_len": 65, "last_lr_value": 0.01,
-    "lr_per_step": False, "weight_decay": 0.0, "adamw": False,
-    "mixup_alpha": 0.3, "roll": True, "roll_max_shift": 4000, "wavmix": True, "gain_augment": 12,
-    "mixstyle_p": 0.0, "mixstyle_alpha": 0.4,
-    "sampler": "uniform", "epoch_len": None, "sampler_replacement": False,
-    "pretrain_final_temp": 1.0, "head_type": "mlp", "se_dims": "c", "width_mult": 1.0,
-    "num_workers": 12, "kd_lambda": 0.1, "temperature": None, "checkpoint_every_steps": 0,
-}
+# ex_dcase20.py, ex_openmic.py; see the module docstring): where it differs from TrainConfig's
+# defaults (which are ex_audioset.py's).
+FINETUNE_BASE = TrainConfig(
+    n_epochs=80, warm_up_len=10, ramp_down_start=10, ramp_down_len=65, roll=True, wavmix=True, gain_augment=12,
+    sampler="uniform", epoch_len=None, pretrain_final_temp=1.0, num_workers=12, checkpoint_every_steps=0)
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "esc50": {**FINETUNE_BASE, "max_lr": 6e-5, "batch_size": 128, "clip_length": 5.0, "task": "multiclass"},
-    "fsd50k": {**FINETUNE_BASE, "max_lr": 7e-5, "batch_size": 64, "clip_length": 10.0, "task": "multilabel"},
-    "dcase20": {**FINETUNE_BASE, "max_lr": 8e-4, "batch_size": 64, "clip_length": 10.0, "task": "multiclass"},
-    "openmic": {**FINETUNE_BASE, "max_lr": 1e-5, "batch_size": 64, "clip_length": 10.0,
-                "task": "partial_multilabel"},
+RECIPES: dict[str, TrainConfig] = {
+    "esc50": dataclasses.replace(FINETUNE_BASE, max_lr=6e-5, batch_size=128, clip_length=5.0, task="multiclass"),
+    "fsd50k": dataclasses.replace(FINETUNE_BASE, max_lr=7e-5, batch_size=64, clip_length=10.0, task="multilabel"),
+    "dcase20": dataclasses.replace(FINETUNE_BASE, max_lr=8e-4, batch_size=64, clip_length=10.0, task="multiclass"),
+    "openmic": dataclasses.replace(FINETUNE_BASE, max_lr=1e-5, batch_size=64, clip_length=10.0,
+                                   task="partial_multilabel"),
 }
+# The settings a fine-tuning recipe fixes (`recipe_defaults`): the reference scripts' common frontend,
+# schedule, augmentation, sampling and distillation settings, then each script's own. Where to write,
+# which data and which model to start from are the caller's.
+COMMON_FIELDS = ("sample_rate", "n_mels", "window_size", "hop_size", "n_fft", "freqm", "timem", "fmin", "fmax",
+                 "fmin_aug_range", "fmax_aug_range", "n_epochs", "warm_up_len", "ramp_down_start", "ramp_down_len",
+                 "last_lr_value", "lr_per_step", "weight_decay", "adamw", "mixup_alpha", "roll", "roll_max_shift",
+                 "wavmix", "gain_augment", "mixstyle_p", "mixstyle_alpha", "sampler", "epoch_len",
+                 "sampler_replacement", "pretrain_final_temp", "head_type", "se_dims", "width_mult", "num_workers",
+                 "kd_lambda", "temperature", "checkpoint_every_steps")
+RECIPE_FIELDS = COMMON_FIELDS + ("max_lr", "batch_size", "clip_length", "task")
 REFERENCE_SCRIPTS = {"esc50": "ex_esc50.py", "fsd50k": "ex_fsd50k.py", "dcase20": "ex_dcase20.py",
                      "openmic": "ex_openmic.py"}
 # what each recipe reports as its result (the reference keeps the last epoch's model; FSD50K
@@ -79,8 +82,9 @@ REPORTED = {"esc50": "last", "dcase20": "last", "openmic": "last", "fsd50k": "te
 # - BatchNorm momentum 0.1: a small set gives a few hundred steps, too few for the architecture's
 #   0.01 to settle the running statistics evaluation uses;
 # - batch size 64, lowered for small sets so an epoch has at least 8 steps.
-OWN_RECIPE: dict[str, Any] = {**FINETUNE_BASE, "batch_size": 64, "clip_length": None, "bn_momentum": 0.1,
-                              "max_lr": None}
+OWN_RECIPE = dataclasses.replace(FINETUNE_BASE, batch_size=64, bn_momentum=0.1)
+# what the own-data recipe decides from the data (`resolve_own_recipe`, `finetune`), not in advance
+OWN_DATA_DECIDES = ("clip_length", "max_lr")
 OWN_LR = {"pretrained": 6e-5, "scratch": 8e-4}
 OWN_SCHEDULE_FRACTIONS = {"warm_up_len": 10 / 80, "ramp_down_start": 10 / 80, "ramp_down_len": 65 / 80}
 MIN_STEPS_PER_EPOCH = 8
@@ -91,10 +95,12 @@ ModelSpec = Union[str, Path, nn.Module, None]
 def recipe_defaults(recipe: str) -> dict[str, Any]:
     """The TrainConfig preset of `recipe` ("esc50", "fsd50k", "dcase20", "openmic" or "own")."""
     if recipe == "own":
-        return dict(OWN_RECIPE)
+        values = {name: getattr(OWN_RECIPE, name) for name in COMMON_FIELDS + ("batch_size", "clip_length",
+                                                                               "bn_momentum", "max_lr")}
+        return {**values, **{name: None for name in OWN_DATA_DECIDES}}
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; expected one of {', '.join([*RECIPES, 'own'])}")
-    return dict(RECIPES[recipe])
+    return {name: getattr(RECIPES[recipe], name) for name in RECIPE_FIELDS}
 
 
 def resolve_own_recipe(values: dict[str, Any], given: set[str], num_train_clips: int) -> dict[str, str]:

@@ -60,6 +60,15 @@ def kd_temperature(kind: str, temperature: Optional[float] = None) -> float:
     return float(temperature)
 
 
+def _reduce(per_clip: Tensor, reduction: str, mean_name: str) -> Tensor:
+    """`per_clip` as it is ("none") or its mean (`mean_name`: "mean", or "batchmean" where torch names it so)."""
+    if reduction == "none":
+        return per_clip
+    if reduction != mean_name:
+        raise ValueError(f"reduction must be '{mean_name}' or 'none', got {reduction!r}")
+    return per_clip.mean()
+
+
 def check_kd_lambda(kd_lambda: float) -> float:
     """The one range rule of `kd_lambda` (the label-loss weight): [0, 1]."""
     if not 0.0 <= kd_lambda <= 1.0:
@@ -338,12 +347,7 @@ def masked_bce_loss(logits: Tensor, targets: Tensor, known_mask: Tensor, mixup: 
     """
     student, targets, known = _partial_inputs(logits, targets, known_mask)
     targets = _mix_partial(targets, known, _mix_pairs(mixup))
-    per_clip = _masked_bce_per_clip(student, targets, known)
-    if reduction == "none":
-        return per_clip
-    if reduction != "mean":
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    return per_clip.mean()
+    return _reduce(_masked_bce_per_clip(student, targets, known), reduction, "mean")
 
 
 def single_label_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float,
@@ -376,11 +380,7 @@ def single_label_kd_loss(student_logits: Tensor, teacher_logits: Tensor, tempera
     # kl_div uses xlogy: classes the teacher gives probability 0 contribute 0, not NaN
     per_clip = F.kl_div(F.log_softmax(student / temperature, dim=1), teacher_probs,
                         reduction="none").sum(dim=1) * temperature ** 2
-    if reduction == "none":
-        return per_clip
-    if reduction != "batchmean":
-        raise ValueError(f"reduction must be 'batchmean' or 'none', got {reduction!r}")
-    return per_clip.mean()
+    return _reduce(per_clip, reduction, "batchmean")
 
 
 def _combine_with_teacher(label_per_clip: Tensor, kd_per_clip: Tensor, mask: Tensor,
@@ -449,39 +449,57 @@ def task_loss(kind: str, logits: Tensor, targets: Tensor, *, known_mask: Optiona
     temperature = kd_temperature(kind, temperature)
     mixes = _mix_pairs(mixup)
     student = logits.float()
-    batch = student.shape[0]
 
     if kind == "multilabel":
-        if targets.shape != student.shape:
-            raise ValueError(f"multi-label targets {tuple(targets.shape)} and logits {tuple(student.shape)} "
-                             f"differ in shape")
-        labels = _mix_all(targets.to(student.device).float(), mixes)
-        return distillation_loss(student, labels, teacher_logits, kd_lambda, temperature, has_teacher,
-                                 teacher_mix=mixes or None)
-
+        return _multilabel_task_loss(student, targets, teacher_logits, has_teacher, kd_lambda, temperature, mixes)
     if kind == "multiclass":
         label_per_clip = single_label_loss(student, targets, mixes, reduction="none")
     else:
-        assert known_mask is not None
-        student, labels, known = _partial_inputs(student, targets, known_mask)
-        labels = _mix_partial(labels, known, mixes)
-        label_per_clip = _masked_bce_per_clip(student, labels, known)
+        assert known_mask is not None  # required for this kind, checked above
+        label_per_clip = _partial_label_per_clip(student, targets, known_mask, mixes)
 
     if teacher_logits is None:
         zero = student.new_zeros(())
         loss = label_per_clip.mean()
         return loss, {"label_loss": loss.detach(), "kd_loss": zero, "teacher_fraction": zero}
+    kd_per_clip, mask = _fine_tuning_kd_per_clip(kind, student, teacher_logits, has_teacher, temperature, mixes)
+    return _combine_with_teacher(label_per_clip, kd_per_clip, mask, kd_lambda)
 
+
+def _multilabel_task_loss(student: Tensor, targets: Tensor, teacher_logits: Optional[Tensor],
+                          has_teacher: Optional[Tensor], kd_lambda: float, temperature: float,
+                          mixes: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, dict[str, Tensor]]:
+    """`task_loss` of kind "multilabel": the AudioSet recipe's `distillation_loss` on the mixed labels."""
+    if targets.shape != student.shape:
+        raise ValueError(f"multi-label targets {tuple(targets.shape)} and logits {tuple(student.shape)} "
+                         f"differ in shape")
+    labels = _mix_all(targets.to(student.device).float(), mixes)
+    return distillation_loss(student, labels, teacher_logits, kd_lambda, temperature, has_teacher,
+                             teacher_mix=mixes or None)
+
+
+def _partial_label_per_clip(student: Tensor, targets: Tensor, known_mask: Tensor,
+                            mixes: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """(B,) label losses of kind "partial_multilabel": `masked_bce_loss` per clip."""
+    # `_partial_inputs` hands back the float32 `student` itself; it is called for its checks
+    # and for the targets and known mask on the student's device
+    student, labels, known = _partial_inputs(student, targets, known_mask)
+    return _masked_bce_per_clip(student, _mix_partial(labels, known, mixes), known)
+
+
+def _fine_tuning_kd_per_clip(kind: str, student: Tensor, teacher_logits: Tensor, has_teacher: Optional[Tensor],
+                             temperature: float, mixes: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """(B,) distillation losses of kind "multiclass" (Hinton's) or "partial_multilabel" (BCE against
+    the softened teacher over all classes), and the (B,) mask of the mixed clips that have a teacher."""
     if teacher_logits.shape != student.shape:
         raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} and logits {tuple(student.shape)} "
                          f"differ in shape")
+    batch = student.shape[0]
     mask = _teacher_mask(has_teacher, batch, student.device, [])
     # Missing rows become 0 before softmax/sigmoid: NaN placeholders must not poison the gradient.
     teacher = torch.where(mask[:, None], teacher_logits.to(student.device).float(), torch.zeros_like(student))
     mask = _teacher_mask(mask, batch, student.device, mixes)
     if kind == "multiclass":
-        kd_per_clip = single_label_kd_loss(student, teacher, temperature, mixes, reduction="none")
-    else:
-        teacher_probs = _mix_all(torch.sigmoid(teacher / temperature), mixes)
-        kd_per_clip = F.binary_cross_entropy_with_logits(student, teacher_probs, reduction="none").mean(dim=1)
-    return _combine_with_teacher(label_per_clip, kd_per_clip, mask, kd_lambda)
+        return single_label_kd_loss(student, teacher, temperature, mixes, reduction="none"), mask
+    teacher_probs = _mix_all(torch.sigmoid(teacher / temperature), mixes)
+    return F.binary_cross_entropy_with_logits(student, teacher_probs, reduction="none").mean(dim=1), mask
