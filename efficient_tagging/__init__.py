@@ -23,7 +23,7 @@ __all__ = ["ASTFbank", "AudioTagger", "AugmentMelSTFT", "CATALOGUE", "LabelMap",
 
 # The training floor (and h5py, tqdm, ...) is imported when first used, not with the package.
 _LAZY = {"finetune": "efficient_tagging.train.finetune", "cross_validate": "efficient_tagging.train.finetune",
-         "DatasetSource": "efficient_tagging.data.datasets.registry"}
+         "DatasetSource": "efficient_tagging.data.datasets.source"}
 
 
 def __getattr__(name: str) -> Any:

@@ -182,7 +182,7 @@ def test_bad_clips_are_replaced_logged_and_counted(tmp_path, caplog, payload):
 def test_all_clips_bad_is_an_error_not_silence(tmp_path):
     """A clip and every replacement drawn for it undecodable: an error naming the file and the clip (it
     used to return silence without labels, and training went on over it; issue 24)."""
-    from efficient_tagging.data.base import UndecodableData
+    from efficient_tagging.data.clip_dataset import UndecodableData
 
     path = make_hdf5(tmp_path / "a.hdf", ["Y0.mp3", "Y1.mp3"])
     _replace_clip(path, 0, b"garbage")

@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..data.base import UndecodableData
+from ..data.clip_dataset import UndecodableData
 from ..data.hdf5 import AudioSetDataset
 from ..interrupt import SignalReceived, exit_code
 from ..labelling import label_hdf5
@@ -33,7 +33,7 @@ from ..textfile import InputFileError
 from ..train.audioset import AUDIOSET_RECIPE, DEMO_RECIPE
 from ..train.demo import DemoSettings, run_demo
 from ..train.distributed import DeviceUnavailable, DistInfo, init_distributed, select_device
-from ..train.interrupt import TrainingInterrupted
+from ..train.interrupted import TrainingInterrupted
 from ..train.recorded import run_recorded_training
 from ..train.run_lock import RunDirectoryBusy, RunDirectoryHoldsRun
 from ..train.trainer import ResumeMismatch, TrainConfig, cap_num_workers, evaluate

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Union
 
-from ..data.datasets.registry import DATASET_KINDS, DatasetSource, DatasetSourceError
+from ..data.datasets.source import DATASET_KINDS, DatasetSource, DatasetSourceError
 from ..models.factory import AUDIOSET_CLIP_SECONDS
 
 LAYOUTS = {

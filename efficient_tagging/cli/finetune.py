@@ -28,18 +28,18 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..data.datasets.base import DatasetLayoutError
-from ..data.datasets.registry import DatasetSource, DatasetSourceError
+from ..data.datasets.audio_files import DatasetLayoutError
+from ..data.datasets.source import DatasetSource, DatasetSourceError
 from ..interrupt import SignalReceived, exit_code
 from ..models.factory import CheckpointError, CheckpointWriteError
 from ..models.registry import get_entry
 from ..tagging.tagger import load_tagger
-from ..data.base import UndecodableData
+from ..data.clip_dataset import UndecodableData
 from ..textfile import InputFileError
 from ..train.distributed import DeviceUnavailable, DistInfo, select_device
 from ..train.finetune import (OWN_LR, RECIPES, REFERENCE_SCRIPTS, FinetuneResult, PreprocessingConflict,
                               adopt_model_frontend, cross_validate, finetune, open_datasets, recipe_defaults)
-from ..train.interrupt import TrainingInterrupted
+from ..train.interrupted import TrainingInterrupted
 from ..train.run_lock import RunDirectoryBusy, RunDirectoryHoldsRun, check_run_directory
 from ..train.tracking import RunTracker
 from ..train.trainer import SELECTION_METRIC, ResumeMismatch, TrainConfig, cap_num_workers, dataset_task, evaluate

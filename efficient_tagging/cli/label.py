@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 
-from ..data.datasets.registry import DatasetSource, DatasetSourceError
+from ..data.datasets.source import DatasetSource, DatasetSourceError
 from ..data.hdf5 import AudioSetDataset
 from ..data.teacher_logits import find_shards, merge_teacher_logits, shard_path
 from ..interrupt import exit_code, signal_name

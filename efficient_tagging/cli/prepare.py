@@ -210,8 +210,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _prepare_dataset(args: argparse.Namespace) -> int:
-    from ..data.datasets.base import DatasetLayoutError
-    from ..data.datasets.registry import DatasetSourceError
+    from ..data.datasets.audio_files import DatasetLayoutError
+    from ..data.datasets.source import DatasetSourceError
     from .dataset_flags import source_from_args
 
     if args.dataset == "folder" and args.audio_dir is not None:

@@ -5,7 +5,7 @@ teacher logits, waveform cache, sampling, augmentation.
 (readers with their release converters) are not imported here.
 """
 from .augment import WavmixResult, gain_augment, mix, mixstyle, mixup, roll_waveforms, wavmix
-from .base import ClipDataset
+from .clip_dataset import ClipDataset
 from .datasets import DCASE20, ESC50, CSVDataset, DatasetSource, FileClipDataset, FolderDataset
 from .hdf5 import (AudioSetDataset, AudioSetHDF5Writer, pack_targets, read_audio_names, read_label_map,
                    unpack_targets)

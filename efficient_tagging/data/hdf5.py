@@ -25,7 +25,7 @@ import torch
 from ..audio import AudioDecodeError, decode_audio, resample
 from ..labels import AUDIOSET_NUM_CLASSES, LabelMap
 from ..textfile import InputFileError
-from .base import ClipDataset
+from .clip_dataset import ClipDataset
 
 if TYPE_CHECKING:
     from .teacher_logits import TeacherLogits

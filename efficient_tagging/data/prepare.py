@@ -30,7 +30,7 @@ from ..textfile import open_text
 from .hdf5 import AudioSetHDF5Writer
 
 if TYPE_CHECKING:
-    from .datasets.registry import DatasetSource
+    from .datasets.source import DatasetSource
 
 log = logging.getLogger(__name__)
 

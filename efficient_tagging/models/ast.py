@@ -729,6 +729,7 @@ _AST_RELEASES = (("audioset_10_10_0.4593", "ca0b1v2nlxzyeb4", 10),
 
 class ASTFamily(ModelFamily):
     name = "ast"
+    model_class = ASTTagger
     class_count_key = "label_dim"
     is_teacher = True
     plot_style = ("D", "tab:purple", "AST (teacher)")
@@ -737,9 +738,6 @@ class ASTFamily(ModelFamily):
         # its fixed patch grid (the fbank cuts / pads the input to input_tdim) plus cls and distillation tokens
         grid_f, grid_t = model.grid
         return {"tokens": grid_f * grid_t + 2, "grid": [grid_f, grid_t], "prefix_tokens": 2}
-
-    def model_class(self) -> type[nn.Module]:
-        return ASTTagger
 
     def catalogue(self) -> list[PretrainedEntry]:
         return [PretrainedEntry(

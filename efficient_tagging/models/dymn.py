@@ -681,10 +681,8 @@ CHECKPOINT_TEMPERATURE_KEY = "dymn_temperature"
 
 class DyMNFamily(ModelFamily):
     name = "dymn"
+    model_class = DyMN
     plot_style = ("s", "tab:red", "dynamic MobileNet (dymn)")
-
-    def model_class(self) -> type[nn.Module]:
-        return DyMN
 
     def catalogue(self) -> list[PretrainedEntry]:
         return _catalogue()

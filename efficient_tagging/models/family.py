@@ -54,14 +54,13 @@ class ModelFamily:
 
     #: the architecture name (`get_model(arch=...)`, checkpoints' "arch" field)
     name: ClassVar[str]
+    #: the model class (its constructor takes the reference's own argument names)
+    model_class: ClassVar[type[nn.Module]]
     #: the constructor's name for the number of outputs (AST says `label_dim`)
     class_count_key: ClassVar[str] = "num_classes"
     #: a transformer teacher: fixed input length, long inputs tagged as the mean over windows
     #: (`needs_sliding_windows`), global receptive field, no student-only complexity options
     is_teacher: ClassVar[bool] = False
-
-    def model_class(self) -> type[nn.Module]:
-        raise NotImplementedError
 
     def catalogue(self) -> list[PretrainedEntry]:
         """The family's released checkpoints (catalogue rows), in catalogue order."""
@@ -74,13 +73,13 @@ class ModelFamily:
     # ----- building ----------------------------------------------------------------
     def constructor_arguments(self) -> Optional[set[str]]:
         """The constructor's keyword names (None when it takes **kwargs): unknown ones are refused by name."""
-        signature = inspect.signature(self.model_class().__init__)
+        signature = inspect.signature(self.model_class.__init__)
         if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
             return None
         return {name for name in signature.parameters if name != "self"}
 
     def build(self, **config: Any) -> nn.Module:
-        return self.model_class()(**config)
+        return self.model_class(**config)
 
     def normalise_config(self, config: dict[str, Any]) -> dict[str, Any]:
         """`num_classes` is accepted for every family: renamed to the constructor's own key."""
@@ -141,7 +140,7 @@ class ModelFamily:
 
     def constructor_defaults(self) -> dict[str, Any]:
         """The constructor's keyword defaults (to compare configs completely)."""
-        signature = inspect.signature(self.model_class().__init__)
+        signature = inspect.signature(self.model_class.__init__)
         return {key: p.default for key, p in signature.parameters.items() if p.default is not inspect.Parameter.empty}
 
     def token_info(self, model: nn.Module, input_shape: Sequence[int]) -> Optional[dict[str, Any]]:

@@ -542,12 +542,10 @@ def _catalogue() -> list[PretrainedEntry]:
 
 class MobileNetFamily(ModelFamily):
     name = "mn"
+    model_class = MobileNet
     complexity_options = frozenset({"head_type", "se_dims"})
     mel_bins_argument = "input_dim_f"  # the input check and the frequency SE sizes follow it
     plot_style = ("o", "tab:blue", "MobileNetV3 (mn)")
-
-    def model_class(self) -> type[nn.Module]:
-        return MobileNet
 
     def catalogue(self) -> list[PretrainedEntry]:
         return _catalogue()

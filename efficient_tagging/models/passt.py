@@ -651,6 +651,7 @@ def _release_entry(name: str, path: str, input_tdim: int, num_classes: int) -> P
 
 class PaSSTFamily(ModelFamily):
     name = "passt"
+    model_class = PaSST
     is_teacher = True
     plot_style = ("^", "tab:green", "PaSST (teacher)")
 
@@ -663,9 +664,6 @@ class PaSSTFamily(ModelFamily):
         grid_t = min((int(input_shape[-1]) - pt) // st + 1, int(model.time_grid))
         prefix = 2 if getattr(model, "dist_token", None) is not None else 1
         return {"tokens": grid_f * grid_t + prefix, "grid": [grid_f, grid_t], "prefix_tokens": prefix}
-
-    def model_class(self) -> type[nn.Module]:
-        return PaSST
 
     def catalogue(self) -> list[PretrainedEntry]:
         return [_release_entry(*row) for row in _PASST_RELEASES]

@@ -55,7 +55,7 @@ def family_of(model: nn.Module) -> Optional[ModelFamily]:
     if isinstance(arch, str) and arch in FAMILIES:
         return FAMILIES[arch]
     for family in FAMILIES.values():
-        if isinstance(model, family.model_class()):
+        if isinstance(model, family.model_class):
             return family
     return None
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import nn
 
-from ..data.datasets.registry import DatasetSource
+from ..data.datasets.source import DatasetSource
 from ..models.factory import get_model, save_checkpoint
 from ..tagging.tagger import AudioTagger
 from .distributed import DistInfo, select_device

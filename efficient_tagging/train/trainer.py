@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from ..data.augment import gain_augment, mix, mixstyle, mixup, roll_waveforms, wavmix
-from ..data.base import UndecodableData
+from ..data.clip_dataset import UndecodableData
 from ..data.hdf5 import AudioSetDataset, read_label_map
 from ..data.sampling import DistributedWeightedSampler, check_positive_labels, class_balanced_weights
 from ..data.teacher_logits import check_teacher_coverage
@@ -45,7 +45,7 @@ from ..models.layers import forward_spectrogram
 from ..models.registry import family_of, get_family
 from .distributed import DistInfo, all_gather_tensors, barrier, init_distributed, reduce_max, reduce_sum, select_device
 from ..interrupt import StopOnSignal, signal_name
-from .interrupt import TrainingInterrupted
+from .interrupted import TrainingInterrupted
 from .run_lock import RunDirectoryBusy, RunDirectoryHoldsRun, RunDirectoryLock, check_run_directory
 from .losses import (TASK_KINDS, check_kd_lambda, kd_temperature, masked_bce_loss, single_label_loss, task_loss,
                      uses_teacher)
@@ -291,7 +291,8 @@ def data_wait_record(epoch: int, data_wait_s: float, step_time_s: float) -> dict
             "step_time_s": step_time_s}
 
 
-def build_frontend(config: TrainConfig) -> AugmentMelSTFT:
+def training_frontend(config: TrainConfig) -> AugmentMelSTFT:
+    """The mel frontend `config` describes (with its training augmentations: masking, filterbank jitter)."""
     return AugmentMelSTFT(n_mels=config.n_mels, sr=config.sample_rate, win_length=config.window_size,
                           hopsize=config.hop_size, n_fft=config.n_fft, freqm=config.freqm, timem=config.timem,
                           fmin=config.fmin, fmax=config.fmax, fmin_aug_range=config.fmin_aug_range,
@@ -309,7 +310,7 @@ def model_config(config: TrainConfig, num_classes: int) -> dict[str, Any]:
     return kwargs
 
 
-def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+def training_model(config: TrainConfig, num_classes: int) -> nn.Module:
     """Fresh model, or one initialised from `config.model_name` (catalogue name or checkpoint)."""
     if not config.model_name:
         return create_model(config.arch, **model_config(config, num_classes))
@@ -522,7 +523,7 @@ def _train(config: TrainConfig, tracker: Optional[Any], dist_info: DistInfo, dev
     if is_main:
         Path(config.out_dir).mkdir(parents=True, exist_ok=True)
     data = build_training_data(config, dist_info, device, datasets)
-    frontend = build_frontend(config).to(device)
+    frontend = training_frontend(config).to(device)
     state = TrainingState.create(config, data, device, dist_info, precision)
     state.resume_if_asked(config, dist_info)
     model = state.model
@@ -688,7 +689,7 @@ class TrainingState:
     @classmethod
     def create(cls, config: TrainConfig, data: TrainingData, device: torch.device, dist_info: DistInfo,
                precision: str) -> "TrainingState":
-        model = build_model(config, data.num_classes).to(device)
+        model = training_model(config, data.num_classes).to(device)
         if config.bn_momentum is not None:
             for module in model.modules():
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 from ...labels import LabelMap
-from .base import DatasetLayoutError, FileClipDataset, check_files_exist, one_hot, read_table
+from .audio_files import DatasetLayoutError, FileClipDataset, check_files_exist, one_hot, read_table
 
 if TYPE_CHECKING:
     from ..teacher_logits import TeacherLogits

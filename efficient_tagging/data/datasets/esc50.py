@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 import numpy as np
 
 from ...labels import LabelMap
-from .base import DatasetLayoutError, FileClipDataset, check_files_exist, one_hot, parse_int, read_table
+from .audio_files import DatasetLayoutError, FileClipDataset, check_files_exist, one_hot, parse_int, read_table
 
 if TYPE_CHECKING:
     from ..teacher_logits import TeacherLogits

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Optional, Sequence, Union
 import numpy as np
 
 from ...labels import LabelMap
-from ..base import TASKS
-from .base import (AUDIO_EXTENSIONS, ClipLengthEstimate, DatasetLayoutError, FileClipDataset, check_files_exist,
+from ..clip_dataset import TASKS
+from .audio_files import (AUDIO_EXTENSIONS, ClipLengthEstimate, DatasetLayoutError, FileClipDataset, check_files_exist,
                    estimate_clip_length, read_table, scan_audio_files)
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ import torch
 from ...audio import AudioDecodeError, decode_audio, stated_duration
 from ...labels import LabelMap
 from ...textfile import open_text
-from ..base import TASKS, ClipDataset
+from ..clip_dataset import TASKS, ClipDataset
 
 if TYPE_CHECKING:
     from ..teacher_logits import TeacherLogits
