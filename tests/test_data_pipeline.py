@@ -120,7 +120,7 @@ def test_items_through_worker_processes_equal_the_plain_path(pipeline_data):
 def test_non_finite_resampled_samples_are_an_undecodable_clip(pipeline_data, monkeypatch, caplog):
     paths, _, names, _ = pipeline_data
     dataset = AudioSetDataset(paths[1], sample_rate=SAMPLE_RATE, clip_length=CLIP_LENGTH, replace_undecodable=False)
-    from efficient_tagging.data import base
+    from efficient_tagging.data import clip_dataset as base
 
     def poisoned(samples, orig, target):
         out = resample(samples, orig, target)

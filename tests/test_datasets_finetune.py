@@ -18,7 +18,7 @@ from efficient_tagging.data import AudioSetDataset, TeacherLogits, TeacherLogits
 from efficient_tagging.data.datasets import (DCASE20, DCASE20_SCENES, ESC50, CSVDataset, DatasetLayoutError,
                                              FolderDataset, device_from_filename, esc50_folds, esc50_train_eval,
                                              estimate_clip_length, split_indices)
-from efficient_tagging.data.datasets import base as datasets_base
+from efficient_tagging.data.datasets import audio_files as datasets_base
 from efficient_tagging.data.datasets.esc50 import ESC50_CATEGORIES
 
 from conftest import make_tiny_audioset

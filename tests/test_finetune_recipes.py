@@ -26,7 +26,7 @@ from efficient_tagging.cli import label as label_cli
 from efficient_tagging.cli import openmic as openmic_cli
 from efficient_tagging.cli import own_data as own_cli
 from efficient_tagging.cli import prepare as prepare_cli
-from efficient_tagging.data.datasets import base as datasets_base
+from efficient_tagging.data.datasets import audio_files as datasets_base
 from efficient_tagging.data.datasets.dcase20 import DCASE20_SCENES
 from efficient_tagging.data.datasets.esc50 import ESC50, ESC50_CATEGORIES
 from efficient_tagging.data.datasets.fsd50k import FSD50K_NUM_CLASSES, fsd50k_dataset

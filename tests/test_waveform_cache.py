@@ -324,7 +324,7 @@ def test_file_datasets_are_cached_too(tmp_path, monkeypatch):
     """The fine-tuning file datasets (here class folders) go behind the same cache: a second open decodes nothing."""
     from efficient_tagging.audio import encode_audio
     from efficient_tagging.data.datasets import FolderDataset
-    from efficient_tagging.data.datasets import base as datasets_base
+    from efficient_tagging.data.datasets import audio_files as datasets_base
 
     t = np.arange(8000) / 8000
     for c, name in enumerate(["a", "b"]):
