@@ -10,7 +10,9 @@ seconds, so every round times every path once and the table reports medians):
     under inference_mode, what the tagging CLI and ``AudioTagger`` run;
   - ``bf16 (opt-in)``: the inference copy in bfloat16 (weights and activations);
   - ``onnxruntime`` (``--onnx``, needs the onnx extra): the exported spectrogram graph;
-* end to end (``tag_file``: decode + resample + mel + model + top-k) for eager and default, and with
+  - ``openvino`` (``--openvino``, needs the openvino extra): the same export, OpenVINO CPU, f32;
+* end to end (``tag_file``: decode + resample + mel + model + top-k) for eager, the torch fast path
+  and (``--openvino``) the default backend choice (``export.backends.use_backend(tagger, "auto")``), and with
   ``--reference_checkout`` (and librosa installed, as the reference needs) the reference's
   ``inference.py`` path: ``librosa.load(path, sr=32000, mono=True)`` -> its ``AugmentMelSTFT`` ->
   its model -> sigmoid -> top-10.
@@ -22,7 +24,7 @@ std 3). Errors: max |delta logit| / max |logit| against ours eager; bf16 also to
 mean |delta prob|.
 
     python benchmarks/bench_tagging_latency.py                      # ~2 min on 2 cores
-    python benchmarks/bench_tagging_latency.py --reference_checkout /path/to/EfficientAT --onnx
+    python benchmarks/bench_tagging_latency.py --reference_checkout /path/to/EfficientAT --onnx --openvino
     python benchmarks/bench_tagging_latency.py --batch_size 32 --rounds 5    # batched (32 clips)
 """
 from __future__ import annotations
@@ -73,6 +75,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--reference_checkout", type=Path, default=None, help="an EfficientAT checkout to time")
     parser.add_argument("--arch", choices=("mn", "dymn"), default="mn", help="mn10 or dymn10")
     parser.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (exports the model, ~40 s)")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time OpenVINO on the same export, and end to end the default backend choice "
+                             "(backend auto: export cached in a temporary folder)")
     parser.add_argument("--batch_size", type=int, default=1,
                         help="clips per model call (different 10-s stretches of the long test audio)")
     parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (model-only paths)")
@@ -123,14 +128,16 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         paths = {"reference eager (fp32)": run_reference, **paths}
     workdir = None
-    if args.onnx:
+    if args.onnx or args.openvino:
         from efficient_tagging.export.onnx import OnnxTagger, export_onnx
 
         workdir = tempfile.TemporaryDirectory()
-        runner = OnnxTagger(export_onnx(eager, Path(workdir.name) / "mn10.onnx", check_audio=clip[0]),
-                            threads=args.threads)
+        exported = export_onnx(eager, Path(workdir.name) / "mn10.onnx", check_audio=clip[0])
         array = spectrogram.numpy()
-        paths["onnxruntime (fp32)"] = lambda: torch.from_numpy(runner.session.run(["logits"], {"spectrogram": array})[0])
+        for runtime, wanted in (("onnxruntime", args.onnx), ("openvino", args.openvino)):
+            if wanted:
+                engine = OnnxTagger(exported, threads=args.threads, runtime=runtime).engine
+                paths[f"{runtime} (fp32)"] = lambda engine=engine: torch.from_numpy(engine.run(array))
 
     times: dict[str, list[float]] = {name: [] for name in paths}
     outputs: dict[str, torch.Tensor] = {}
@@ -144,7 +151,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     file_paths: dict[str, Callable[[Path], object]] = {
         "ours eager (fp32)": lambda path: eager.tag_file(path, top_k=10),
-        "ours default": lambda path: default.tag_file(path, top_k=10)}
+        "ours torch fast path": lambda path: default.tag_file(path, top_k=10)}
+    if args.openvino:
+        from efficient_tagging.export.backends import use_backend
+
+        automatic = AudioTagger(model)
+        chosen = use_backend(automatic, "auto", cache_dir=Path(workdir.name) / "cache", threads=args.threads)
+        file_paths[f"ours default (auto: {chosen})"] = lambda path: automatic.tag_file(path, top_k=10)
     if args.reference_checkout is not None:
         reference_run = reference_file_path(args.reference_checkout, reference)
         if reference_run is not None:
@@ -170,7 +183,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         median = statistics.median(times[name])
         error = float((outputs[name] - expected).abs().max() / expected.abs().max())
         agreement = ""
-        if name.startswith("bf16") or name.startswith("onnx"):
+        if name.startswith(("bf16", "onnx", "openvino")):
             p = torch.sigmoid(outputs[name])
             same = sum(set(p[i].topk(5).indices.tolist()) == set(probabilities[i].topk(5).indices.tolist())
                        for i in range(p.shape[0]))

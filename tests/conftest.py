@@ -1,6 +1,7 @@
 """Shared test helpers: where the read-only reference material lives, and fixture discovery."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -8,6 +9,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# The tagging command's default backend (auto) exports a student once per model to run it in
+# OpenVINO / ONNX Runtime: the command-line tests (a fresh model each) keep PyTorch unless they name a
+# backend; tests/test_backends.py and test_one_answer.py cover the others.
+os.environ.setdefault("EFFICIENT_TAGGING_BACKEND", "torch")
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures" / "reference"
 METRO_WAV = SHARED / "data" / "metro_station-paris.wav"

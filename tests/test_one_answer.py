@@ -2,7 +2,8 @@
 input contract, so the same model and audio give the same tags whatever the path.
 
 The matrix: paths {PyTorch default (fast inference copy), PyTorch eager, ONNX spectrogram graph, ONNX
-waveform graph} x entries {file, float32 waveform at the model's rate, numpy int16 at the file's rate
+waveform graph, and every installed backend: the PyTorch tagger computing `forward` with its export in
+ONNX Runtime / OpenVINO, the exported file in OpenVINO} x entries {file, float32 waveform at the model's rate, numpy int16 at the file's rate
 with `sample_rate=`, float32 at the file's rate with `sample_rate=`, tags over time with one window =
 the recording, streaming int16 chunks of 0.1 s and 0.37 s} x durations {0.05, 0.3 s, just below and
 above one analysis window, 1, 3, 10, 25 s} x input rates {8, 16, 44.1 kHz}: the same top-5 and max
@@ -64,6 +65,17 @@ def taggers(tmp_path_factory):
         waveform = add_frontend(spectrogram, folder / "student.waveform.onnx", check_audio=recording)
         out["onnx_spectrogram"] = OnnxTagger(spectrogram, threads=2)
         out["onnx_waveform"] = OnnxTagger(waveform, threads=2)
+        # every installed backend of the PyTorch tagger (export.backends: its exported graph computes
+        # `forward`), and the exported file in OpenVINO
+        from efficient_tagging.export.backends import CompiledModel
+        from efficient_tagging.export.engines import installed_runtimes, load_engine
+
+        for runtime in installed_runtimes():
+            backend = AudioTagger(model, label_map=LABELS)
+            backend.compiled_model = CompiledModel(load_engine(spectrogram, runtime, threads=2))
+            out[f"torch_backend_{runtime}"] = backend
+        if "openvino" in installed_runtimes():
+            out["onnx_spectrogram_openvino"] = OnnxTagger(spectrogram, threads=2, runtime="openvino")
     return out
 
 

@@ -118,7 +118,7 @@ def test_onnx_threads_sleep_between_runs_instead_of_spinning(mn10):
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     spectrogram = np.zeros((1, 1, 128, 300), dtype=np.float32)
     for _ in range(3):
-        runner.session.run(["logits"], {runner.input_name: spectrogram})
+        runner.session.run(["logits"], {runner.engine.input_name: spectrogram})
     cpu_before = time.process_time()
     time.sleep(0.3)
     assert time.process_time() - cpu_before < 0.01

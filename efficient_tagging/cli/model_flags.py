@@ -3,12 +3,17 @@ the tagger they describe (`inference.py`, `windowed_inference.py`, `export_onnx.
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import re
+import sys
 from typing import Any
 
 import torch
 
 from ..hardware import select_device
+
+logger = logging.getLogger(__name__)
 
 DEVICE_PATTERN = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
@@ -91,13 +96,64 @@ def select_tagging_device(args: argparse.Namespace) -> torch.device:
     return select_device(bool(args.cuda), device=args.device)
 
 
-def load_onnx_tagger(model_path: str, device: torch.device) -> Any:
-    """The exported model behind --backend onnx, on the CPU or the CUDA execution provider."""
+#: the default of --backend where the command line gives none (e.g. "torch" to skip exporting)
+BACKEND_ENV = "EFFICIENT_TAGGING_BACKEND"
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino", "onnx")
+ONNX_RUNTIMES = ("onnxruntime", "openvino")
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backend", choices=BACKEND_CHOICES, default=None,
+        help="what computes the model: auto (default; $" + BACKEND_ENV + " changes it) = the fastest installed "
+             "for this model and device -- on the CPU a student's graph exported once to ONNX (cached beside the "
+             "downloads) and run by OpenVINO or ONNX Runtime, else PyTorch; torch, onnxruntime or openvino by "
+             "name. A --model_path ending in .onnx runs in OpenVINO or ONNX Runtime (onnx = onnxruntime)")
+
+
+def check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve --backend against the model flags: an exported .onnx file runs in an ONNX runtime."""
+    onnx_file = bool(args.model_path) and str(args.model_path).lower().endswith(".onnx")
+    if args.backend is None:  # not on the command line: the environment's default, else auto
+        args.backend = "auto" if onnx_file else (os.environ.get(BACKEND_ENV) or "auto")
+        if args.backend not in BACKEND_CHOICES:
+            parser.error(f"${BACKEND_ENV}={args.backend!r} is not a backend; choose one of {', '.join(BACKEND_CHOICES)}")
+    if args.backend == "onnx":
+        if args.ensemble:
+            parser.error("--ensemble runs PyTorch models; it cannot be combined with --backend onnx")
+        if not onnx_file:
+            parser.error("--backend onnx needs --model_path pointing to an exported .onnx model")
+        args.backend = "onnxruntime"
+    if onnx_file:
+        if args.backend == "torch":
+            parser.error(f"{args.model_path} is an exported ONNX model: it runs with --backend onnxruntime or "
+                         f"openvino (or auto), not torch")
+        if args.backend == "auto":
+            args.backend = "openvino" if _openvino_installed() else "onnxruntime"
+        if args.device == "mps":
+            parser.error("--backend onnx runs on cpu or cuda, not mps")
+    args.onnx_file = onnx_file
+
+
+def _openvino_installed() -> bool:
+    try:
+        from ..export.engines import runtime_installed  # imported when used: --help stays light
+    except ImportError:  # no export floor: loading the file says so
+        return False
+    return runtime_installed("openvino")
+
+
+def load_onnx_tagger(model_path: str, device: torch.device, runtime: str = "onnxruntime") -> Any:
+    """The exported model at `model_path` run by `runtime`, on the CPU (or ONNX Runtime's CUDA provider)."""
     try:
         from ..export.runtime import OnnxTagger
     except ImportError as error:
-        raise RuntimeError(f"--backend onnx needs efficient_tagging.export.runtime, which this installation "
-                           f"lacks or cannot import ({error})") from error
+        raise RuntimeError(f"--backend onnx needs efficient_tagging.export.runtime (to run {model_path} in {runtime}), "
+                           f"which this installation lacks or cannot import ({error})") from error
+    if runtime == "openvino":
+        if device.type != "cpu":
+            raise RuntimeError(f"--backend openvino runs on the CPU here, not {device}")
+        return OnnxTagger(model_path, runtime="openvino")
     if device.type == "cuda":
         providers: list[Any] = [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
     else:
@@ -110,13 +166,22 @@ def load_tagger_for(args: argparse.Namespace, device: torch.device) -> Any:
     from ..tagging.ensemble import TeacherEnsemble  # imported when used: --help stays light
     from ..tagging.tagger import load_tagger
 
-    if args.backend == "onnx":
-        return load_onnx_tagger(args.model_path, device)
+    backend = getattr(args, "backend", "torch")
+    if getattr(args, "onnx_file", False) or backend == "onnx":
+        return load_onnx_tagger(args.model_path, device, "onnxruntime" if backend == "onnx" else backend)
     if args.ensemble:
         tagger = TeacherEnsemble.from_names(args.ensemble, cache_dir=args.cache_dir, labels_path=args.labels_path)
     else:
         tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path, cache_dir=args.cache_dir)
+    eager = getattr(args, "eager", False)
     for member in getattr(tagger, "members", None) or [tagger]:
         if hasattr(member, "fast"):
-            member.fast = not getattr(args, "eager", False)
-    return tagger.to(device)
+            member.fast = not eager
+    tagger = tagger.to(device)
+    if backend in ("auto", *ONNX_RUNTIMES) and not (eager and backend == "auto"):
+        from ..export.backends import use_backend
+
+        chosen = use_backend(tagger, backend, cache_dir=args.cache_dir,
+                             notify=lambda line: print(line, file=sys.stderr, flush=True))
+        logger.info("backend: %s", chosen)
+    return tagger

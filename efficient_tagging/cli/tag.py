@@ -40,8 +40,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ..tagging.files import (AUDIO_EXTENSIONS, FileTags, ProbabilitiesWriter, class_names_of, find_audio_files,
                              tag_files, top_tags)
 from .help import HelpFormatter
-from .model_flags import (add_model_arguments, device_name, load_tagger_for, non_negative_int,
-                          positive_int, select_tagging_device)
+from .model_flags import (add_backend_argument, add_model_arguments, check_backend, device_name, load_tagger_for,
+                          non_negative_int, positive_int, select_tagging_device)
 from .output_paths import check_output_file
 
 # Imported where used: the ONNX runner (needs the optional onnxruntime), so that --help imports no optional
@@ -92,9 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tag with the mean logits of several catalogue models (e.g. PaSST teachers and "
                              "students; each with its own frontend); replaces --model_name/--model_path. It takes every word up to the "
                              "next flag: put audio paths before it or after --audio_path")
-    parser.add_argument("--backend", choices=("torch", "onnx"), default=None,
-                        help="run the model with PyTorch or ONNX Runtime (onnx: --model_path is an exported "
-                             ".onnx file; default: onnx if --model_path ends in .onnx, else torch)")
+    add_backend_argument(parser)
     parser.add_argument("--top_k", type=positive_int, default=10,
                         help="labels to print per file, and to list under top_k in an --output .json file")
     parser.add_argument("--eager", action="store_true",
@@ -127,15 +125,7 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error("give audio files or folders (positional, or after --audio_path)")
     if args.cuda and args.device not in (None, "cuda"):
         parser.error(f"--cuda and --device {args.device} contradict each other; give one")
-    if args.backend is None:
-        args.backend = "onnx" if args.model_path and str(args.model_path).lower().endswith(".onnx") else "torch"
-    if args.backend == "onnx":
-        if args.ensemble:
-            parser.error("--ensemble runs PyTorch models; it cannot be combined with --backend onnx")
-        if not args.model_path:
-            parser.error("--backend onnx needs --model_path pointing to an exported .onnx model")
-        if args.device == "mps":
-            parser.error("--backend onnx runs on cpu or cuda, not mps")
+    check_backend(parser, args)
     check_output_file(parser, "--output", args.output, (".csv", ".json"))
 
 

@@ -1,4 +1,4 @@
-"""The ONNX Runtime tagger: an exported model with the tagging API (`--backend onnx`)."""
+"""The ONNX tagger: an exported model, run by ONNX Runtime or OpenVINO (`engines`), with the tagging API."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from ..frontends import build_frontend
 from ..models.layers import sliding_window_starts
 from ..tagging.tagger import AudioTagger, BlockFactory, TaggingMixin, check_model_input
-from .metadata import PathLike, _require, read_onnx_metadata
+from .engines import load_engine
+from .metadata import PathLike, read_onnx_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class _SpectrogramModel:
 
 
 class OnnxTagger(TaggingMixin):
-    """An exported model run by ONNX Runtime, with :class:`AudioTagger`'s tagging API.
+    """An exported model run by ONNX Runtime (default) or OpenVINO (`runtime="openvino"`), with
+    :class:`AudioTagger`'s tagging API.
 
     `forward(waveform (B, samples)) -> logits (B, C)` (also `tagger(waveform)`); `probabilities`,
     `file_probabilities`, `tag_waveform`, `tag_file`, `top_k` come from `TaggingMixin`, with the
@@ -51,7 +53,7 @@ class OnnxTagger(TaggingMixin):
     Waveform graphs take the audio directly; for spectrogram graphs the PyTorch frontend of the
     stored preprocessing runs first. Label map, sample rate, task, clip length come from the
     file's metadata. `providers`: ONNX Runtime execution providers (default CPU); `threads`:
-    intra-op threads (default: ONNX Runtime's choice).
+    intra-op threads (default: the runtime's choice); `cache_dir`: OpenVINO's compiled-kernel cache.
 
     Long inputs (`stream_logits`, files longer than `chunk_seconds`): the graphs are dynamic in
     time, so the blocks are concatenated and the model runs once over the whole input -- exact
@@ -61,39 +63,18 @@ class OnnxTagger(TaggingMixin):
     """
 
     def __init__(self, path: PathLike, *, providers: Optional[Sequence[Any]] = None,
-                 threads: Optional[int] = None) -> None:
-        ort = _require("onnxruntime")
+                 threads: Optional[int] = None, runtime: str = "onnxruntime",
+                 cache_dir: Optional[PathLike] = None) -> None:
         self.path = Path(path)
         self.metadata = read_onnx_metadata(self.path)
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        # ONNX Runtime's worker threads busy-wait after every run by default; between runs this
-        # process computes the frontend (and the caller's work) in PyTorch on the same cores, and
-        # the spinning threads took those cores away (measured: a PyTorch model timed after an ORT
-        # run took 2x as long). Sleeping workers cost nothing measurable per run.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        available = ort.get_available_providers()
-        providers = list(providers) if providers else ["CPUExecutionProvider"]
-        unknown = [p for p in providers if (p[0] if isinstance(p, tuple) else p) not in available]
-        if unknown:
-            raise ValueError(f"ONNX Runtime providers {unknown} are not available here (available: {available})")
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as error:
-            raise ValueError(f"{self.path}: ONNX Runtime cannot load the model ({error})") from None
+        self.engine = load_engine(self.path, runtime, providers=providers, threads=threads, cache_dir=cache_dir)
         meta = self.metadata
-        outputs = {o.name: o.shape for o in self.session.get_outputs()}
-        width = (outputs.get("logits") or [None])[-1]
+        width = self.engine.output_width
         # the label map must name every output: a file whose metadata says otherwise is refused
-        self.contract = meta.contract.validate(str(self.path), num_outputs=width if isinstance(width, int) else None)
+        self.contract = meta.contract.validate(str(self.path), num_outputs=width)
         self.num_classes = len(meta.label_map)
         self.preprocessing = dict(meta.preprocessing)
         self.input_kind = meta.input_kind
-        self.input_name = self.session.get_inputs()[0].name
         self.frontend: Optional[nn.Module] = (build_frontend(meta.preprocessing).eval()
                                               if meta.input_kind == "spectrogram" else None)
         # Spectrogram graphs also serve the windowed and streaming paths, which run the model on
@@ -104,7 +85,17 @@ class OnnxTagger(TaggingMixin):
 
     def __repr__(self) -> str:
         return (f"OnnxTagger({str(self.path)!r}, input={self.input_kind}, classes={self.num_classes}, "
-                f"sample_rate={self.sample_rate}, providers={self.session.get_providers()})")
+                f"sample_rate={self.sample_rate}, {self.engine.describe()})")
+
+    @property
+    def input_name(self) -> str:
+        """The graph's input name ("spectrogram" or "waveform")."""
+        return self.engine.input_name
+
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime session (runtime "onnxruntime" only)."""
+        return self.engine.session
 
     @property
     def device(self) -> torch.device:
@@ -121,8 +112,7 @@ class OnnxTagger(TaggingMixin):
         return self.forward(waveform)
 
     def _run(self, array: np.ndarray) -> Tensor:
-        logits = self.session.run(["logits"], {self.input_name: np.ascontiguousarray(array, dtype=np.float32)})[0]
-        return torch.from_numpy(logits)
+        return torch.from_numpy(self.engine.run(array))
 
     def forward(self, waveform: Tensor) -> Tensor:
         """Logits (B, C) of a waveform batch (B, samples) at `sample_rate`: one pass over the whole input."""

@@ -226,6 +226,8 @@ class AudioTagger(TaggingMixin, nn.Module):
         self.fast = fast
         self._fast_model: Optional[nn.Module] = None
         self._fast_signature: Optional[tuple] = None
+        self._compiled_model: Optional[Any] = None  # see `compiled_model`
+        self._compiled_signature: Optional[tuple] = None
         if short_inputs not in SHORT_INPUT_POLICIES:
             raise ValueError(f"short_inputs must be one of {', '.join(SHORT_INPUT_POLICIES)}, got {short_inputs!r}")
         if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or not (
@@ -277,12 +279,36 @@ class AudioTagger(TaggingMixin, nn.Module):
             self._window_plan = plan_windows(self.model, self.chunk_frames, n_mels)
         return self._window_plan
 
+    @property
+    def compiled_model(self) -> Optional[Any]:
+        """Another engine computing this model's logits in `forward` (`export.backends.use_backend`:
+        its exported graph in ONNX Runtime or OpenVINO): `compiled_model(spectrogram) -> (logits, _)`.
+        Used where the fast path applies, while the model's weights are those it was made from."""
+        return self._compiled_model
+
+    @compiled_model.setter
+    def compiled_model(self, engine: Optional[Any]) -> None:
+        self._compiled_model = engine
+        self._compiled_signature = self._model_signature() if engine is not None else None
+
+    def _current_compiled_model(self) -> Optional[Any]:
+        if self._compiled_model is not None and self._model_signature() != self._compiled_signature:
+            logger.warning("the model changed after it was compiled for %s: tagging with PyTorch again",
+                           getattr(self._compiled_model, "backend", "another backend"))
+            self.compiled_model = None
+        return self._compiled_model
+
     def forward(self, waveform: Tensor) -> Tensor:
         """Logits (B, C) of a waveform batch (B, samples): one pass over the whole input."""
         check_model_input(waveform, self.min_samples, self.sample_rate)
         if not self._fast_path_applies():
             logits, _ = forward_spectrogram(self.model, self.frontend(waveform.to(self.device)))
             return logits
+        compiled = self._current_compiled_model()
+        if compiled is not None:
+            with torch.inference_mode():
+                logits, _ = compiled(self.frontend(waveform.to(self.device)))
+            return logits.clone()
         model = self.inference_model()
         with torch.inference_mode():
             logits, _ = forward_spectrogram(model, self.frontend(waveform.to(self.device)))

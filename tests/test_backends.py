@@ -1,0 +1,139 @@
+"""The backend choice (issue 26): `backend="auto"` picks the fastest installed engine for a tagger, its
+export is cached (keyed by weights, input contract, torch and runtime versions) and reused, a stale
+compiled model is never used, and the tagging command gives the same tags with every backend."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, metro_long, randomised_student, requires_shared
+from efficient_tagging.export import backends
+from efficient_tagging.export.backends import BackendUnavailable, cached_export, choose_backend, use_backend
+from efficient_tagging.export.engines import installed_runtimes
+from efficient_tagging.labels import LabelMap
+from efficient_tagging.models import get_model, save_checkpoint
+from efficient_tagging.tagging.tagger import AudioTagger
+
+pytestmark = requires_shared
+pytest.importorskip("onnxscript")
+RUNTIMES = installed_runtimes()
+PREPROCESSING = {"sr": 16000, "n_mels": 64, "win_length": 800, "hopsize": 320, "n_fft": 1024, "clip_length": 2.0}
+LABELS = LabelMap.from_names([f"class {i}" for i in range(8)])
+
+
+def _tagger() -> AudioTagger:
+    model = randomised_student("mn", width_mult=0.4, num_classes=len(LABELS), input_dim_f=64, logit_std=2.0,
+                               preprocessing=PREPROCESSING)
+    model.label_map = LABELS
+    return AudioTagger(model, label_map=LABELS)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tagger, its cache folder and the runtime whose export is cached there (exported once)."""
+    if not RUNTIMES:
+        pytest.skip("no ONNX runtime installed")
+    cache = tmp_path_factory.mktemp("backend_cache")
+    tagger = _tagger()
+    runtime = RUNTIMES[-1]
+    return tagger, cache, runtime, cached_export(tagger, runtime, cache)
+
+
+def test_auto_picks_the_fastest_installed_and_keeps_torch_where_exports_do_not_apply():
+    tagger = _tagger()
+    expected = "openvino" if "openvino" in RUNTIMES else "onnxruntime" if "onnxruntime" in RUNTIMES else "torch"
+    assert choose_backend(tagger, "auto") == expected
+    assert choose_backend(tagger, "torch") == "torch"
+    teacher = AudioTagger(get_model(arch="passt", embed_dim=64, depth=1, num_heads=4, img_size=(64, 100),
+                                    distilled=True, num_classes=3))
+    assert choose_backend(teacher, "auto") == "torch"
+    with pytest.raises(BackendUnavailable, match="transformer teacher"):
+        choose_backend(teacher, "onnxruntime")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        choose_backend(tagger, "tensorrt")
+
+
+def test_a_runtime_that_is_not_installed_is_named(monkeypatch):
+    monkeypatch.setattr(backends, "installed_runtimes", lambda: [])
+    tagger = _tagger()
+    assert choose_backend(tagger, "auto") == "torch"
+    with pytest.raises(BackendUnavailable, match=r"not installed here \(pip install"):
+        choose_backend(tagger, "openvino")
+
+
+def test_the_export_is_cached_and_reused(exported, monkeypatch):
+    tagger, cache, runtime, path = exported
+    assert path.is_file() and path.parent == cache / "compiled"
+    calls = []
+    import efficient_tagging.export.onnx as onnx_module
+
+    monkeypatch.setattr(onnx_module, "export_onnx", lambda *a, **k: calls.append(a))
+    assert cached_export(tagger, runtime, cache) == path  # same weights, contract, versions: no export
+    assert calls == []
+    other = _tagger()
+    with torch.no_grad():
+        next(other.model.parameters()).add_(1.0)  # other weights: another key
+    assert backends.export_key(other, runtime) != backends.export_key(tagger, runtime)
+
+
+def test_a_damaged_cached_export_is_exported_again(exported, tmp_path):
+    tagger, _, runtime, path = exported
+    cache = tmp_path / "cache"
+    (cache / "compiled").mkdir(parents=True)
+    damaged = cache / "compiled" / path.name
+    damaged.write_bytes(b"not an onnx file")
+    fresh = cached_export(tagger, runtime, cache)
+    assert fresh == damaged and fresh.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_every_backend_gives_the_torch_answer(exported, runtime):
+    tagger = _tagger()
+    audio = torch.randn(3, 48000) * torch.tensor([[0.05], [0.2], [0.5]])
+    with torch.no_grad():
+        expected = tagger.probabilities(audio)
+    assert use_backend(tagger, runtime, cache_dir=exported[1]) == runtime
+    assert tagger.compiled_model is not None and tagger.compiled_model.backend == runtime
+    with torch.no_grad():
+        got = tagger.probabilities(audio)
+    assert float((got - expected).abs().max()) <= 1e-4
+    assert all(set(g.topk(5).indices.tolist()) == set(e.topk(5).indices.tolist()) for g, e in zip(got, expected))
+
+
+def test_a_changed_model_is_not_tagged_by_its_stale_export(exported, caplog):
+    _, cache, runtime, _ = exported
+    tagger = _tagger()
+    use_backend(tagger, runtime, cache_dir=cache)
+    with torch.no_grad():
+        for parameter in tagger.model.classifier.parameters():
+            parameter.mul_(-1.0)  # fine-tuned in place after compiling
+        audio = torch.randn(1, 32000, generator=torch.Generator().manual_seed(0)) * 0.1
+        expected = AudioTagger(tagger.model, label_map=LABELS, fast=False).probabilities(audio)
+        with caplog.at_level("WARNING"):
+            got = tagger.probabilities(audio)
+    assert "changed after it was compiled" in caplog.text and tagger.compiled_model is None
+    assert float((got - expected).abs().max()) <= 1e-4
+
+
+@pytest.mark.skipif(not RUNTIMES, reason="no ONNX runtime installed")
+def test_the_tagging_command_gives_the_same_tags_with_every_backend(tmp_path):
+    tagger = _tagger()
+    checkpoint = save_checkpoint(tmp_path / "student.pt", tagger.model, arch="mn", labels=LABELS, task="multilabel")
+    from efficient_tagging.audio import encode_audio
+
+    wav = tmp_path / "clip.wav"
+    wav.write_bytes(encode_audio(metro_long(3, sample_rate=16000).numpy(), 16000, "wav"))
+    printed = {}
+    for backend in ("torch", *RUNTIMES, "auto"):
+        result = subprocess.run([sys.executable, str(REPO / "experiments" / "inference.py"), "--model_path",
+                                 str(checkpoint), "--audio_path", str(wav), "--backend", backend, "--top_k", "5",
+                                 "--cache_dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        printed[backend] = [line for line in result.stdout.splitlines() if line.startswith("class ")]
+        if backend != "torch":
+            assert "exporting" in result.stderr or backend == "auto"  # said once, when it happens
+    labels = {backend: [line.split(":")[0] for line in lines] for backend, lines in printed.items()}
+    assert len(labels["torch"]) == 5 and all(value == labels["torch"] for value in labels.values()), labels
