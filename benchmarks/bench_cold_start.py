@@ -6,8 +6,11 @@ Each path is a new Python process, timed from start to exit, with its peak resid
 
   import torch            `python -c "import torch"`: the floor every PyTorch tool pays
   inference.py --help     the tagging CLI's help (must import no plotting or tracking package)
-  tag one file            `inference.py --model_path mn10.pt --audio_path <10-s recording>`: import,
-                          model load, decode, resample, mel, model, top-10 (the default fast path)
+  tag one file (default)  `inference.py --model_path mn10.pt --audio_path <10-s recording>`: import,
+                          model load, decode, resample, mel, model, top-10 with the default backend
+                          (auto: PyTorch's fast path for a run this short)
+  tag one file --backend openvino   the same in OpenVINO (ONNX Runtime without it), its export cached
+                          by a first, untimed run
   tag one file --eager    the same without the inference copy
 
 plus a phase breakdown measured inside one child per round (import torch, import the CLI module,
@@ -21,6 +24,7 @@ The checkpoint is an mn10 with random weights and the AudioSet label map, writte
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -68,12 +72,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     save_checkpoint(checkpoint, get_model(arch="mn", width_mult=1.0), labels=labels, dataset="audioset")
 
     script = str(REPO / "experiments" / "inference.py")
+    tag_one = [sys.executable, script, "--model_path", str(checkpoint), "--audio_path", str(args.audio),
+               "--cache_dir", str(Path(workdir.name) / "cache")]
+    # an ONNX runtime backend exports the model once per machine: paid here, before the rounds
+    runtime = "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"
+    seconds, _, _ = run_child(tag_one + ["--backend", runtime])
+    print(f"first run with --backend {runtime} (exports the model once, cached): {seconds:.1f} s")
     paths = {
         "import torch": [sys.executable, "-c", "import torch"],
         "inference.py --help": [sys.executable, script, "--help"],
-        "tag one file": [sys.executable, script, "--model_path", str(checkpoint), "--audio_path", str(args.audio)],
-        "tag one file --eager": [sys.executable, script, "--model_path", str(checkpoint), "--audio_path",
-                                 str(args.audio), "--eager"],
+        "tag one file (default)": tag_one + ["--backend", "auto"],
+        f"tag one file --backend {runtime}": tag_one + ["--backend", runtime],
+        "tag one file --eager": tag_one + ["--backend", "torch", "--eager"],
         "phases": [sys.executable, "-c", PHASES, str(checkpoint), str(args.audio)],
     }
     wall: dict[str, list[float]] = {name: [] for name in paths}
@@ -92,10 +102,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     print(f"cold start, fresh processes, torch {torch.__version__}, {os.cpu_count()} CPUs; "
           f"medians of {args.rounds} rotated rounds; file {args.audio.name}")
-    print(f"{'process':24s} {'wall s':>7s} {'peak RSS MiB':>13s}")
+    print(f"{'process':34s} {'wall s':>7s} {'peak RSS MiB':>13s}")
     for name in names:
         if name != "phases":
-            print(f"{name:24s} {statistics.median(wall[name]):7.2f} {statistics.median(rss[name]):13.0f}")
+            print(f"{name:34s} {statistics.median(wall[name]):7.2f} {statistics.median(rss[name]):13.0f}")
     print("\nphases inside one process (s):")
     for index, phase in enumerate(PHASE_NAMES):
         print(f"  {phase:36s} {statistics.median(values[index] for values in phases):6.3f}")

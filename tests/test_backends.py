@@ -137,3 +137,28 @@ def test_the_tagging_command_gives_the_same_tags_with_every_backend(tmp_path):
             assert "exporting" in result.stderr or backend == "auto"  # said once, when it happens
     labels = {backend: [line.split(":")[0] for line in lines] for backend, lines in printed.items()}
     assert len(labels["torch"]) == 5 and all(value == labels["torch"] for value in labels.values()), labels
+
+
+def test_the_command_compiles_only_runs_long_enough_to_pay_off(tmp_path, monkeypatch):
+    """`--backend auto` keeps PyTorch's fast path for a short run (it starts ~0.7 s sooner) and takes an
+    ONNX runtime from AUTO_COMPILED_MIN_FILES files on; a backend named on the command line is used as is."""
+    import argparse
+
+    from efficient_tagging.cli import model_flags
+
+    tagger = _tagger()
+    checkpoint = save_checkpoint(tmp_path / "student.pt", tagger.model, arch="mn", labels=LABELS, task="multilabel")
+    used = []
+    monkeypatch.setattr(backends, "use_backend", lambda tagger, backend, **kwargs: used.append(backend) or backend)
+
+    def load(backend, files):
+        args = argparse.Namespace(backend=backend, model_path=str(checkpoint), model_name=None, ensemble=None,
+                                  labels_path=None, cache_dir=str(tmp_path), eager=False, onnx_file=False)
+        return model_flags.load_tagger_for(args, torch.device("cpu"), files=files)
+
+    load("auto", 1)
+    load("auto", model_flags.AUTO_COMPILED_MIN_FILES - 1)
+    assert used == []
+    load("auto", model_flags.AUTO_COMPILED_MIN_FILES)
+    load("onnxruntime", 1)
+    assert used == ["auto", "onnxruntime"]

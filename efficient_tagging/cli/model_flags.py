@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import sys
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -100,15 +100,20 @@ def select_tagging_device(args: argparse.Namespace) -> torch.device:
 BACKEND_ENV = "EFFICIENT_TAGGING_BACKEND"
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "openvino", "onnx")
 ONNX_RUNTIMES = ("onnxruntime", "openvino")
+# --backend auto compiles for an ONNX runtime only when the run is long enough to win back the start:
+# measured on 2 cores (benchmarks/RESULTS.md, issue 26 target 4), loading the cached export costs
+# ~0.7 s more than PyTorch's fast path, and each 10-s file then takes ~1-15 ms less (batch 1-32).
+AUTO_COMPILED_MIN_FILES = 64
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--backend", choices=BACKEND_CHOICES, default=None,
         help="what computes the model: auto (default; $" + BACKEND_ENV + " changes it) = the fastest installed "
-             "for this model and device -- on the CPU a student's graph exported once to ONNX (cached beside the "
-             "downloads) and run by OpenVINO or ONNX Runtime, else PyTorch; torch, onnxruntime or openvino by "
-             "name. A --model_path ending in .onnx runs in OpenVINO or ONNX Runtime (onnx = onnxruntime)")
+             "for this model, device and run -- on the CPU, for " + str(AUTO_COMPILED_MIN_FILES) + " files or more, "
+             "a student's graph exported once to ONNX (cached beside the downloads) and run by OpenVINO or ONNX "
+             "Runtime; else PyTorch's fast path (it starts faster); torch, onnxruntime or openvino by name. A "
+             "--model_path ending in .onnx runs in OpenVINO or ONNX Runtime (onnx = onnxruntime)")
 
 
 def check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -161,8 +166,10 @@ def load_onnx_tagger(model_path: str, device: torch.device, runtime: str = "onnx
     return OnnxTagger(model_path, providers=providers, threads=None)
 
 
-def load_tagger_for(args: argparse.Namespace, device: torch.device) -> Any:
-    """The tagger --model_name/--model_path/--ensemble/--backend describe, on `device`."""
+
+def load_tagger_for(args: argparse.Namespace, device: torch.device, files: Optional[int] = None) -> Any:
+    """The tagger --model_name/--model_path/--ensemble/--backend describe, on `device`; `files`: how
+    many files the run tags (--backend auto keeps PyTorch below AUTO_COMPILED_MIN_FILES)."""
     from ..tagging.ensemble import TeacherEnsemble  # imported when used: --help stays light
     from ..tagging.tagger import load_tagger
 
@@ -178,6 +185,10 @@ def load_tagger_for(args: argparse.Namespace, device: torch.device) -> Any:
         if hasattr(member, "fast"):
             member.fast = not eager
     tagger = tagger.to(device)
+    if backend == "auto" and files is not None and files < AUTO_COMPILED_MIN_FILES:
+        logger.info("backend auto: PyTorch for %d file(s) (an ONNX runtime pays off from %d files on)", files,
+                    AUTO_COMPILED_MIN_FILES)
+        return tagger
     if backend in ("auto", *ONNX_RUNTIMES) and not (eager and backend == "auto"):
         from ..export.backends import use_backend
 

@@ -206,7 +206,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_NOTHING_TAGGED
     try:
         device = select_tagging_device(args)
-        tagger = load_tagger_for(args, device)
+        tagger = load_tagger_for(args, device, files=len(found.files))
         class_names = class_names_of(tagger)
         writer = ProbabilitiesWriter(args.output, class_names, args.top_k) if args.output is not None else None
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as error:
