@@ -33,7 +33,7 @@ from .data.hdf5 import AudioSetDataset
 from .tagging.ensemble import TeacherEnsemble
 from .data.teacher_logits import (TeacherLogits, TeacherLogitsWriter, merge_teacher_logits,
                                    shard_path)
-from .hardware import resolve_precision
+from .hardware import resolve_precision, threads_for_cpu_work
 from .interrupt import SignalReceived, StopOnSignal, signal_name
 from .train.metrics import evaluate_masked_predictions, evaluate_predictions, multiclass_metrics
 
@@ -210,8 +210,9 @@ def label_dataset(teacher: nn.Module, dataset: Any, output_path: PathLike, *, so
     run = _LabellingRun(teacher, device, _autocast(device, precision), flush_every_batches)
     stop = StopOnSignal()
     start = time.time()
-    writer = run.label_into(output_path, dataset, mine, stop, info=info, dtype=dtype, batch_size=batch_size,
-                            num_workers=num_workers, progress=progress)
+    with threads_for_cpu_work(device, log=rank == 0):  # fewer threads on busy cores (issue 26)
+        writer = run.label_into(output_path, dataset, mine, stop, info=info, dtype=dtype, batch_size=batch_size,
+                                num_workers=num_workers, progress=progress)
     summary = run.summary(output_path, writer, (rank, world_size), len(mine), max(time.time() - start, 1e-6),
                           precision)
     if not run.completed:

@@ -156,8 +156,10 @@ def test_the_command_compiles_only_runs_long_enough_to_pay_off(tmp_path, monkeyp
                                   labels_path=None, cache_dir=str(tmp_path), eager=False, onnx_file=False)
         return model_flags.load_tagger_for(args, torch.device("cpu"), files=files)
 
-    load("auto", 1)
-    load("auto", model_flags.AUTO_COMPILED_MIN_FILES - 1)
+    assert not load("auto", 1).fast  # one file: the model as built finishes first
+    assert load("auto", model_flags.AUTO_FAST_PATH_MIN_FILES).fast
+    assert load("auto", model_flags.AUTO_COMPILED_MIN_FILES - 1).fast
+    assert load("torch", 1).fast  # named: as asked
     assert used == []
     load("auto", model_flags.AUTO_COMPILED_MIN_FILES)
     load("onnxruntime", 1)

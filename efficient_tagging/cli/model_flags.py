@@ -104,6 +104,10 @@ ONNX_RUNTIMES = ("onnxruntime", "openvino")
 # measured on 2 cores (benchmarks/RESULTS.md, issue 26 target 4), loading the cached export costs
 # ~0.7 s more than PyTorch's fast path, and each 10-s file then takes ~1-15 ms less (batch 1-32).
 AUTO_COMPILED_MIN_FILES = 64
+# ... and PyTorch's fast path (the inference copy: BatchNorm folded, fused convolutions) only from this
+# many files on: building the copy takes ~0.2 s, it saves ~6 ms per 10-s file (mn10, batch 1), so
+# for one file the model as built finishes first (1.56 s vs 1.75 s cold, benchmarks/bench_cold_start.py)
+AUTO_FAST_PATH_MIN_FILES = 32
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +116,8 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
         help="what computes the model: auto (default; $" + BACKEND_ENV + " changes it) = the fastest installed "
              "for this model, device and run -- on the CPU, for " + str(AUTO_COMPILED_MIN_FILES) + " files or more, "
              "a student's graph exported once to ONNX (cached beside the downloads) and run by OpenVINO or ONNX "
-             "Runtime; else PyTorch's fast path (it starts faster); torch, onnxruntime or openvino by name. A "
+             "Runtime; else PyTorch (its fast path from " + str(AUTO_FAST_PATH_MIN_FILES) + " files on: both "
+             "start slower than they pay back on fewer); torch, onnxruntime or openvino by name. A "
              "--model_path ending in .onnx runs in OpenVINO or ONNX Runtime (onnx = onnxruntime)")
 
 
@@ -180,13 +185,15 @@ def load_tagger_for(args: argparse.Namespace, device: torch.device, files: Optio
         tagger = TeacherEnsemble.from_names(args.ensemble, cache_dir=args.cache_dir, labels_path=args.labels_path)
     else:
         tagger = load_tagger(args.model_name, args.model_path, labels_path=args.labels_path, cache_dir=args.cache_dir)
-    eager = getattr(args, "eager", False)
+    eager = getattr(args, "eager", False) or (backend == "auto" and files is not None
+                                             and files < AUTO_FAST_PATH_MIN_FILES)
     for member in getattr(tagger, "members", None) or [tagger]:
         if hasattr(member, "fast"):
             member.fast = not eager
     tagger = tagger.to(device)
     if backend == "auto" and files is not None and files < AUTO_COMPILED_MIN_FILES:
-        logger.info("backend auto: PyTorch for %d file(s) (an ONNX runtime pays off from %d files on)", files,
+        logger.info("backend auto: PyTorch%s for %d file(s) (its fast path pays off from %d files on, an ONNX "
+                    "runtime from %d)", " as built" if eager else "", files, AUTO_FAST_PATH_MIN_FILES,
                     AUTO_COMPILED_MIN_FILES)
         return tagger
     if backend in ("auto", *ONNX_RUNTIMES) and not (eager and backend == "auto"):

@@ -34,7 +34,7 @@ import platform
 
 import torch
 
-from efficient_tagging.hardware import cpu_description, cpu_vendor, has_cpu_flag
+from efficient_tagging.hardware import cpu_description, cpu_vendor, has_cpu_flag, pin_threads
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def portable_cpu_numerics(threads: int = 2) -> dict[str, object]:
         for name, value in PORTABLE_ISA.items():
             os.environ.setdefault(name, value)
             applied[name] = os.environ[name]
-    torch.set_num_threads(threads)
+    pin_threads(threads)  # kept on busy cores too: the thread count changes the numbers
     applied["threads"] = torch.get_num_threads()
     applied["aten_capability"] = torch.backends.cpu.get_cpu_capability()
     # the numbers are the same only among CPUs of one vendor (see the module docstring): record it

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field, fields
@@ -37,7 +36,7 @@ from ..data.hdf5 import AudioSetDataset, read_label_map
 from ..data.sampling import DistributedWeightedSampler, check_positive_labels, class_balanced_weights
 from ..data.teacher_logits import check_teacher_coverage
 from ..frontends.mel import AugmentMelSTFT
-from ..hardware import resolve_precision
+from ..hardware import available_cpus, resolve_precision, threads_for_cpu_work
 from ..labels import LabelMap
 from ..models.factory import (CheckpointError, create_model, get_model, pretrained_arch, read_checkpoint,
                               save_checkpoint)
@@ -257,14 +256,6 @@ def _shape_mismatches(model: nn.Module, weights: dict[str, Tensor]) -> list[str]
     problems += [f"{k}: not in the checkpoint" for k in own if k not in weights]
     problems += [f"{k}: in the checkpoint, not in the model" for k in weights if k not in own]
     return problems[:8] + ([f"... {len(problems) - 8} more"] if len(problems) > 8 else [])
-
-
-def available_cpus() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's share)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def cap_num_workers(requested: int, log: bool = True) -> int:
@@ -489,7 +480,8 @@ def train(config: TrainConfig, tracker: Optional[Any] = None, datasets: Optional
     device = select_device(config.cuda, dist_info)
     with _locked_run_directory(Path(config.out_dir), dist_info), StopOnSignal(armed=False) as stop:
         _check_out_dir_is_free(config, dist_info)
-        return _train(config, tracker, dist_info, device, stop, datasets, report_epoch)
+        with threads_for_cpu_work(device, log=dist_info.rank == 0):  # fewer threads on busy cores (issue 26)
+            return _train(config, tracker, dist_info, device, stop, datasets, report_epoch)
 
 
 def _check_out_dir_is_free(config: TrainConfig, dist_info: DistInfo) -> None:
