@@ -115,10 +115,10 @@ def add_backend_argument(parser: argparse.ArgumentParser) -> None:
         "--backend", choices=BACKEND_CHOICES, default=None,
         help="what computes the model: auto (default; $" + BACKEND_ENV + " changes it) = the fastest installed "
              "for this model, device and run -- on the CPU, for " + str(AUTO_COMPILED_MIN_FILES) + " files or more, "
-             "a student's graph exported once to ONNX (cached beside the downloads) and run by OpenVINO or ONNX "
-             "Runtime; else PyTorch (its fast path from " + str(AUTO_FAST_PATH_MIN_FILES) + " files on: both "
+             "a student's graph exported once to ONNX (cached beside the downloads) and run by ONNX Runtime; "
+             "else PyTorch (its fast path from " + str(AUTO_FAST_PATH_MIN_FILES) + " files on: both "
              "start slower than they pay back on fewer); torch, onnxruntime or openvino by name. A "
-             "--model_path ending in .onnx runs in OpenVINO or ONNX Runtime (onnx = onnxruntime)")
+             "--model_path ending in .onnx runs in ONNX Runtime, or OpenVINO when named (onnx = onnxruntime)")
 
 
 def check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -139,18 +139,10 @@ def check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             parser.error(f"{args.model_path} is an exported ONNX model: it runs with --backend onnxruntime or "
                          f"openvino (or auto), not torch")
         if args.backend == "auto":
-            args.backend = "openvino" if _openvino_installed() else "onnxruntime"
+            args.backend = "onnxruntime"  # OpenVINO when named (export.backends: why not by default)
         if args.device == "mps":
             parser.error("--backend onnx runs on cpu or cuda, not mps")
     args.onnx_file = onnx_file
-
-
-def _openvino_installed() -> bool:
-    try:
-        from ..export.engines import runtime_installed  # imported when used: --help stays light
-    except ImportError:  # no export floor: loading the file says so
-        return False
-    return runtime_installed("openvino")
 
 
 def load_onnx_tagger(model_path: str, device: torch.device, runtime: str = "onnxruntime") -> Any:

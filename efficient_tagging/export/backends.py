@@ -1,8 +1,11 @@
 """Which engine computes a tagger's logits: PyTorch, ONNX Runtime or OpenVINO, chosen automatically.
 
 `use_backend(tagger, "auto")` gives a PyTorch `AudioTagger` the fastest correct backend installed
-for its device: on the CPU, a student's spectrogram graph exported once to ONNX and run by
-OpenVINO (if installed) or ONNX Runtime, else the PyTorch fast path. The frontend stays the
+for its device: on the CPU, a student's spectrogram graph exported once to ONNX and run by ONNX
+Runtime (if installed), else the PyTorch fast path. OpenVINO (a little faster still) is used when
+named: with it loaded, this project's full test process crashed (segfault) at a later subprocess
+start, reproducibly in the suite but not in isolation, so it is not chosen automatically until
+that is understood. The frontend stays the
 tagger's own (PyTorch), so every backend sees the same spectrogram; the backends differ only in
 float rounding (parity tests: same top-5, |delta p| <= 1e-4).
 
@@ -37,9 +40,9 @@ logger = logging.getLogger(__name__)
 
 #: what `backend=` accepts; "auto" picks the first installed of AUTO_ORDER that applies
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
-# Measured order on CPUs (benchmarks/RESULTS.md, "backends"): OpenVINO, then ONNX Runtime, then
-# PyTorch's fast path.
-AUTO_ORDER = ("openvino", "onnxruntime", "torch")
+# Measured on CPUs (benchmarks/RESULTS.md, "backends"): OpenVINO >= ONNX Runtime > PyTorch's fast path;
+# OpenVINO is left out of auto (see the module docstring).
+AUTO_ORDER = ("onnxruntime", "torch")
 #: bumped when the exported graph changes meaning (old cached exports are then not reused)
 EXPORT_FORMAT = 1
 
