@@ -1,4 +1,5 @@
 """The training loop: exact resume after a hard kill, DDP under torchrun, the demo command, failure modes."""
+import contextlib
 import json
 import os
 import subprocess
@@ -213,3 +214,41 @@ def test_fast_training_defaults_follow_the_plain_path(tiny_data, tmp_path):
     assert largest <= 1e-3 * scale, f"weights differ by {largest:.3g} (largest weight {scale:.3g})"
     losses = [[e["train_loss"] for e in meta["extra"]["training"]["history"]] for meta in (fast_meta, plain_meta)]
     assert losses[0] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_a_resumed_cpu_run_keeps_the_thread_count_it_was_trained_with(tiny_data, tmp_path, monkeypatch, caplog):
+    """The thread count may be lowered on a busy machine (issue 26); a resumed run takes the count its
+    checkpoint was trained with, so the continuation stays bit-exact, and the caller's count comes back."""
+    from efficient_tagging.train import trainer
+
+    monkeypatch.delenv("EFFICIENT_TAGGING_THREADS", raising=False)
+    train_path, eval_path = tiny_data
+    config = _config(train_path, eval_path, tmp_path / "run", n_epochs=1)
+    seen = []
+    step = trainer.train_step
+
+    def counting_step(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return step(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "train_step", counting_step)
+
+    @contextlib.contextmanager
+    def quiet_machine(device, log=True):  # whatever else runs on this machine now: the count stays
+        yield torch.get_num_threads()
+
+    monkeypatch.setattr(trainer, "threads_for_cpu_work", quiet_machine)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        trainer.train(trainer.TrainConfig(**config))
+        assert set(seen) == {1}
+        torch.set_num_threads(2)
+        seen.clear()
+        with caplog.at_level("WARNING"):
+            trainer.train(trainer.TrainConfig(**{**config, "n_epochs": 2, "resume": True, "resume_override": True}))
+        assert seen and set(seen) == {1}
+        assert "resuming with the run's 1 CPU thread(s) instead of" in caplog.text
+        assert torch.get_num_threads() == 2  # the caller's count again
+    finally:
+        torch.set_num_threads(threads)

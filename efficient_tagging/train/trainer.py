@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field, fields
@@ -36,7 +37,7 @@ from ..data.hdf5 import AudioSetDataset, read_label_map
 from ..data.sampling import DistributedWeightedSampler, check_positive_labels, class_balanced_weights
 from ..data.teacher_logits import check_teacher_coverage
 from ..frontends.mel import AugmentMelSTFT
-from ..hardware import available_cpus, resolve_precision, threads_for_cpu_work
+from ..hardware import THREADS_ENV, available_cpus, resolve_precision, threads_for_cpu_work
 from ..labels import LabelMap
 from ..models.factory import (CheckpointError, create_model, get_model, pretrained_arch, read_checkpoint,
                               save_checkpoint)
@@ -480,8 +481,12 @@ def train(config: TrainConfig, tracker: Optional[Any] = None, datasets: Optional
     device = select_device(config.cuda, dist_info)
     with _locked_run_directory(Path(config.out_dir), dist_info), StopOnSignal(armed=False) as stop:
         _check_out_dir_is_free(config, dist_info)
-        with threads_for_cpu_work(device, log=dist_info.rank == 0):  # fewer threads on busy cores (issue 26)
-            return _train(config, tracker, dist_info, device, stop, datasets, report_epoch)
+        callers_threads = torch.get_num_threads()
+        try:
+            with threads_for_cpu_work(device, log=dist_info.rank == 0):  # fewer threads on busy cores (issue 26)
+                return _train(config, tracker, dist_info, device, stop, datasets, report_epoch)
+        finally:
+            torch.set_num_threads(callers_threads)  # a resumed run may have taken its own count
 
 
 def _check_out_dir_is_free(config: TrainConfig, dist_info: DistInfo) -> None:
@@ -732,6 +737,7 @@ class TrainingState:
         rank = dist_info.rank
         _set_rng_state(saved["rng"][rank] if rank < len(saved["rng"]) else saved["rng"][0])
         self.augment_generator.set_state(saved["augment_rng"][min(rank, len(saved["augment_rng"]) - 1)])
+        _keep_the_runs_threads(saved.get("cpu_threads"), self.model)
         if dist_info.rank == 0:
             logger.info("resumed from %s at epoch %d, step %d", last_path, self.epoch, self.step_in_epoch)
 
@@ -748,10 +754,24 @@ class TrainingState:
                     "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                     "scaler": self.scaler.state_dict(), "sampler": data.base_sampler.state_dict(), "rng": rng_states,
                     "augment_rng": augment_states, "epoch_totals": dict(self.epoch_totals), "epoch_lr": self.epoch_lr,
-                    "train_config": _plain(config.to_dict()), "metrics": _plain(metrics or {})}
+                    "train_config": _plain(config.to_dict()), "metrics": _plain(metrics or {}),
+                    "cpu_threads": torch.get_num_threads()}
         save_checkpoint(_training_state_path(Path(config.out_dir), name), self.model, arch=self.arch,
                         config=self.model_config, preprocessing=config.preprocessing, labels=data.label_map,
                         dataset=config.dataset, task=data.task, extra={"training": training})
+
+
+def _keep_the_runs_threads(saved_threads: Optional[int], model: nn.Module) -> None:
+    """A CPU run resumes with the intra-op thread count it was trained with: another count changes the
+    kernels' reduction order, and the continuation would no longer equal an uninterrupted run
+    (`EFFICIENT_TAGGING_THREADS=N` chooses another count on purpose)."""
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    if not on_cpu or not saved_threads or os.environ.get(THREADS_ENV) or saved_threads == torch.get_num_threads():
+        return
+    logger.warning("resuming with the run's %d CPU thread(s) instead of %d: the continuation then equals an "
+                   "uninterrupted run bit for bit (%s=N to choose)", saved_threads, torch.get_num_threads(),
+                   THREADS_ENV)
+    torch.set_num_threads(int(saved_threads))
 
 
 @dataclass
