@@ -167,3 +167,14 @@ def test_the_command_compiles_only_runs_long_enough_to_pay_off(tmp_path, monkeyp
     load("auto", model_flags.AUTO_COMPILED_MIN_FILES)
     load("onnxruntime", 1)
     assert used == ["auto", "onnxruntime"]
+
+
+def test_eager_and_a_named_runtime_contradict_each_other(capsys):
+    """--eager runs the PyTorch model as built; a compiled model never runs then, so asking for both is
+    refused instead of silently tagging with PyTorch."""
+    from efficient_tagging.cli import tag
+
+    for backend in RUNTIMES:
+        with pytest.raises(SystemExit) as exit_:
+            tag.main(["x.wav", "--model_name", "mn10_as", "--eager", "--backend", backend])
+        assert exit_.value.code == 2 and f"cannot be combined with --backend {backend}" in capsys.readouterr().err

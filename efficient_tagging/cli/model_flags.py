@@ -142,6 +142,9 @@ def check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             args.backend = "onnxruntime"  # OpenVINO when named (export.backends: why not by default)
         if args.device == "mps":
             parser.error("--backend onnx runs on cpu or cuda, not mps")
+    if getattr(args, "eager", False) and args.backend in ONNX_RUNTIMES:
+        # the compiled model replaces the fast path only; with --eager it would silently never run
+        parser.error(f"--eager runs the PyTorch model as built; it cannot be combined with --backend {args.backend}")
     args.onnx_file = onnx_file
 
 
