@@ -67,12 +67,12 @@ def taggers(tmp_path_factory):
         out["onnx_waveform"] = OnnxTagger(waveform, threads=2)
         # every installed backend of the PyTorch tagger (export.backends: its exported graph computes
         # `forward`), and the exported file in OpenVINO
-        from efficient_tagging.export.backends import CompiledModel
+        from efficient_tagging.export.runtime import SpectrogramModel
         from efficient_tagging.export.engines import installed_runtimes, load_engine
 
         for runtime in installed_runtimes():
             backend = AudioTagger(model, label_map=LABELS)
-            backend.compiled_model = CompiledModel(load_engine(spectrogram, runtime, threads=2))
+            backend.compiled_model = SpectrogramModel.of_engine(load_engine(spectrogram, runtime, threads=2))
             out[f"torch_backend_{runtime}"] = backend
         if "openvino" in installed_runtimes():
             out["onnx_spectrogram_openvino"] = OnnxTagger(spectrogram, threads=2, runtime="openvino")

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from torch import Tensor
 
 from ..hub import cache_dir as default_cache_dir
 from ..locking import FileLock
@@ -35,6 +34,7 @@ from ..models.registry import is_teacher
 from ..tagging.tagger import AudioTagger
 from .engines import exporter_installed, installed_runtimes, load_engine, runtime_version
 from .metadata import PathLike, read_onnx_metadata
+from .runtime import SpectrogramModel
 
 logger = logging.getLogger(__name__)
 
@@ -124,21 +124,6 @@ def _usable(path: Path) -> bool:
         return False
 
 
-class CompiledModel:
-    """`model(spectrogram) -> (logits, empty embedding)` computed by an exported graph's engine:
-    what `AudioTagger.forward` calls in place of its PyTorch model."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.backend = engine.runtime
-
-    def __call__(self, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
-        if spectrogram.dim() == 3:
-            spectrogram = spectrogram.unsqueeze(1)
-        logits = torch.from_numpy(self.engine.run(spectrogram.detach().float().cpu().contiguous().numpy()))
-        return logits, logits.new_zeros(logits.shape[0], 0)
-
-
 def use_backend(tagger: Any, backend: str = "auto", *, cache_dir: Optional[PathLike] = None,
                 threads: Optional[int] = None, notify: Callable[[str], None] = logger.info) -> str:
     """Make `tagger.forward` run on `backend` ("auto": the fastest installed that applies); returns the
@@ -152,5 +137,5 @@ def use_backend(tagger: Any, backend: str = "auto", *, cache_dir: Optional[PathL
     engine = load_engine(path, chosen, threads=threads,
                          cache_dir=path.parent / f"openvino-{runtime_version('openvino')}"
                          if chosen == "openvino" else None)
-    tagger.compiled_model = CompiledModel(engine)
+    tagger.compiled_model = SpectrogramModel.of_engine(engine)
     return chosen

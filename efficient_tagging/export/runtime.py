@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -29,17 +29,24 @@ def _as_tagger(tagger_or_model: Union[AudioTagger, nn.Module]) -> AudioTagger:
 # --------------------------------------------------------------------------------------
 # ONNX Runtime tagger
 # --------------------------------------------------------------------------------------
-class _SpectrogramModel:
-    """`model(spectrogram) -> (logits, empty embedding)` of a spectrogram graph, the call
-    `forward_spectrogram` makes on PyTorch models (teacher graphs run their windows inside)."""
+class SpectrogramModel:
+    """`model(spectrogram) -> (logits, empty embedding)` around an exported graph: the call
+    `forward_spectrogram` makes on PyTorch models. `logits_of` takes a float32 CPU (B, 1, n_mels,
+    frames) tensor (OnnxTagger: its windows for teacher graphs; `backends`: an engine's run);
+    `backend` names what computes it."""
 
-    def __init__(self, tagger: "OnnxTagger") -> None:
-        self.tagger = tagger
+    def __init__(self, logits_of: Callable[[Tensor], Tensor], backend: str) -> None:
+        self.logits_of = logits_of
+        self.backend = backend
+
+    @classmethod
+    def of_engine(cls, engine: Any) -> "SpectrogramModel":
+        return cls(lambda spectrogram: torch.from_numpy(engine.run(spectrogram.numpy())), engine.runtime)
 
     def __call__(self, spectrogram: Tensor) -> tuple[Tensor, Tensor]:
         if spectrogram.dim() == 3:
             spectrogram = spectrogram.unsqueeze(1)
-        logits = self.tagger.spectrogram_logits(spectrogram.detach().float().cpu().contiguous())
+        logits = self.logits_of(spectrogram.detach().float().cpu().contiguous())
         return logits, logits.new_zeros(logits.shape[0], 0)
 
 
@@ -80,7 +87,8 @@ class OnnxTagger(TaggingMixin):
         # Spectrogram graphs also serve the windowed and streaming paths, which run the model on
         # slices of one continuous spectrogram (tagging/windows.py): `model(spectrogram)` like a
         # PyTorch model. Waveform graphs have no spectrogram input, so no `model`.
-        self.model: Optional[_SpectrogramModel] = (_SpectrogramModel(self) if meta.input_kind == "spectrogram"
+        self.model: Optional[SpectrogramModel] = (SpectrogramModel(self.spectrogram_logits, self.engine.runtime)
+                                                  if meta.input_kind == "spectrogram"
                                                    else None)
 
     def __repr__(self) -> str:
