@@ -208,3 +208,9 @@ def test_ast_fixture_config_builds_through_get_model():
     with torch.no_grad():  # the tagger form takes (B, 1, F, T); the reference input is (B, T, F)
         logits, _ = model(fx["input"].transpose(1, 2).unsqueeze(1))
     torch.testing.assert_close(logits, fx["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_num_classes_is_one_spelling_for_every_family_fresh_or_pretrained():
+    """AST's constructor says `label_dim`; get_model takes `num_classes` for it too, also for a fresh model."""
+    model = get_model(arch="ast", num_classes=5, model_size="tiny224", input_tdim=128, imagenet_pretrain=False)
+    assert model.config["label_dim"] == 5 and model.num_classes == 5

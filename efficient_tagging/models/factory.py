@@ -335,7 +335,8 @@ def _existing_file(location: Union[str, Path], purpose: str) -> Path:
 
 
 def _fresh_model(arch: str, cache_dir: Union[str, Path, None], config: dict[str, Any]) -> nn.Module:
-    model = create_model(arch, **get_family(arch).fresh_config(config, cache_dir))
+    family = get_family(arch)
+    model = create_model(arch, **family.fresh_config(family.normalise_config(config), cache_dir))
     model.preprocessing = {}
     model.dataset = None
     model.label_map = None
